@@ -1,0 +1,29 @@
+// Error construction for the check macros (kept out of line so the macros stay small).
+#include "common/error.h"
+
+#include <atomic>
+
+namespace cskv {
+namespace {
+std::atomic<int> g_rank{-1};
+}
+
+void set_error_rank(int rank) { g_rank.store(rank); }
+int error_rank() { return g_rank.load(); }
+
+namespace detail {
+void throw_error(ErrorKind kind, const char* file, int line, const char* expr,
+                 const std::string& message) {
+  std::string f = file;
+  const auto slash = f.find_last_of('/');
+  if (slash != std::string::npos) {
+    const auto prev = f.find_last_of('/', slash - 1);
+    f = f.substr(prev == std::string::npos ? 0 : prev + 1);
+  }
+  std::ostringstream where;
+  where << f << ":" << line << " (" << expr << ")";
+  if (error_rank() >= 0) where << " on rank " << error_rank();
+  throw Error(kind, message, where.str());
+}
+}  // namespace detail
+}  // namespace cskv

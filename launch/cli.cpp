@@ -1,0 +1,68 @@
+// Option parsing helpers and the error→exit-status boundary of the CLI.
+#include "launch/cli.h"
+
+#include <iostream>
+
+#include "common/error.h"
+#include "common/log.h"
+
+namespace cskv::cli {
+
+cxxopts::Options make_options(const std::string& sub, const std::string& description) {
+  cxxopts::Options o("cskv " + sub, description);
+  o.set_width(100);
+  o.add_options("general")("h,help", "Show this help and exit")(
+      "log-level", "Log verbosity: trace|debug|info|warn|error|off",
+      cxxopts::value<std::string>()->default_value("info"));
+  return o;
+}
+
+std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, char** argv) {
+  cxxopts::ParseResult r;
+  try {
+    r = options.parse(argc, argv);
+  } catch (const cxxopts::exceptions::exception& e) {
+    throw Error(ErrorKind::kUsage, std::string(e.what()) + " (see '" + options.program() +
+                                       " --help')");
+  }
+  if (r.count("help")) {
+    std::cout << options.help() << std::endl;
+    return std::nullopt;
+  }
+  if (!r.unmatched().empty()) {
+    throw Error(ErrorKind::kUsage, "unexpected argument '" + r.unmatched().front() + "' (see '" +
+                                       options.program() + " --help')");
+  }
+  log::set_level(r["log-level"].as<std::string>());
+  return r;
+}
+
+template <typename T>
+T required(const cxxopts::ParseResult& r, const std::string& flag) {
+  if (!r.count(flag)) throw Error(ErrorKind::kUsage, "missing required option --" + flag);
+  try {
+    return r[flag].as<T>();
+  } catch (const cxxopts::exceptions::exception& e) {
+    throw Error(ErrorKind::kUsage, "--" + flag + ": " + e.what());
+  }
+}
+template std::string required<std::string>(const cxxopts::ParseResult&, const std::string&);
+template int required<int>(const cxxopts::ParseResult&, const std::string&);
+template int64_t required<int64_t>(const cxxopts::ParseResult&, const std::string&);
+template double required<double>(const cxxopts::ParseResult&, const std::string&);
+
+int guarded(const std::string& sub, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    std::cerr << "cskv " << sub << ": " << (e.kind() == ErrorKind::kUsage ? "usage error: " : "error: ")
+              << e.message() << std::endl;
+    if (!e.where().empty()) log::get("cli")->debug("raised at {}", e.where());
+    return e.kind() == ErrorKind::kUsage ? kExitUsage : kExitError;
+  } catch (const std::exception& e) {
+    std::cerr << "cskv " << sub << ": error: " << e.what() << std::endl;
+    return kExitError;
+  }
+}
+
+}  // namespace cskv::cli

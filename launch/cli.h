@@ -1,0 +1,43 @@
+// Shared CLI plumbing for the `cskv` subcommands: option parsing, --help, exit codes.
+#pragma once
+
+#include <cxxopts.hpp>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cskv::cli {
+
+// Exit statuses documented in README.md.
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;       // runtime error (bad input file, library failure, dead peer)
+constexpr int kExitUsage = 2;       // bad command line
+constexpr int kExitPreempted = 75;  // checkpoint written after SIGTERM/SIGUSR1/SIGINT; requeue
+
+struct Subcommand {
+  std::string name;
+  std::string summary;
+  std::function<int(int argc, char** argv)> run;
+};
+
+// Every subcommand that works, in the order `cskv --help` lists them.
+const std::vector<Subcommand>& subcommands();
+
+// Options object for `cskv <sub>` with the flags every subcommand shares (--help, --log-level).
+cxxopts::Options make_options(const std::string& sub, const std::string& description);
+
+// Parses argv; prints help and returns nullopt on --help; throws a usage cskv::Error on bad flags.
+// Applies --log-level.
+std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, char** argv);
+
+// The value of a required flag, or a usage error naming it.
+template <typename T>
+T required(const cxxopts::ParseResult& r, const std::string& flag);
+
+// Runs a subcommand body, turning cskv::Error and std::exception into one line on stderr and the
+// documented exit status.
+int guarded(const std::string& sub, const std::function<int()>& body);
+
+}  // namespace cskv::cli

@@ -1,0 +1,51 @@
+// Entry point of the `cskv` executable: dispatches to one subcommand per file in launch/.
+#include <cstring>
+#include <iostream>
+
+#include "launch/cli.h"
+#include "launch/subcommands.h"
+
+namespace cskv::cli {
+const std::vector<Subcommand>& subcommands() {
+  static const std::vector<Subcommand> all = {
+      {"toy-model", "Write a random HF-format Llama/Mistral/Qwen2 model with realistic spectra",
+       run_toy_model},
+      {"toy-tokens", "Write a structured synthetic token stream (calibration corpus for the demo)",
+       run_toy_tokens},
+      {"inspect", "Print the summary of a HF model directory (config, tensors, bytes)",
+       run_inspect},
+  };
+  return all;
+}
+}  // namespace cskv::cli
+
+namespace {
+void print_help() {
+  std::cout << "cskv — channel-shrinking KV-cache compression (CSKV) for Llama/Mistral/Qwen2\n\n"
+               "Usage: cskv <subcommand> [options]     (cskv <subcommand> --help for its flags)\n\n"
+               "Subcommands:\n";
+  for (const auto& s : cskv::cli::subcommands()) {
+    std::cout << "  " << s.name << std::string(14 - std::min<size_t>(13, s.name.size()), ' ')
+              << s.summary << "\n";
+  }
+  std::cout << "\nExit status: 0 ok, 1 runtime error, 2 usage error.\n";
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    print_help();
+    return argc < 2 ? cskv::cli::kExitUsage : cskv::cli::kExitOk;
+  }
+  if (!std::strcmp(argv[1], "--version")) {
+    std::cout << "cskv 0.1.0" << std::endl;
+    return 0;
+  }
+  for (const auto& s : cskv::cli::subcommands()) {
+    if (s.name == argv[1]) return s.run(argc - 1, argv + 1);
+  }
+  std::cerr << "cskv: usage error: unknown subcommand '" << argv[1]
+            << "' (see 'cskv --help')" << std::endl;
+  return cskv::cli::kExitUsage;
+}

@@ -1,0 +1,8 @@
+// Declarations of the subcommand entry points, one per launch/cmd_*.cpp file.
+#pragma once
+
+namespace cskv::cli {
+int run_toy_model(int argc, char** argv);
+int run_toy_tokens(int argc, char** argv);
+int run_inspect(int argc, char** argv);
+}  // namespace cskv::cli

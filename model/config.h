@@ -1,0 +1,47 @@
+// Hugging Face config.json of Llama/Mistral/Qwen2 decoder models, and the weight shapes it implies.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace cskv::model {
+
+enum class Arch { kLlama, kMistral, kQwen2 };
+const char* arch_name(Arch a);  // "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM"
+
+struct ModelConfig {
+  Arch arch = Arch::kLlama;
+  int64_t hidden_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;  // defaults to num_attention_heads
+  int64_t head_dim = 0;             // defaults to hidden_size / num_attention_heads
+  int64_t intermediate_size = 0;
+  int64_t vocab_size = 0;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  double rope_scaling_factor = 1.0;  // rope_scaling {"type"|"rope_type": "linear", "factor": f}
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v biases (always true for Qwen2)
+  std::string torch_dtype = "float32";
+  int64_t bos_token_id = -1;  // -1: none
+
+  int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // D
+  int64_t q_dim() const { return num_attention_heads * head_dim; }
+
+  // Stable hex hash of the fields above (what shards/checkpoints record to detect a model swap).
+  std::string hash() const;
+  // config.json text that HF transformers and parse_config() both read.
+  std::string to_json() const;
+};
+
+// Parses and validates; throws cskv::Error (kInput) naming the file and the offending key.
+ModelConfig parse_config_json(const std::string& json_text, const std::string& path);
+ModelConfig load_config(const std::string& model_dir);  // <dir>/config.json
+
+// Every weight the architecture has, with its expected shape (HF names and layouts).
+std::map<std::string, std::vector<int64_t>> expected_weights(const ModelConfig& c);
+
+}  // namespace cskv::model

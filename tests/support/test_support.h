@@ -1,0 +1,52 @@
+// Helpers shared by the test executables: temp dirs, running the cskv binary, python checks.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace cskv::test {
+
+// A fresh directory under $TMPDIR (or /tmp), removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct CommandResult {
+  int exit_code = -1;  // exit status, or 128+signal
+  std::string out;     // stdout
+  std::string err;     // stderr
+};
+
+// Runs argv (no shell) and captures stdout/stderr.
+CommandResult run_command(const std::vector<std::string>& argv);
+// Runs the built `cskv` binary with these arguments.
+CommandResult run_cskv(const std::vector<std::string>& args);
+
+// Debian's python3 (/usr/bin/python3), which has python3-torch and python3-h5py.
+std::string python3();
+
+std::string read_file(const std::string& path);
+void write_file(const std::string& path, const std::string& bytes);
+
+// Runs fn, expects a cskv::Error and returns its message() (fails the test otherwise).
+std::string error_message(const std::function<void()>& fn);
+
+}  // namespace cskv::test
+
+// EXPECT_CSKV_ERROR(stmt, "exact message")
+#define EXPECT_CSKV_ERROR(stmt, expected) \
+  EXPECT_EQ(::cskv::test::error_message([&] { stmt; }), (expected))
