@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,7 +22,7 @@ StDType from_scalar_type(at::ScalarType t);
 
 // One mmapped .safetensors file. Tensors are views into the mapping (copy-on-write private
 // mapping, so in-place ops never touch the file) and keep the mapping alive.
-class SafetensorsFile {
+class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
  public:
   // Validates the header against the file size; throws cskv::Error (kInput) naming the file.
   static std::shared_ptr<SafetensorsFile> open(const std::string& path);
@@ -61,6 +62,7 @@ class SafetensorsModel {
   std::string dir_;
   std::map<std::string, std::string> weight_map_;  // tensor -> file name (relative to dir_)
   mutable std::map<std::string, std::shared_ptr<SafetensorsFile>> files_;
+  std::shared_ptr<std::mutex> files_mutex_ = std::make_shared<std::mutex>();  // guards files_
   std::shared_ptr<SafetensorsFile> file(const std::string& file_name) const;
 };
 
