@@ -14,6 +14,12 @@ target_precompile_headers(cskv_pch PRIVATE ${CSKV_PCH_HEADER})
 function(cskv_setup_target target)
   target_link_libraries(${target} PRIVATE cskv_warnings)
   set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  get_target_property(_cskv_type ${target} TYPE)
+  if(_cskv_type STREQUAL "EXECUTABLE")
+    # CMake compiles PIC executables with -fPIE, but GCC rejects a PCH built with -fPIC for them;
+    # a later -fPIC cancels -fPIE so the flags match the PCH (the link stays PIE).
+    target_compile_options(${target} PRIVATE -fPIC)
+  endif()
   target_precompile_headers(${target} REUSE_FROM cskv_pch)
 endfunction()
 

@@ -19,7 +19,9 @@ enum class ErrorKind {
 class Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, std::string message, std::string where = {})
-      : std::runtime_error(message), kind_(kind), message_(std::move(message)),
+      : std::runtime_error(message),
+        kind_(kind),
+        message_(std::move(message)),
         where_(std::move(where)) {}
   ErrorKind kind() const { return kind_; }
   // The user-facing message, without the source location (stable: tests compare it exactly).
@@ -45,13 +47,13 @@ namespace detail {
 }  // namespace cskv
 
 // CSKV_CHECK(cond, kind, msg << ...) — throws cskv::Error with the streamed message.
-#define CSKV_CHECK_KIND(cond, kind, msg)                                                 \
-  do {                                                                                   \
-    if (!(cond)) {                                                                       \
-      std::ostringstream cskv_check_oss_;                                                \
-      cskv_check_oss_ << msg;                                                            \
+#define CSKV_CHECK_KIND(cond, kind, msg)                                                   \
+  do {                                                                                     \
+    if (!(cond)) {                                                                         \
+      std::ostringstream cskv_check_oss_;                                                  \
+      cskv_check_oss_ << msg;                                                              \
       ::cskv::detail::throw_error(kind, __FILE__, __LINE__, #cond, cskv_check_oss_.str()); \
-    }                                                                                    \
+    }                                                                                      \
   } while (0)
 
 #define CSKV_CHECK(cond, msg) CSKV_CHECK_KIND(cond, ::cskv::ErrorKind::kRuntime, msg)

@@ -50,8 +50,9 @@ void set_rank(int rank, int world_size) {
 
 void set_level(const std::string& level) {
   const auto lvl = spdlog::level::from_str(level);
-  CSKV_CHECK_USAGE(lvl != spdlog::level::off || level == "off",
-                   "--log-level: expected trace|debug|info|warn|error|off, found '" << level << "'");
+  CSKV_CHECK_USAGE(
+      lvl != spdlog::level::off || level == "off",
+      "--log-level: expected trace|debug|info|warn|error|off, found '" << level << "'");
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   r.level = lvl;

@@ -1,8 +1,13 @@
 // Option parsing helpers and the error→exit-status boundary of the CLI.
 #include "launch/cli.h"
 
+#include <ATen/Parallel.h>
+#include <unistd.h>
+
+#include <filesystem>
 #include <iostream>
 
+#include "comm/factory.h"
 #include "common/error.h"
 #include "common/log.h"
 
@@ -22,8 +27,8 @@ std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, c
   try {
     r = options.parse(argc, argv);
   } catch (const cxxopts::exceptions::exception& e) {
-    throw Error(ErrorKind::kUsage, std::string(e.what()) + " (see '" + options.program() +
-                                       " --help')");
+    throw Error(ErrorKind::kUsage,
+                std::string(e.what()) + " (see '" + options.program() + " --help')");
   }
   if (r.count("help")) {
     std::cout << options.help() << std::endl;
@@ -55,14 +60,47 @@ int guarded(const std::string& sub, const std::function<int()>& body) {
   try {
     return body();
   } catch (const Error& e) {
-    std::cerr << "cskv " << sub << ": " << (e.kind() == ErrorKind::kUsage ? "usage error: " : "error: ")
-              << e.message() << std::endl;
+    std::cerr << "cskv " << sub << ": "
+              << (e.kind() == ErrorKind::kUsage ? "usage error: " : "error: ") << e.message()
+              << std::endl;
     if (!e.where().empty()) log::get("cli")->debug("raised at {}", e.where());
     return e.kind() == ErrorKind::kUsage ? kExitUsage : kExitError;
   } catch (const std::exception& e) {
     std::cerr << "cskv " << sub << ": error: " << e.what() << std::endl;
     return kExitError;
   }
+}
+
+void add_runtime_options(cxxopts::Options& options) {
+  options.add_options("runtime")(
+      "backend", "Communicator: auto (MPI under mpirun/srun, else single process)|local|mpi|nccl",
+      cxxopts::value<std::string>()->default_value("auto"))(
+      "threads",
+      "Intra-op CPU threads per rank; part of the results' identity (fixed, not derived from the "
+      "number of ranks)",
+      cxxopts::value<int>()->default_value("1"))(
+      "log-dir", "Also write every rank's log to <dir>/rank-<R>.log",
+      cxxopts::value<std::string>()->default_value(""));
+}
+
+std::unique_ptr<comm::Communicator> start_runtime(const cxxopts::ParseResult& r) {
+  const int threads = r["threads"].as<int>();
+  CSKV_CHECK_USAGE(threads >= 1, "--threads: expected >= 1, found " << threads);
+  at::set_num_threads(threads);
+  comm::CommOptions co;
+  co.backend = r["backend"].as<std::string>();
+  auto world = comm::make_communicator(co);
+  const std::string log_dir = r["log-dir"].as<std::string>();
+  if (!log_dir.empty()) {
+    std::filesystem::create_directories(log_dir);
+    log::add_file_sink(log_dir, world->rank());
+  }
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  log::get("launch")->info("host {} rank {}/{} local rank {} backend {} threads {}", host,
+                           world->rank(), world->size(), world->local_rank(), world->backend_name(),
+                           threads);
+  return world;
 }
 
 }  // namespace cskv::cli

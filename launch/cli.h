@@ -4,6 +4,7 @@
 #include <cxxopts.hpp>
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,5 +40,21 @@ T required(const cxxopts::ParseResult& r, const std::string& flag);
 // Runs a subcommand body, turning cskv::Error and std::exception into one line on stderr and the
 // documented exit status.
 int guarded(const std::string& sub, const std::function<int()>& body);
+
+}  // namespace cskv::cli
+
+namespace cskv::comm {
+class Communicator;
+}
+
+namespace cskv::cli {
+
+// Flags shared by the distributed subcommands: --backend, --threads, --log-dir.
+void add_runtime_options(cxxopts::Options& options);
+
+// Builds the world communicator (local, or MPI under mpirun/srun), fixes the intra-op thread
+// count (never derived from the number of ranks, so results do not depend on it) and opens the
+// per-rank log file when --log-dir is given. Logs one line per rank describing itself.
+std::unique_ptr<comm::Communicator> start_runtime(const cxxopts::ParseResult& r);
 
 }  // namespace cskv::cli

@@ -14,6 +14,10 @@ const std::vector<Subcommand>& subcommands() {
        run_toy_tokens},
       {"inspect", "Print the summary of a HF model directory (config, tensors, bytes)",
        run_inspect},
+      {"capture", "Capture calibration activations to HDF5 shards + Gram statistics (mpirun-able)",
+       run_capture},
+      {"analyze", "K/V cache spectra per layer: energy ranks (90/95/99%) as CSV, markdown, PNG",
+       run_analyze},
   };
   return all;
 }
@@ -45,7 +49,7 @@ int main(int argc, char** argv) {
   for (const auto& s : cskv::cli::subcommands()) {
     if (s.name == argv[1]) return s.run(argc - 1, argv + 1);
   }
-  std::cerr << "cskv: usage error: unknown subcommand '" << argv[1]
-            << "' (see 'cskv --help')" << std::endl;
+  std::cerr << "cskv: usage error: unknown subcommand '" << argv[1] << "' (see 'cskv --help')"
+            << std::endl;
   return cskv::cli::kExitUsage;
 }

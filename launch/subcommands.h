@@ -5,4 +5,6 @@ namespace cskv::cli {
 int run_toy_model(int argc, char** argv);
 int run_toy_tokens(int argc, char** argv);
 int run_inspect(int argc, char** argv);
+int run_capture(int argc, char** argv);
+int run_analyze(int argc, char** argv);
 }  // namespace cskv::cli

@@ -1,0 +1,364 @@
+// Parsing and validation of HF config.json for Llama/Mistral/Qwen2, its stable hash, and the
+// weight names/shapes a config implies (HF layouts: Linear weights are [out, in]).
+#include "model/config.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace cskv::model {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kSupportedArchs = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM";
+
+// "an integer (12)", "a string (\"x\")", "null": what a JSON value is, for error messages.
+std::string describe(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "a boolean (" + v.dump() + ")";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned:
+      return "an integer (" + v.dump() + ")";
+    case json::value_t::number_float:
+      return "a float (" + v.dump() + ")";
+    case json::value_t::string:
+      return "a string (" + v.dump() + ")";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::object:
+      return "an object";
+    default:
+      return "an unsupported JSON value";
+  }
+}
+
+// Typed accessors over the top-level object; every error names the file and the key.
+class Fields {
+ public:
+  Fields(const json& obj, const std::string& path) : obj_(obj), path_(path) {}
+
+  // Absent and explicit null are both "not given".
+  bool given(const char* key) const { return obj_.contains(key) && !obj_.at(key).is_null(); }
+
+  int64_t positive_int(const char* key) const {
+    CSKV_CHECK_INPUT(obj_.contains(key),
+                     path_ << ": missing required key '" << key << "' (expected an integer)");
+    return positive_int_value(key, obj_.at(key));
+  }
+  int64_t positive_int_or(const char* key, int64_t fallback) const {
+    return given(key) ? positive_int_value(key, obj_.at(key)) : fallback;
+  }
+  double positive_number_or(const char* key, double fallback) const {
+    if (!given(key)) return fallback;
+    return positive_number_value(key, obj_.at(key));
+  }
+  bool boolean_or(const char* key, bool fallback) const {
+    if (!given(key)) return fallback;
+    const json& v = obj_.at(key);
+    CSKV_CHECK_INPUT(v.is_boolean(),
+                     path_ << ": key '" << key << "': expected a boolean, found " << describe(v));
+    return v.get<bool>();
+  }
+  int64_t non_negative_int_or(const char* key, int64_t fallback) const {
+    if (!given(key)) return fallback;
+    const json& v = obj_.at(key);
+    const bool ok = v.is_number_unsigned()  ? v.get<uint64_t>() <= INT64_MAX
+                    : v.is_number_integer() ? v.get<int64_t>() >= 0
+                                            : false;
+    CSKV_CHECK_INPUT(ok, path_ << ": key '" << key << "': expected a non-negative integer, found "
+                               << describe(v));
+    return v.get<int64_t>();
+  }
+
+  int64_t positive_int_value(const std::string& key, const json& v) const {
+    CSKV_CHECK_INPUT(v.is_number_integer(),
+                     path_ << ": key '" << key << "': expected an integer, found " << describe(v));
+    const bool positive = v.is_number_unsigned()
+                              ? v.get<uint64_t>() > 0 && v.get<uint64_t>() <= INT64_MAX
+                              : v.get<int64_t>() > 0;
+    CSKV_CHECK_INPUT(positive, path_ << ": key '" << key << "': expected a positive integer, found "
+                                     << v.dump());
+    return v.get<int64_t>();
+  }
+  double positive_number_value(const std::string& key, const json& v) const {
+    CSKV_CHECK_INPUT(v.is_number(),
+                     path_ << ": key '" << key << "': expected a number, found " << describe(v));
+    const double d = v.get<double>();
+    CSKV_CHECK_INPUT(
+        d > 0, path_ << ": key '" << key << "': expected a positive number, found " << v.dump());
+    return d;
+  }
+
+ private:
+  const json& obj_;
+  const std::string& path_;
+};
+
+Arch arch_from_config(const json& obj, const std::string& path) {
+  if (obj.contains("architectures")) {
+    const json& a = obj.at("architectures");
+    CSKV_CHECK_INPUT(a.is_array() && !a.empty() && a.at(0).is_string(),
+                     path << ": key 'architectures': expected a non-empty array of strings, found "
+                          << (a.is_array() && !a.empty() ? describe(a.at(0)) + " as first element"
+                                                         : describe(a)));
+    const std::string name = a.at(0).get<std::string>();
+    for (Arch arch : {Arch::kLlama, Arch::kMistral, Arch::kQwen2}) {
+      if (name == arch_name(arch)) return arch;
+    }
+    CSKV_FAIL_INPUT(path << ": architecture '" << name
+                         << "' is not supported (supported: " << kSupportedArchs << ")");
+  }
+  CSKV_CHECK_INPUT(obj.contains("model_type"),
+                   path << ": missing required key 'architectures' (or 'model_type')");
+  const json& t = obj.at("model_type");
+  CSKV_CHECK_INPUT(t.is_string(),
+                   path << ": key 'model_type': expected a string, found " << describe(t));
+  const std::string name = t.get<std::string>();
+  for (Arch arch : {Arch::kLlama, Arch::kMistral, Arch::kQwen2}) {
+    if (name == model_type_name(arch)) return arch;
+  }
+  CSKV_FAIL_INPUT(path << ": model_type '" << name
+                       << "' is not supported (supported: llama, mistral, qwen2)");
+}
+
+double rope_scaling_factor(const json& obj, const std::string& path, const Fields& f) {
+  if (!f.given("rope_scaling")) return 1.0;
+  const json& rs = obj.at("rope_scaling");
+  CSKV_CHECK_INPUT(rs.is_object(), path
+                                       << ": key 'rope_scaling': expected an object or null, found "
+                                       << describe(rs));
+  const char* type_key = rs.contains("type") ? "type" : "rope_type";
+  CSKV_CHECK_INPUT(rs.contains(type_key),
+                   path << ": key 'rope_scaling': missing 'type' (or 'rope_type')");
+  const json& type = rs.at(type_key);
+  CSKV_CHECK_INPUT(type.is_string(), path << ": key 'rope_scaling." << type_key
+                                          << "': expected a string, found " << describe(type));
+  CSKV_CHECK_INPUT(type.get<std::string>() == "linear",
+                   path << ": rope_scaling type '" << type.get<std::string>()
+                        << "' is not supported (supported: linear)");
+  CSKV_CHECK_INPUT(rs.contains("factor"), path << ": missing required key 'rope_scaling.factor' "
+                                                  "(expected a number)");
+  return f.positive_number_value("rope_scaling.factor", rs.at("factor"));
+}
+
+std::string torch_dtype_of(const json& obj, const std::string& path) {
+  // transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
+  const char* key = obj.contains("torch_dtype") ? "torch_dtype" : "dtype";
+  if (!obj.contains(key) || obj.at(key).is_null()) return "float32";
+  const json& v = obj.at(key);
+  CSKV_CHECK_INPUT(v.is_string(), path << ": key '" << key
+                                       << "': expected float32|float16|bfloat16, found "
+                                       << describe(v));
+  const std::string s = v.get<std::string>();
+  CSKV_CHECK_INPUT(
+      s == "float32" || s == "float16" || s == "bfloat16",
+      path << ": key '" << key << "': expected float32|float16|bfloat16, found '" << s << "'");
+  return s;
+}
+
+// Mistral: `sliding_window` (null or absent: full attention). Qwen2 configs carry a
+// `sliding_window` that HF applies only with `use_sliding_window: true` (and then only from layer
+// `max_window_layers` on), which cskv does not implement. Llama has no sliding window.
+int64_t sliding_window(const json& obj, const std::string& path, const Fields& f, Arch arch) {
+  if (arch == Arch::kQwen2) {
+    CSKV_CHECK_INPUT(!f.boolean_or("use_sliding_window", false),
+                     path << ": key 'use_sliding_window': true is not supported (Qwen2 "
+                             "per-layer sliding-window attention); expected false");
+    return 0;
+  }
+  if (arch != Arch::kMistral || !f.given("sliding_window")) return 0;
+  return f.positive_int_value("sliding_window", obj.at("sliding_window"));
+}
+
+uint64_t fnv1a64(const std::string& bytes) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+}  // namespace
+
+const char* arch_name(Arch a) {
+  switch (a) {
+    case Arch::kLlama:
+      return "LlamaForCausalLM";
+    case Arch::kMistral:
+      return "MistralForCausalLM";
+    case Arch::kQwen2:
+      return "Qwen2ForCausalLM";
+  }
+  return "?";
+}
+
+const char* model_type_name(Arch a) {
+  switch (a) {
+    case Arch::kLlama:
+      return "llama";
+    case Arch::kMistral:
+      return "mistral";
+    case Arch::kQwen2:
+      return "qwen2";
+  }
+  return "?";
+}
+
+ModelConfig parse_config_json(const std::string& json_text, const std::string& path) {
+  json obj;
+  try {
+    obj = json::parse(json_text);
+  } catch (const json::parse_error& e) {
+    std::string what = e.what();
+    const auto close = what.find("] ");
+    if (what.rfind("[json.exception.", 0) == 0 && close != std::string::npos) {
+      what = what.substr(close + 2);
+    }
+    CSKV_FAIL_INPUT(path << ": malformed JSON: " << what);
+  }
+  CSKV_CHECK_INPUT(obj.is_object(),
+                   path << ": expected a JSON object at the top level, found " << describe(obj));
+  const Fields f(obj, path);
+
+  ModelConfig c;
+  c.arch = arch_from_config(obj, path);
+  c.hidden_size = f.positive_int("hidden_size");
+  c.num_hidden_layers = f.positive_int("num_hidden_layers");
+  c.num_attention_heads = f.positive_int("num_attention_heads");
+  c.num_key_value_heads = f.positive_int_or("num_key_value_heads", c.num_attention_heads);
+  c.intermediate_size = f.positive_int("intermediate_size");
+  c.vocab_size = f.positive_int("vocab_size");
+  CSKV_CHECK_INPUT(c.num_attention_heads % c.num_key_value_heads == 0,
+                   path << ": num_attention_heads (" << c.num_attention_heads
+                        << ") is not divisible by num_key_value_heads (" << c.num_key_value_heads
+                        << ")");
+  if (f.given("head_dim")) {
+    c.head_dim = f.positive_int("head_dim");
+  } else {
+    CSKV_CHECK_INPUT(c.hidden_size % c.num_attention_heads == 0,
+                     path << ": hidden_size (" << c.hidden_size
+                          << ") is not divisible by num_attention_heads (" << c.num_attention_heads
+                          << ") and head_dim is not given");
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  c.rms_norm_eps = f.positive_number_or("rms_norm_eps", 1e-6);
+  c.rope_theta = f.positive_number_or("rope_theta", 10000.0);
+  c.rope_scaling_factor = rope_scaling_factor(obj, path, f);
+  c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", false);
+  // Qwen2 always has q/k/v biases; Llama/Mistral only with attention_bias (Llama's key).
+  const bool bias_key = f.boolean_or("attention_bias", false);
+  c.attention_bias = c.arch == Arch::kQwen2 ? true : bias_key;
+  c.torch_dtype = torch_dtype_of(obj, path);
+  c.bos_token_id = f.non_negative_int_or("bos_token_id", -1);
+  c.sliding_window = sliding_window(obj, path, f, c.arch);
+  return c;
+}
+
+ModelConfig load_config(const std::string& model_dir) {
+  const std::string path = model_dir + "/config.json";
+  std::ifstream in(path, std::ios::binary);
+  CSKV_CHECK_INPUT(in.good(), path << ": cannot open file (expected a Hugging Face config.json)");
+  std::ostringstream text;
+  text << in.rdbuf();
+  CSKV_CHECK_INPUT(!in.bad(), path << ": read error");
+  return parse_config_json(text.str(), path);
+}
+
+std::string ModelConfig::canonical_json() const {
+  json j;  // nlohmann's default object keeps keys sorted
+  j["architecture"] = arch_name(arch);
+  j["hidden_size"] = hidden_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["head_dim"] = head_dim;
+  j["intermediate_size"] = intermediate_size;
+  j["vocab_size"] = vocab_size;
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["rope_theta"] = rope_theta;
+  j["rope_scaling_factor"] = rope_scaling_factor;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["attention_bias"] = attention_bias;
+  j["torch_dtype"] = torch_dtype;
+  j["bos_token_id"] = bos_token_id;
+  // Only when set, so that the hashes of models without a window stay what they were.
+  if (sliding_window > 0) j["sliding_window"] = sliding_window;
+  return j.dump();
+}
+
+std::string ModelConfig::hash() const {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, fnv1a64(canonical_json()));
+  return buf;
+}
+
+std::string ModelConfig::to_json() const {
+  nlohmann::ordered_json j;
+  j["architectures"] = {arch_name(arch)};
+  j["model_type"] = model_type_name(arch);
+  j["hidden_act"] = "silu";
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["head_dim"] = head_dim;
+  j["vocab_size"] = vocab_size;
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["rope_theta"] = rope_theta;
+  if (rope_scaling_factor == 1.0) {
+    j["rope_scaling"] = nullptr;
+  } else {
+    j["rope_scaling"] = {{"type", "linear"}, {"factor", rope_scaling_factor}};
+  }
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  if (arch != Arch::kQwen2) j["attention_bias"] = attention_bias;
+  j["torch_dtype"] = torch_dtype;
+  if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
+  if (arch == Arch::kMistral) {
+    j["sliding_window"] = sliding_window > 0 ? nlohmann::ordered_json(sliding_window) : nullptr;
+  }
+  return j.dump(2) + "\n";
+}
+
+std::vector<std::pair<std::string, WeightShape>> expected_weight_list(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, D = c.kv_dim(), Q = c.q_dim(), I = c.intermediate_size;
+  std::vector<std::pair<std::string, WeightShape>> w;
+  w.emplace_back("model.embed_tokens.weight", WeightShape{c.vocab_size, H});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    w.emplace_back(p + "input_layernorm.weight", WeightShape{H});
+    w.emplace_back(p + "self_attn.q_proj.weight", WeightShape{Q, H});
+    if (c.attention_bias) w.emplace_back(p + "self_attn.q_proj.bias", WeightShape{Q});
+    w.emplace_back(p + "self_attn.k_proj.weight", WeightShape{D, H});
+    if (c.attention_bias) w.emplace_back(p + "self_attn.k_proj.bias", WeightShape{D});
+    w.emplace_back(p + "self_attn.v_proj.weight", WeightShape{D, H});
+    if (c.attention_bias) w.emplace_back(p + "self_attn.v_proj.bias", WeightShape{D});
+    w.emplace_back(p + "self_attn.o_proj.weight", WeightShape{H, Q});
+    w.emplace_back(p + "post_attention_layernorm.weight", WeightShape{H});
+    w.emplace_back(p + "mlp.gate_proj.weight", WeightShape{I, H});
+    w.emplace_back(p + "mlp.up_proj.weight", WeightShape{I, H});
+    w.emplace_back(p + "mlp.down_proj.weight", WeightShape{H, I});
+  }
+  w.emplace_back("model.norm.weight", WeightShape{H});
+  if (!c.tie_word_embeddings) w.emplace_back("lm_head.weight", WeightShape{c.vocab_size, H});
+  return w;
+}
+
+std::map<std::string, WeightShape> expected_weights(const ModelConfig& c) {
+  const auto list = expected_weight_list(c);
+  return {list.begin(), list.end()};
+}
+
+}  // namespace cskv::model

@@ -4,12 +4,14 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace cskv::model {
 
 enum class Arch { kLlama, kMistral, kQwen2 };
 const char* arch_name(Arch a);  // "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM"
+const char* model_type_name(Arch a);  // "llama" | "mistral" | "qwen2" (config.json model_type)
 
 struct ModelConfig {
   Arch arch = Arch::kLlama;
@@ -26,13 +28,17 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases (always true for Qwen2)
   std::string torch_dtype = "float32";
-  int64_t bos_token_id = -1;  // -1: none
+  int64_t bos_token_id = -1;   // -1: none
+  int64_t sliding_window = 0;  // Mistral/Qwen2 sliding-window attention span (0: none)
 
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // D
   int64_t q_dim() const { return num_attention_heads * head_dim; }
 
-  // Stable hex hash of the fields above (what shards/checkpoints record to detect a model swap).
+  // Stable hex hash of the fields above (what shards/checkpoints record to detect a model swap):
+  // FNV-1a 64 of canonical_json(), as 16 lowercase hex digits.
   std::string hash() const;
+  // The fields above as compact JSON with sorted keys (the input of hash()).
+  std::string canonical_json() const;
   // config.json text that HF transformers and parse_config() both read.
   std::string to_json() const;
 };
@@ -41,7 +47,12 @@ struct ModelConfig {
 ModelConfig parse_config_json(const std::string& json_text, const std::string& path);
 ModelConfig load_config(const std::string& model_dir);  // <dir>/config.json
 
+using WeightShape = std::vector<int64_t>;
+
 // Every weight the architecture has, with its expected shape (HF names and layouts).
-std::map<std::string, std::vector<int64_t>> expected_weights(const ModelConfig& c);
+std::map<std::string, WeightShape> expected_weights(const ModelConfig& c);
+// The same weights in model order: embed_tokens, layers 0..L-1 (HF order inside a layer),
+// model.norm, lm_head (absent when tie_word_embeddings).
+std::vector<std::pair<std::string, WeightShape>> expected_weight_list(const ModelConfig& c);
 
 }  // namespace cskv::model

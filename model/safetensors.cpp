@@ -50,8 +50,8 @@ void write_atomically(const std::string& path, Fill&& fill) {
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::string tmpl = (dir / ("." + target.filename().string() + ".tmp-XXXXXX")).string();
   const int fd = ::mkstemp(tmpl.data());
-  CSKV_CHECK(fd >= 0, path << ": cannot create a temporary file in " << dir.string() << ": "
-                           << errno_str());
+  CSKV_CHECK(fd >= 0,
+             path << ": cannot create a temporary file in " << dir.string() << ": " << errno_str());
   try {
     fill(fd, tmpl);
     CSKV_CHECK(::fchmod(fd, 0644) == 0, tmpl << ": fchmod failed: " << errno_str());
@@ -102,8 +102,8 @@ std::vector<PreparedTensor> prepare(const NamedTensors& tensors, const std::stri
     CSKV_CHECK_INPUT(names.insert(name).second,
                      path << ": tensor '" << name << "' is given more than once");
     CSKV_CHECK_INPUT(t.defined(), path << ": tensor '" << name << "' is undefined");
-    CSKV_CHECK_INPUT(t.device().is_cpu(), path << ": tensor '" << name << "' is on "
-                                                << t.device() << ", expected a CPU tensor");
+    CSKV_CHECK_INPUT(t.device().is_cpu(), path << ": tensor '" << name << "' is on " << t.device()
+                                               << ", expected a CPU tensor");
     const auto st = t.scalar_type();
     CSKV_CHECK_INPUT(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
                      path << ": tensor '" << name << "' has dtype " << st << ", expected one of "
@@ -216,9 +216,9 @@ bool SafetensorsFile::contains(const std::string& name) const {
 
 const TensorEntry& SafetensorsFile::entry(const std::string& name) const {
   const auto it = header_.tensors.find(name);
-  CSKV_CHECK_INPUT(it != header_.tensors.end(),
-                   path_ << ": no tensor named '" << name << "' (the file has "
-                         << header_.tensors.size() << " tensors)");
+  CSKV_CHECK_INPUT(it != header_.tensors.end(), path_ << ": no tensor named '" << name
+                                                      << "' (the file has "
+                                                      << header_.tensors.size() << " tensors)");
   return it->second;
 }
 
@@ -265,15 +265,15 @@ SafetensorsModel SafetensorsModel::open_dir(const std::string& model_dir) {
                         << "shard file)");
     std::set<std::string> checked;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      CSKV_CHECK_INPUT(it.value().is_string() && !it.value().get<std::string>().empty(),
-                       ip << ": weight_map['" << it.key() << "'] must be a file name, found "
-                          << it.value().dump());
+      CSKV_CHECK_INPUT(
+          it.value().is_string() && !it.value().get<std::string>().empty(),
+          ip << ": weight_map['" << it.key() << "'] must be a file name, found "
+             << (it.value().is_primitive() ? it.value().dump() : it.value().type_name()));
       const std::string file = it.value().get<std::string>();
       if (checked.insert(file).second) {
         CSKV_CHECK_INPUT(fs::is_regular_file(dir / file, ec),
-                         ip << ": weight_map names shard '" << file << "' (for tensor '"
-                            << it.key() << "') but " << (dir / file).string()
-                            << " does not exist");
+                         ip << ": weight_map names shard '" << file << "' (for tensor '" << it.key()
+                            << "') but " << (dir / file).string() << " does not exist");
       }
       m.weight_map_[it.key()] = file;
     }
@@ -301,8 +301,7 @@ bool SafetensorsModel::contains(const std::string& name) const {
 std::string SafetensorsModel::file_of(const std::string& name) const {
   const auto it = weight_map_.find(name);
   CSKV_CHECK_INPUT(it != weight_map_.end(), dir_ << ": the model has no tensor named '" << name
-                                                 << "' (" << weight_map_.size()
-                                                 << " tensors)");
+                                                 << "' (" << weight_map_.size() << " tensors)");
   return (fs::path(dir_) / it->second).string();
 }
 
@@ -310,8 +309,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsModel::file(const std::string& file_
   std::lock_guard<std::mutex> lock(*files_mutex_);
   auto it = files_.find(file_name);
   if (it == files_.end()) {
-    it = files_.emplace(file_name,
-                        SafetensorsFile::open((fs::path(dir_) / file_name).string())).first;
+    it = files_.emplace(file_name, SafetensorsFile::open((fs::path(dir_) / file_name).string()))
+             .first;
   }
   return it->second;
 }

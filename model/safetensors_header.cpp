@@ -17,9 +17,32 @@ namespace {
 
 using json = nlohmann::json;
 
-// A JSON value for an error message, cut short so a huge header cannot flood the message.
+// A JSON value for an error message, cut short (in length and nesting depth, without recursing
+// into deep input) so a hostile header can neither flood the message nor overflow the stack.
+void brief_into(const json& v, int depth, std::string* out) {
+  constexpr size_t kMax = 80;
+  if (out->size() > kMax) return;
+  if (v.is_primitive()) {
+    *out += v.dump(-1, ' ', true, json::error_handler_t::replace);
+  } else if (depth >= 4) {
+    *out += v.is_array() ? "[...]" : "{...}";
+  } else {
+    *out += v.is_array() ? "[" : "{";
+    bool first = true;
+    for (auto it = v.begin(); it != v.end() && out->size() <= kMax; ++it) {
+      if (!first) *out += ",";
+      first = false;
+      if (v.is_object())
+        *out += json(it.key()).dump(-1, ' ', true, json::error_handler_t::replace) + ":";
+      brief_into(it.value(), depth + 1, out);
+    }
+    *out += v.is_array() ? "]" : "}";
+  }
+}
+
 std::string brief(const json& v) {
-  std::string s = v.dump(-1, ' ', true, json::error_handler_t::replace);
+  std::string s;
+  brief_into(v, 0, &s);
   constexpr size_t kMax = 80;
   if (s.size() > kMax) s = s.substr(0, kMax) + "...";
   return s;
@@ -61,8 +84,10 @@ json parse_json(const char* begin, const char* end, const std::string& path) {
   try {
     j = json::parse(begin, end, callback, /*allow_exceptions=*/true);
   } catch (const json::parse_error& e) {
-    CSKV_FAIL_INPUT(path << ": header is not valid JSON (parse error at byte " << e.byte
-                         << " of " << (end - begin) << ")");
+    // nlohmann counts an unexpected end as one past the last byte; report a byte of the header.
+    const auto size = static_cast<size_t>(end - begin);
+    CSKV_FAIL_INPUT(path << ": header is not valid JSON (parse error near byte "
+                         << std::min(e.byte, size) << " of " << size << ")");
   } catch (const json::exception& e) {
     CSKV_FAIL_INPUT(path << ": header is not valid JSON (" << e.what() << ")");
   }
@@ -108,14 +133,14 @@ TensorEntry parse_entry(const std::string& name, const json& v, uint64_t data_si
                                                   << "integers, found " << brief(shape));
     if (d.is_number_unsigned()) {
       const uint64_t u = d.get<uint64_t>();
-      CSKV_CHECK_INPUT(u <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
-                       where << ": dimension " << u << " in shape " << brief(shape)
-                             << " is too large");
+      CSKV_CHECK_INPUT(
+          u <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
+          where << ": dimension " << u << " in shape " << brief(shape) << " is too large");
       e.shape.push_back(static_cast<int64_t>(u));
     } else {
       const int64_t s = d.get<int64_t>();
-      CSKV_CHECK_INPUT(s >= 0, where << ": negative dimension " << s << " in shape "
-                                     << brief(shape));
+      CSKV_CHECK_INPUT(s >= 0,
+                       where << ": negative dimension " << s << " in shape " << brief(shape));
       e.shape.push_back(s);
     }
   }
@@ -129,8 +154,8 @@ TensorEntry parse_entry(const std::string& name, const json& v, uint64_t data_si
     for (int64_t d : e.shape) {
       const auto ud = static_cast<uint64_t>(d);
       CSKV_CHECK_INPUT(nbytes <= std::numeric_limits<uint64_t>::max() / ud,
-                       where << ": shape " << shape_str(e.shape) << " of "
-                             << dtype_name(e.dtype) << " is too large (byte size overflows 64 bits)");
+                       where << ": shape " << shape_str(e.shape) << " of " << dtype_name(e.dtype)
+                             << " is too large (byte size overflows 64 bits)");
       nbytes *= ud;
     }
   }
@@ -147,10 +172,10 @@ TensorEntry parse_entry(const std::string& name, const json& v, uint64_t data_si
   CSKV_CHECK_INPUT(e.end <= data_size, where << ": data_offsets " << range
                                              << " end beyond the data section (" << data_size
                                              << " bytes)");
-  CSKV_CHECK_INPUT(e.end - e.begin == nbytes,
-                   where << ": data_offsets " << range << " span " << (e.end - e.begin)
-                         << " bytes, expected " << nbytes << " (" << dtype_name(e.dtype) << " "
-                         << shape_str(e.shape) << ")");
+  CSKV_CHECK_INPUT(e.end - e.begin == nbytes, where << ": data_offsets " << range << " span "
+                                                    << (e.end - e.begin) << " bytes, expected "
+                                                    << nbytes << " (" << dtype_name(e.dtype) << " "
+                                                    << shape_str(e.shape) << ")");
   return e;
 }
 
@@ -190,15 +215,15 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* prefix, size_t prefix_
   CSKV_CHECK_INPUT(file_size >= 8, path << ": file is " << file_size
                                         << " bytes, too small for a safetensors file (expected "
                                         << "at least 8 bytes: the header length)");
-  CSKV_CHECK(prefix_size >= 8, path << ": parse_safetensors_header needs the first 8 bytes, got "
-                                    << prefix_size);
+  CSKV_CHECK(prefix_size >= 8,
+             path << ": parse_safetensors_header needs the first 8 bytes, got " << prefix_size);
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | prefix[i];
   CSKV_CHECK_INPUT(n <= kMaxHeaderBytes, path << ": header length " << n << " exceeds the limit of "
                                               << kMaxHeaderBytes << " bytes");
   CSKV_CHECK_INPUT(n <= file_size - 8, path << ": header length " << n << " exceeds the file ("
-                                            << file_size << " bytes, so at most "
-                                            << (file_size - 8) << " header bytes)");
+                                            << file_size << " bytes, so at most " << (file_size - 8)
+                                            << " header bytes)");
   CSKV_CHECK(prefix_size >= 8 + n, path << ": parse_safetensors_header needs " << (8 + n)
                                         << " bytes of the file, got " << prefix_size);
 
@@ -209,8 +234,8 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* prefix, size_t prefix_
 
   const char* text = reinterpret_cast<const char*>(prefix + 8);
   const json j = parse_json(text, text + n, path);
-  CSKV_CHECK_INPUT(j.is_object(), path << ": header must be a JSON object, found "
-                                       << j.type_name());
+  CSKV_CHECK_INPUT(j.is_object(),
+                   path << ": header must be a JSON object, found " << j.type_name());
 
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it.key() == "__metadata__") {
@@ -230,10 +255,10 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* prefix, size_t prefix_
   const TensorEntry* furthest = nullptr;
   for (const TensorEntry* e : by_offset) {
     if (furthest) {
-      CSKV_CHECK_INPUT(e->begin >= furthest->end,
-                       path << ": tensors '" << furthest->name << "' [" << furthest->begin << ", "
-                            << furthest->end << "] and '" << e->name << "' [" << e->begin << ", "
-                            << e->end << "] overlap");
+      CSKV_CHECK_INPUT(e->begin >= furthest->end, path << ": tensors '" << furthest->name << "' ["
+                                                       << furthest->begin << ", " << furthest->end
+                                                       << "] and '" << e->name << "' [" << e->begin
+                                                       << ", " << e->end << "] overlap");
     }
     if (!furthest || e->end > furthest->end) furthest = e;
   }

@@ -22,8 +22,8 @@ TEST(Blas, LibTorchLoadedOpenBlas) {
     }
   }
   EXPECT_TRUE(openblas) << "no OpenBLAS mapped; BLAS/LAPACK mappings:\n" << blas_lines;
-  EXPECT_EQ(blas_lines.find("/blas/libblas.so"), std::string::npos)
-      << "reference BLAS is mapped:\n" << blas_lines;
+  EXPECT_EQ(blas_lines.find("/blas/libblas.so"), std::string::npos) << "reference BLAS is mapped:\n"
+                                                                    << blas_lines;
 }
 
 }  // namespace

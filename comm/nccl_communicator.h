@@ -1,0 +1,18 @@
+// The NCCL backend (built with CSKV_WITH_NCCL): CUDA tensors go through NCCL, CPU tensors and
+// byte blobs through the MPI communicator it was bootstrapped from. Only comm/factory.cpp uses it.
+#pragma once
+
+#include <memory>
+
+#include "comm/communicator.h"
+
+namespace cskv::comm {
+
+class MpiCommunicator;
+
+// Bootstraps NCCL over mpi (rank 0 ncclGetUniqueId, broadcast over MPI, ncclCommInitRank) on the
+// CUDA device numbered by the local rank; every wait is bounded by mpi's timeout, and a failed
+// or timed-out NCCL communicator is aborted (ncclCommAbort) before the error is thrown.
+std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<MpiCommunicator> mpi);
+
+}  // namespace cskv::comm

@@ -1,0 +1,55 @@
+// The capture stage: runs the model over calibration sequences (data-parallel over ranks),
+// writes each rank's HDF5 activation shards and the reduced Gram statistics (acts/stats.h5).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "data/activation_shard.h"
+#include "data/token_source.h"
+
+namespace cskv::data {
+
+struct CaptureOptions {
+  std::string model_dir;
+  std::string tokens_path;     // flat token file, or
+  std::string text_path;       // a UTF-8 text file with
+  std::string tokenizer_path;  // a SentencePiece tokenizer.model
+  TokenDtype token_dtype = TokenDtype::kU32;
+  int64_t num_seqs = 64;
+  int64_t seq_len = 512;
+  int64_t holdout_seqs = 8;
+  int64_t batch = 4;  // sequences per forward pass
+  uint64_t seed = 0;
+  Sampling sampling = Sampling::kRandom;
+  ActivationDtype dtype = ActivationDtype::kFloat16;
+  std::vector<int64_t> layers;  // empty: all layers
+  std::string out_dir;
+  bool overwrite = false;
+};
+
+struct CaptureResult {
+  bool already_complete = false;            // nothing was done: every shard and stats.h5 were there
+  std::vector<std::string> shards_written;  // by this rank
+  std::vector<std::string> shards_reused;   // by this rank (listed in the manifest already)
+  int64_t tokens_captured = 0;              // by this rank, by running the model
+  double seconds = 0;
+};
+
+// "0-7", "0,2,5-6" or "all" (empty) → ascending layer list; each must be < num_layers.
+std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layers);
+
+// The resolved capture settings as stored in <out>/capture.json; a rerun with other settings is
+// refused with every differing key named, unless options.overwrite.
+std::string capture_config_json(const CaptureOptions& options, const std::string& model_hash,
+                                int64_t token_stream_size, int world_size);
+
+// Runs the whole stage on every rank of comm (collective). Shards already listed in the manifest
+// are kept (their statistics are recomputed from the file, bit for bit as when they were written);
+// all others are (re)written. Rank r captures training sequences r, r+W, r+2W, ... and the same
+// stride of the held-out ones.
+CaptureResult run_capture(const CaptureOptions& options, comm::Communicator& comm);
+
+}  // namespace cskv::data

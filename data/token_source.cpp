@@ -1,0 +1,234 @@
+// Token files (mmap of little-endian u16/u32 ids), calibration sampling and text input.
+// Sampling uses std::mt19937_64 with our own rejection sampler so results match across STLs.
+#include "data/token_source.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "data/sentencepiece.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "cskv data/ assumes a little-endian host (token files are little-endian)"
+#endif
+
+namespace cskv::data {
+
+TokenDtype parse_token_dtype(const std::string& s) {
+  if (s == "u16") return TokenDtype::kU16;
+  if (s == "u32") return TokenDtype::kU32;
+  CSKV_FAIL_USAGE("token dtype must be u16 or u32, got '" << s << "'");
+}
+
+const char* token_dtype_name(TokenDtype d) { return d == TokenDtype::kU16 ? "u16" : "u32"; }
+
+Sampling parse_sampling(const std::string& s) {
+  if (s == "random") return Sampling::kRandom;
+  if (s == "contiguous") return Sampling::kContiguous;
+  CSKV_FAIL_USAGE("sampling must be random or contiguous, got '" << s << "'");
+}
+
+uint64_t uniform_below(std::mt19937_64& engine, uint64_t n) {
+  CSKV_CHECK(n >= 1, "uniform_below needs n >= 1, got " << n);
+  // Accept only draws below the largest multiple of n, so every residue is equally likely.
+  const uint64_t limit = UINT64_MAX - (UINT64_MAX % n + 1) % n;
+  for (;;) {
+    const uint64_t x = engine();
+    if (x <= limit) return x % n;
+  }
+}
+
+std::vector<int64_t> sample_sequences(int64_t num_tokens, int64_t num_seqs, int64_t window_len,
+                                      uint64_t seed, Sampling sampling) {
+  CSKV_CHECK_INPUT(num_seqs >= 0, "number of sequences must be >= 0, got " << num_seqs);
+  CSKV_CHECK_INPUT(window_len >= 1, "sequence length must be >= 1, got " << window_len);
+  CSKV_CHECK_INPUT(num_tokens >= window_len, num_tokens
+                                                 << " tokens is shorter than one sequence of "
+                                                 << window_len << " tokens");
+  std::vector<int64_t> starts(static_cast<size_t>(num_seqs));
+  if (sampling == Sampling::kContiguous) {
+    CSKV_CHECK_INPUT(num_seqs <= num_tokens / window_len,
+                     num_tokens << " tokens hold only " << num_tokens / window_len
+                                << " contiguous sequences of " << window_len << " tokens, "
+                                << num_seqs << " requested");
+    for (int64_t i = 0; i < num_seqs; ++i) starts[static_cast<size_t>(i)] = i * window_len;
+    return starts;
+  }
+  std::mt19937_64 engine(seed);
+  const auto choices = static_cast<uint64_t>(num_tokens - window_len + 1);
+  for (auto& s : starts) s = static_cast<int64_t>(uniform_below(engine, choices));
+  return starts;
+}
+
+int64_t stream_tokens_per_sequence(int64_t seq_len, int64_t bos_token_id) {
+  CSKV_CHECK_INPUT(seq_len >= (bos_token_id >= 0 ? 2 : 1),
+                   "sequence length must be >= " << (bos_token_id >= 0 ? 2 : 1)
+                                                 << (bos_token_id >= 0 ? " with a BOS token" : "")
+                                                 << ", got " << seq_len);
+  return bos_token_id >= 0 ? seq_len - 1 : seq_len;
+}
+
+TokenFile::TokenFile(const std::string& path, TokenDtype dtype, int64_t vocab_size)
+    : path_(path), dtype_(dtype) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  CSKV_CHECK_INPUT(fd >= 0, path << ": cannot open token file: " << std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    CSKV_FAIL_INPUT(path << ": cannot stat token file: " << std::strerror(err));
+  }
+  const auto bytes = static_cast<int64_t>(st.st_size);
+  const int64_t width = dtype == TokenDtype::kU16 ? 2 : 4;
+  if (bytes % width != 0) {
+    ::close(fd);
+    CSKV_FAIL_INPUT(path << ": " << bytes << " bytes is not a multiple of " << width << " ("
+                         << token_dtype_name(dtype) << " tokens)");
+  }
+  num_tokens_ = bytes / width;
+  if (bytes > 0) {
+    map_ = ::mmap(nullptr, static_cast<size_t>(bytes), PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map_ == MAP_FAILED) {
+      const int err = errno;
+      map_ = nullptr;
+      ::close(fd);
+      CSKV_FAIL_INPUT(path << ": cannot mmap token file: " << std::strerror(err));
+    }
+    map_len_ = static_cast<size_t>(bytes);
+    data_ = map_;
+  }
+  ::close(fd);
+  validate_ids(vocab_size);
+}
+
+TokenFile TokenFile::from_tokens(std::vector<uint32_t> tokens, const std::string& name,
+                                 int64_t vocab_size) {
+  TokenFile f;
+  f.path_ = name;
+  f.dtype_ = TokenDtype::kU32;
+  f.owned_ = std::move(tokens);
+  f.num_tokens_ = static_cast<int64_t>(f.owned_.size());
+  f.data_ = f.owned_.data();
+  f.validate_ids(vocab_size);
+  return f;
+}
+
+void TokenFile::release() {
+  if (map_ != nullptr) ::munmap(map_, map_len_);
+  map_ = nullptr;
+  map_len_ = 0;
+  data_ = nullptr;
+  owned_.clear();
+}
+
+TokenFile::~TokenFile() { release(); }
+
+TokenFile::TokenFile(TokenFile&& o) noexcept { *this = std::move(o); }
+
+TokenFile& TokenFile::operator=(TokenFile&& o) noexcept {
+  if (this == &o) return *this;
+  release();
+  path_ = std::move(o.path_);
+  dtype_ = o.dtype_;
+  num_tokens_ = o.num_tokens_;
+  map_ = o.map_;
+  map_len_ = o.map_len_;
+  owned_ = std::move(o.owned_);
+  data_ = map_ != nullptr ? map_ : static_cast<const void*>(owned_.data());
+  o.map_ = nullptr;
+  o.map_len_ = 0;
+  o.data_ = nullptr;
+  o.num_tokens_ = 0;
+  return *this;
+}
+
+uint32_t TokenFile::operator[](int64_t i) const {
+  if (dtype_ == TokenDtype::kU16) return static_cast<const uint16_t*>(data_)[i];
+  return static_cast<const uint32_t*>(data_)[i];
+}
+
+void TokenFile::validate_ids(int64_t vocab_size) const {
+  if (vocab_size <= 0) return;
+  if (dtype_ == TokenDtype::kU16 && vocab_size > 65535) return;  // every u16 id fits
+  const auto limit = static_cast<uint64_t>(vocab_size);
+  auto scan = [&](const auto* ids) {
+    for (int64_t i = 0; i < num_tokens_; ++i) {
+      if (static_cast<uint64_t>(ids[i]) >= limit) {
+        CSKV_FAIL_INPUT(path_ << ": token id " << static_cast<uint64_t>(ids[i]) << " at position "
+                              << i << " is out of range for vocab_size " << vocab_size);
+      }
+    }
+  };
+  if (dtype_ == TokenDtype::kU16) {
+    scan(static_cast<const uint16_t*>(data_));
+  } else {
+    scan(static_cast<const uint32_t*>(data_));
+  }
+}
+
+std::vector<int64_t> TokenFile::sample(int64_t num_seqs, int64_t seq_len, uint64_t seed,
+                                       Sampling sampling, int64_t bos_token_id) const {
+  const int64_t window = stream_tokens_per_sequence(seq_len, bos_token_id);
+  CSKV_CHECK_INPUT(num_tokens_ >= window, path_ << ": " << num_tokens_
+                                                << " tokens is shorter than one sequence of "
+                                                << window << " tokens");
+  try {
+    return sample_sequences(num_tokens_, num_seqs, window, seed, sampling);
+  } catch (const Error& e) {
+    CSKV_FAIL_INPUT(path_ << ": " << e.message());
+  }
+}
+
+void TokenFile::read_sequence(int64_t start, int64_t seq_len, int64_t bos_token_id,
+                              uint32_t* out) const {
+  const int64_t window = stream_tokens_per_sequence(seq_len, bos_token_id);
+  CSKV_CHECK(start >= 0 && start + window <= num_tokens_,
+             path_ << ": sequence at offset " << start << " of " << window
+                   << " tokens runs past the end (" << num_tokens_ << " tokens)");
+  if (bos_token_id >= 0) *out++ = static_cast<uint32_t>(bos_token_id);
+  if (dtype_ == TokenDtype::kU16) {
+    const auto* ids = static_cast<const uint16_t*>(data_) + start;
+    for (int64_t i = 0; i < window; ++i) out[i] = ids[i];
+  } else {
+    std::memcpy(out, static_cast<const uint32_t*>(data_) + start,
+                static_cast<size_t>(window) * sizeof(uint32_t));
+  }
+}
+
+std::vector<uint32_t> TokenFile::gather(const std::vector<int64_t>& starts, int64_t seq_len,
+                                        int64_t bos_token_id) const {
+  std::vector<uint32_t> out(starts.size() * static_cast<size_t>(seq_len));
+  for (size_t i = 0; i < starts.size(); ++i) {
+    read_sequence(starts[i], seq_len, bos_token_id, out.data() + i * static_cast<size_t>(seq_len));
+  }
+  return out;
+}
+
+std::vector<uint32_t> tokenize_text_file(const std::string& text_path,
+                                         const std::string& tokenizer_model_path, bool add_bos) {
+  std::ifstream in(text_path, std::ios::binary);
+  CSKV_CHECK_INPUT(in.good(), text_path << ": cannot open text file: " << std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  CSKV_CHECK_INPUT(!in.bad(), text_path << ": read failed");
+  const std::string text = ss.str();
+
+  const SentencePieceInfo info = sentencepiece_info(tokenizer_model_path);
+  std::vector<uint32_t> ids = sentencepiece_encode(tokenizer_model_path, text);
+  if (add_bos) {
+    CSKV_CHECK_INPUT(info.bos_id >= 0, tokenizer_model_path
+                                           << ": the SentencePiece model has no BOS token, but "
+                                              "the model expects one");
+    ids.insert(ids.begin(), static_cast<uint32_t>(info.bos_id));
+  }
+  return ids;
+}
+
+}  // namespace cskv::data

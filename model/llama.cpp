@@ -1,0 +1,120 @@
+// Llama-family forward: embedding, RMSNorm, RoPE (linear scaling), causal GQA attention with
+// optional q/k/v biases and sliding window, SiLU-gated MLP, final norm and (tied) lm_head.
+#include "model/llama.h"
+
+#include <cmath>
+#include <limits>
+
+#include "common/error.h"
+
+namespace cskv::model {
+
+LlamaModel::LlamaModel(ModelConfig config, std::shared_ptr<const SafetensorsModel> weights,
+                       at::ScalarType compute_dtype)
+    : config_(std::move(config)), weights_(std::move(weights)), compute_dtype_(compute_dtype) {
+  CSKV_CHECK(weights_ != nullptr, "LlamaModel: no weights given");
+}
+
+at::Tensor LlamaModel::weight(const std::string& name) const {
+  at::Tensor w = weights_->get(name);
+  return w.scalar_type() == compute_dtype_ ? w : w.to(compute_dtype_);
+}
+
+at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const std::string& weight_name) const {
+  const auto var = x.pow(2).mean(-1, /*keepdim=*/true);
+  return x * at::rsqrt(var + config_.rms_norm_eps) * weight(weight_name);
+}
+
+at::Tensor LlamaModel::linear(const at::Tensor& x, const std::string& prefix, bool bias) const {
+  const at::Tensor w = weight(prefix + ".weight");
+  return bias ? at::linear(x, w, weight(prefix + ".bias")) : at::linear(x, w);
+}
+
+std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables(int64_t seq) const {
+  const int64_t hd = config_.head_dim;
+  // inv_freq_i = theta^(-2i/hd), computed in float64 then rounded, as HF does in float32.
+  const auto idx = at::arange(0, hd, 2, at::TensorOptions().dtype(at::kDouble));
+  const auto inv_freq = at::pow(config_.rope_theta, -idx / static_cast<double>(hd));
+  const auto pos =
+      at::arange(seq, at::TensorOptions().dtype(at::kDouble)) / config_.rope_scaling_factor;
+  const auto freqs = at::outer(pos, inv_freq);   // [seq, hd/2]
+  const auto emb = at::cat({freqs, freqs}, -1);  // [seq, hd]
+  return {emb.cos().to(compute_dtype_), emb.sin().to(compute_dtype_)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const auto x1 = x.narrow(-1, 0, half);
+  const auto x2 = x.narrow(-1, half, half);
+  const auto rotated = at::cat({-x2, x1}, -1);
+  return x * cos + rotated * sin;
+}
+
+at::Tensor LlamaModel::layer_forward(int64_t layer, const at::Tensor& h, const at::Tensor& cos,
+                                     const at::Tensor& sin, const LayerHook& hook) const {
+  const auto& c = config_;
+  const std::string p = "model.layers." + std::to_string(layer) + ".";
+  const int64_t batch = h.size(0), seq = h.size(1);
+  const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
+
+  const at::Tensor x = rms_norm(h, p + "input_layernorm.weight");
+  if (hook) hook(layer, x.reshape({batch * seq, c.hidden_size}).contiguous());
+
+  const bool bias = c.attention_bias;
+  auto q = linear(x, p + "self_attn.q_proj", bias).view({batch, seq, nh, hd}).transpose(1, 2);
+  auto k = linear(x, p + "self_attn.k_proj", bias).view({batch, seq, nkv, hd}).transpose(1, 2);
+  auto v = linear(x, p + "self_attn.v_proj", bias).view({batch, seq, nkv, hd}).transpose(1, 2);
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  if (nkv != nh) {  // GQA: query head i reads kv head i / (nh / nkv), as HF repeat_kv
+    k = k.repeat_interleave(nh / nkv, /*dim=*/1);
+    v = v.repeat_interleave(nh / nkv, /*dim=*/1);
+  }
+  auto scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
+  // Causal mask (and sliding window when configured): query i sees keys j <= i, i - j < window.
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  const auto qi = at::arange(seq, opts).unsqueeze(1);
+  const auto kj = at::arange(seq, opts).unsqueeze(0);
+  auto hidden = kj > qi;
+  if (c.sliding_window > 0) hidden = hidden.logical_or(qi - kj >= c.sliding_window);
+  scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
+  const auto probs = at::softmax(scores, -1);
+  const auto attn = at::matmul(probs, v).transpose(1, 2).reshape({batch, seq, nh * hd});
+  const auto h1 = h + linear(attn, p + "self_attn.o_proj", false);
+
+  const auto x2 = rms_norm(h1, p + "post_attention_layernorm.weight");
+  const auto gate = linear(x2, p + "mlp.gate_proj", false);
+  const auto up = linear(x2, p + "mlp.up_proj", false);
+  return h1 + linear(at::silu(gate) * up, p + "mlp.down_proj", false);
+}
+
+at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,
+                               const ForwardOptions& options) const {
+  const auto& c = config_;
+  CSKV_CHECK_INPUT(
+      tokens.dim() == 2 && tokens.scalar_type() == at::kLong,
+      "forward: expected int64 tokens [batch, seq], found " << tokens.dim() << "-d tensor");
+  const int64_t last = options.last_layer < 0 ? c.num_hidden_layers - 1 : options.last_layer;
+  CSKV_CHECK_INPUT(last < c.num_hidden_layers, "forward: layer "
+                                                   << last << " requested, the model has "
+                                                   << c.num_hidden_layers << " layers");
+  if (tokens.numel() > 0) {
+    const int64_t max_id = tokens.max().item<int64_t>();
+    const int64_t min_id = tokens.min().item<int64_t>();
+    CSKV_CHECK_INPUT(min_id >= 0 && max_id < c.vocab_size,
+                     "forward: token id " << (min_id < 0 ? min_id : max_id)
+                                          << " outside the vocabulary [0, " << c.vocab_size << ")");
+  }
+  // Embedding lookup touches only the rows it needs, in the checkpoint dtype.
+  const at::Tensor embed = weights_->get("model.embed_tokens.weight");
+  at::Tensor h = embed.index_select(0, tokens.reshape({-1})).to(compute_dtype_);
+  h = h.view({tokens.size(0), tokens.size(1), c.hidden_size});
+  const auto [cos, sin] = rope_tables(tokens.size(1));
+  for (int64_t l = 0; l <= last; ++l) h = layer_forward(l, h, cos, sin, hook);
+  if (options.last_layer >= 0) return {};
+  h = rms_norm(h, "model.norm.weight");
+  const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  return at::linear(h, weight(head));
+}
+
+}  // namespace cskv::model

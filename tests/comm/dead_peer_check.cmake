@@ -1,0 +1,40 @@
+# Driver of the mpi_comm_{hung,dead}_peer tests (cmake -P): runs the DeadPeer scenario under
+# mpirun and asserts that the job ended in time and that the right ranks said why.
+foreach(var MPIEXEC NP_FLAG NP EXE MODE)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "dead_peer_check.cmake: -D${var}=... is required")
+  endif()
+endforeach()
+
+string(TIMESTAMP start "%s" UTC)
+execute_process(
+  COMMAND ${MPIEXEC} ${MPIEXEC_FLAGS} ${NP_FLAG} ${NP} ${EXE} --gtest_filter=DeadPeer.*
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 40)
+string(TIMESTAMP end "%s" UTC)
+math(EXPR elapsed "${end} - ${start}")
+message(STATUS "mpirun exit: ${rc}, ${elapsed} s\n--- stdout ---\n${out}\n--- stderr ---\n${err}")
+
+if(rc MATCHES "timeout")
+  message(FATAL_ERROR "mpirun did not finish within 40 s: a rank hung")
+endif()
+if(rc EQUAL 0)
+  message(FATAL_ERROR "mpirun exited with 0 although rank ${NP}-1 never finished")
+endif()
+if(elapsed GREATER 30)
+  message(FATAL_ERROR "the run took ${elapsed} s; the survivors' timeout is 3 s")
+endif()
+math(EXPR victim "${NP} - 1")
+if(MODE STREQUAL "stop")
+  math(EXPR last_survivor "${NP} - 2")
+  foreach(rank RANGE 0 ${last_survivor})
+    if(NOT out MATCHES "dead-peer check passed on rank ${rank} of ${NP} after [0-9.]+ s")
+      message(FATAL_ERROR "rank ${rank} did not report the expected timeout error")
+    endif()
+  endforeach()
+else()
+  # Open MPI names the rank as "process rank 2" or "Process name: [[jobid,1],2]".
+  if(NOT "${out}${err}" MATCHES "(process rank ${victim} with PID|Process name: \\[\\[[0-9]+,[0-9]+\\],${victim}\\])")
+    message(FATAL_ERROR "mpirun's report does not name the dead rank ${victim}")
+  endif()
+endif()
+message(STATUS "${MODE} check passed: rank ${victim} of ${NP} gone, job ended in ${elapsed} s")
