@@ -18,26 +18,34 @@ enum class ErrorKind {
 
 class Error : public std::runtime_error {
  public:
-  Error(ErrorKind kind, std::string message, std::string where = {})
+  Error(ErrorKind kind, std::string message, std::string where = {}, bool collective = false)
       : std::runtime_error(message),
         kind_(kind),
         message_(std::move(message)),
-        where_(std::move(where)) {}
+        where_(std::move(where)),
+        collective_(collective) {}
   ErrorKind kind() const { return kind_; }
   // The user-facing message, without the source location (stable: tests compare it exactly).
   const std::string& message() const { return message_; }
   // "file.cpp:123 (expression)" of the check that failed; empty when thrown directly.
   const std::string& where() const { return where_; }
+  // Raised identically on every rank (a usage error, or a verdict rank 0 broadcast): only rank 0
+  // prints it, so an mpirun job shows the message once.
+  bool collective() const { return collective_ || kind_ == ErrorKind::kUsage; }
 
  private:
   ErrorKind kind_;
   std::string message_;
   std::string where_;
+  bool collective_ = false;
 };
 
 // Rank of this process for error messages; set once by comm/ after bootstrap (-1: unknown).
 void set_error_rank(int rank);
 int error_rank();
+// The rank of this process as far as known: error_rank(), else the launcher's environment
+// (OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK, SLURM_PROCID under srun), else 0.
+int process_rank();
 
 namespace detail {
 [[noreturn]] void throw_error(ErrorKind kind, const char* file, int line, const char* expr,

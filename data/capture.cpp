@@ -94,6 +94,13 @@ namespace {
 std::string capture_json_path(const std::string& dir) { return dir + "/capture.json"; }
 std::string stats_path(const std::string& dir) { return dir + "/stats.h5"; }
 
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 void write_text_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
@@ -210,6 +217,12 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
   CSKV_CHECK_USAGE(opt.batch >= 1, "--batch: expected >= 1, found " << opt.batch);
 
   const int rank = comm.rank(), world = comm.size();
+  CSKV_CHECK_USAGE(opt.num_seqs >= world, "--num-seqs " << opt.num_seqs
+                                                        << " is smaller than the number of ranks "
+                                                        << world << " (every rank writes a shard)");
+  CSKV_CHECK_USAGE(opt.holdout_seqs == 0 || opt.holdout_seqs >= world,
+                   "--holdout-seqs " << opt.holdout_seqs << " is smaller than the number of ranks "
+                                     << world << " (use 0 or at least " << world << ")");
   const model::ModelConfig config = model::load_config(opt.model_dir);
   auto weights =
       std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(opt.model_dir));
@@ -236,23 +249,32 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
     try {
       fs::create_directories(opt.out_dir);
       const std::string cpath = capture_json_path(opt.out_dir);
-      if (fs::exists(cpath)) {
-        std::ifstream in(cpath);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        nlohmann::json old_cfg = nlohmann::json::parse(ss.str(), nullptr, false);
+      if (opt.overwrite) {
+        logger->warn("--overwrite: removing any earlier capture in {}", opt.out_dir);
+        remove_capture_outputs(opt.out_dir);
+      } else if (fs::exists(cpath)) {
+        const nlohmann::json old_cfg = nlohmann::json::parse(read_text(cpath), nullptr, false);
         const auto diff = config_difference(old_cfg, nlohmann::json::parse(cfg_text));
-        if (!diff.empty() && !opt.overwrite) {
+        if (!diff.empty()) {
           verdict = opt.out_dir + " holds a capture with other settings (" + diff +
                     "); use another --out or --overwrite";
-        } else if (!diff.empty()) {
-          logger->warn("--overwrite: removing the earlier capture in {} ({})", opt.out_dir, diff);
-          remove_capture_outputs(opt.out_dir);
         }
-      } else if (opt.overwrite && fs::exists(opt.out_dir)) {
-        remove_capture_outputs(opt.out_dir);
       }
-      if (verdict.empty()) write_text_atomic(cpath, cfg_text);
+      // Shards the manifest lists must be intact: a listed shard that is missing, truncated or
+      // from another model is an error (nothing is overwritten), not silently redone.
+      if (verdict.empty() && fs::exists(manifest_path(opt.out_dir))) {
+        ShardExpectation expect;
+        expect.model_config_hash = hash;
+        expect.hidden_size = config.hidden_size;
+        expect.seq_len = opt.seq_len;
+        expect.dtype = activation_dtype_name(opt.dtype);
+        validate_manifest(opt.out_dir, read_manifest(opt.out_dir), expect,
+                          /*verify_checksums=*/false);
+      }
+      // Written only when it changes, so a rerun that finds the capture complete touches nothing.
+      if (verdict.empty() && (!fs::exists(cpath) || read_text(cpath) != cfg_text + "\n")) {
+        write_text_atomic(cpath, cfg_text);
+      }
     } catch (const Error& e) {
       verdict = e.message();
     } catch (const std::exception& e) {
@@ -260,7 +282,7 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
     }
   }
   comm.broadcast_bytes(verdict, 0);
-  CSKV_CHECK_INPUT(verdict.empty(), verdict);
+  if (!verdict.empty()) throw Error(ErrorKind::kInput, verdict, {}, /*collective=*/true);
 
   CaptureResult result;
   const std::string train_file = shard_file_name(rank, world, "train");
@@ -347,20 +369,36 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
       for (size_t i = 0; i < flat.size(); ++i) p[i] = flat[i];
       model::ForwardOptions fo;
       fo.last_layer = last_layer;
+      double hook_seconds = 0;
+      const auto f0 = Clock::now();
       llama.forward(
           tok,
           [&](int64_t layer, const at::Tensor& x) {
             if (!wanted.count(layer)) return;
-            writer.append(layer, x);
-            if (is_train) stats.add(layer, x);
+            const auto h0 = Clock::now();
+            // Rounded to the storage dtype once; the shard and the statistics share the copy.
+            const at::Tensor stored = x.to(to_scalar_type(opt.dtype));
+            writer.append(layer, stored);
+            const auto h1 = Clock::now();
+            if (is_train) stats.add(layer, stored);
+            const auto h2 = Clock::now();
+            result.seconds_write += std::chrono::duration<double>(h1 - h0).count();
+            result.seconds_stats += std::chrono::duration<double>(h2 - h1).count();
+            hook_seconds += std::chrono::duration<double>(h2 - h0).count();
           },
           fo);
+      result.seconds_forward +=
+          std::chrono::duration<double>(Clock::now() - f0).count() - hook_seconds;
+      const auto w0 = Clock::now();
       writer.append_tokens(ids, tok);
+      result.seconds_write += std::chrono::duration<double>(Clock::now() - w0).count();
       result.tokens_captured += static_cast<int64_t>(n) * opt.seq_len;
       progress.add(static_cast<int64_t>(n) * opt.seq_len);
     }
+    const auto w0 = Clock::now();
     const ShardSummary summary = writer.finish();
     add_to_manifest(opt.out_dir, manifest_entry(summary));
+    result.seconds_write += std::chrono::duration<double>(Clock::now() - w0).count();
     result.shards_written.push_back(split.file);
   }
   comm.barrier();  // every shard is complete and listed from here on

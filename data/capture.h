@@ -36,6 +36,11 @@ struct CaptureResult {
   std::vector<std::string> shards_reused;   // by this rank (listed in the manifest already)
   int64_t tokens_captured = 0;              // by this rank, by running the model
   double seconds = 0;
+  // Where this rank's time went (wall seconds): the model forward (excluding the hook), HDF5
+  // writes (appends, finish with fsync and checksum, manifest update) and statistics updates.
+  double seconds_forward = 0;
+  double seconds_write = 0;
+  double seconds_stats = 0;
 };
 
 // "0-7", "0,2,5-6" or "all" (empty) → ascending layer list; each must be < num_layers.

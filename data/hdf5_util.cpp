@@ -286,13 +286,48 @@ Handle open_file_readonly(const std::string& path) {
   return Handle(id, Handle::Kind::kFile);
 }
 
+Handle file_create_plist(const std::string& path) {
+  Guard g;
+  Handle fcpl(H5_CHECK(H5Pcreate(H5P_FILE_CREATE), path, "file creation properties"),
+              Handle::Kind::kPropList);
+  // The file creation list is a group creation list too: this covers the root group.
+  H5_CHECK(H5Pset_obj_track_times(fcpl.get(), 0), path, "file creation properties");
+  return fcpl;
+}
+
+Handle group_create_plist(const std::string& path, const std::string& object) {
+  Guard g;
+  Handle gcpl(H5_CHECK(H5Pcreate(H5P_GROUP_CREATE), path, object), Handle::Kind::kPropList);
+  H5_CHECK(H5Pset_obj_track_times(gcpl.get(), 0), path, object);
+  return gcpl;
+}
+
+Handle dataset_create_plist(const std::string& path, const std::string& object) {
+  Guard g;
+  Handle dcpl(H5_CHECK(H5Pcreate(H5P_DATASET_CREATE), path, object), Handle::Kind::kPropList);
+  H5_CHECK(H5Pset_obj_track_times(dcpl.get(), 0), path, object);
+  return dcpl;
+}
+
 Handle create_groups(hid_t file, const std::string& group_path, const std::string& path) {
   Guard g;
-  Handle lcpl(H5_CHECK(H5Pcreate(H5P_LINK_CREATE), path, group_path), Handle::Kind::kPropList);
-  H5_CHECK(H5Pset_create_intermediate_group(lcpl.get(), 1), path, group_path);
-  return Handle(H5_CHECK(H5Gcreate2(file, group_path.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
-                         path, group_path),
-                Handle::Kind::kGroup);
+  CSKV_CHECK(
+      !group_path.empty() && group_path[0] == '/' && group_path.back() != '/',
+      path << ": group path must be absolute without a trailing '/', got '" << group_path << "'");
+  Handle gcpl = group_create_plist(path, group_path);
+  Handle group;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = group_path.find('/', pos + 1);
+    const std::string level = group_path.substr(0, pos);
+    const bool exists = H5_CHECK(H5Lexists(file, level.c_str(), H5P_DEFAULT), path, level) > 0;
+    group = Handle(
+        exists ? H5_CHECK(H5Gopen2(file, level.c_str(), H5P_DEFAULT), path, level)
+               : H5_CHECK(H5Gcreate2(file, level.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT),
+                          path, level),
+        Handle::Kind::kGroup);
+  }
+  return group;
 }
 
 }  // namespace cskv::data::h5

@@ -87,7 +87,15 @@ std::string read_attr_string(hid_t obj, const std::string& name, const std::stri
 // "<path>: cannot open HDF5 file: <HDF5's message>".
 Handle open_file_readonly(const std::string& path);
 
-// Creates the group path (e.g. "/layers/3") and any missing parents.
+// Creation property lists that record no object times: HDF5 otherwise stamps every group and
+// dataset header with its creation/modification time, so two identical runs would write files
+// that differ in those bytes. Every file, group and dataset cskv writes is created with these.
+Handle file_create_plist(const std::string& path);
+Handle group_create_plist(const std::string& path, const std::string& object);
+Handle dataset_create_plist(const std::string& path, const std::string& object);
+
+// Creates the group path (e.g. "/layers/3") and any missing parents, one level at a time with
+// group_create_plist() (HDF5's own intermediate-group creation would stamp times on parents).
 Handle create_groups(hid_t file, const std::string& group_path, const std::string& path);
 
 }  // namespace cskv::data::h5

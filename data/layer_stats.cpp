@@ -81,8 +81,9 @@ void write_f64_dataset(hid_t file, const std::string& name, const at::Tensor& t,
   h5::Handle space(
       H5_CHECK(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), path, name),
       h5::Handle::Kind::kDataspace);
+  const h5::Handle dcpl = h5::dataset_create_plist(path, name);  // no object times
   h5::Handle ds(H5_CHECK(H5Dcreate2(file, name.c_str(), H5T_IEEE_F64LE, space.get(), H5P_DEFAULT,
-                                    H5P_DEFAULT, H5P_DEFAULT),
+                                    dcpl.get(), H5P_DEFAULT),
                          path, name),
                 h5::Handle::Kind::kDataset);
   H5_CHECK(H5Dwrite(ds.get(), H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.data_ptr()), path,
@@ -151,8 +152,9 @@ void write_stats(const std::string& path, const LayerStats& stats,
   if (!parent.empty()) fs::create_directories(parent);
   try {
     h5::Guard g;
+    const h5::Handle fcpl = h5::file_create_plist(tmp);  // byte-identical reruns
     h5::Handle file(
-        H5_CHECK(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmp, "file"),
+        H5_CHECK(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT), tmp, "file"),
         h5::Handle::Kind::kFile);
     h5::write_attr_i64(file.get(), "format_version", kStatsFormatVersion, tmp);
     h5::write_attr_string(file.get(), "model_config_hash", model_config_hash, tmp);

@@ -60,6 +60,9 @@ int guarded(const std::string& sub, const std::function<int()>& body) {
   try {
     return body();
   } catch (const Error& e) {
+    if (e.collective() && process_rank() > 0) {
+      return e.kind() == ErrorKind::kUsage ? kExitUsage : kExitError;  // rank 0 reports it
+    }
     std::cerr << "cskv " << sub << ": "
               << (e.kind() == ErrorKind::kUsage ? "usage error: " : "error: ") << e.message()
               << std::endl;

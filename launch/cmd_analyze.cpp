@@ -194,10 +194,12 @@ std::string gnuplot_script(const std::vector<LayerResult>& results, int64_t d,
   gp << "EOD\n";
 
   const int64_t first = results.front().layer, last = results.back().layer;
+  const int64_t layer_step = std::max<int64_t>(1, (last - first) / 16);  // at most ~16 tics
   gp << "set logscale y\nset format y '10^{%L}'\n"
      << "set xlabel 'eigenvalue index i (descending)'\nset ylabel 'λ_i / Σλ'\n"
      << "set key off\nset palette rgbformulae 33,13,10\nset cblabel 'layer'\n"
-     << "set cbrange [" << first << ":" << (last > first ? last : first + 1) << "]\n";
+     << "set cbrange [" << first << ":" << (last > first ? last : first + 1) << "]\n"
+     << "set cbtics " << layer_step << "\nset xrange [0:" << d - 1 << "]\n";
   for (size_t k = 0; k < kKinds.size(); ++k) {
     const char* kind = trainer::kv_kind_name(kKinds[k]);
     gp << "set output '" << out << "/" << kPlotFiles[k] << "'\n"
@@ -209,7 +211,8 @@ std::string gnuplot_script(const std::vector<LayerResult>& results, int64_t d,
     }
     gp << "\n";
   }
-  gp << "unset logscale y\nset format y '%g'\nunset colorbox\nset key top left\n"
+  gp << "unset logscale y\nset format y '%g'\nunset colorbox\nset key bottom right opaque\n"
+     << "set xrange [" << first << "-0.5:" << last << "+0.5]\nset xtics " << layer_step << "\n"
      << "set output '" << out << "/ranks.png'\n"
      << "set title 'Channels holding 90% of the cache energy (D = " << d << ")'\n"
      << "set xlabel 'layer'\nset ylabel 'r90'\nset yrange [0:" << d << "*1.05]\n"

@@ -7,7 +7,8 @@ set -euo pipefail
 
 BUILD_PKGS=(cmake ninja-build g++ pkg-config
   libtorch-dev libopenblas0-pthread libopenmpi-dev openmpi-bin libhdf5-dev
-  libspdlog-dev libcxxopts-dev nlohmann-json3-dev libgtest-dev libsentencepiece-dev)
+  libspdlog-dev libcxxopts-dev nlohmann-json3-dev libgtest-dev libsentencepiece-dev
+  gnuplot-nox)  # gnuplot-nox: the PNG plots of `cskv analyze` (skipped with --no-plots)
 # Independent readers of what we write, the libFuzzer toolchain, a real one-node Slurm cluster.
 TEST_PKGS=(python3 python3-numpy python3-torch python3-h5py clang libclang-rt-14-dev
   slurmctld slurmd slurm-client munge)

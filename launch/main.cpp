@@ -16,6 +16,8 @@ const std::vector<Subcommand>& subcommands() {
        run_inspect},
       {"capture", "Capture calibration activations to HDF5 shards + Gram statistics (mpirun-able)",
        run_capture},
+      {"train", "Train the low-rank K/V factors per layer (init + quantization-aware AdamW)",
+       run_train},
       {"analyze", "K/V cache spectra per layer: energy ranks (90/95/99%) as CSV, markdown, PNG",
        run_analyze},
   };

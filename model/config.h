@@ -29,7 +29,7 @@ struct ModelConfig {
   bool attention_bias = false;  // q/k/v biases (always true for Qwen2)
   std::string torch_dtype = "float32";
   int64_t bos_token_id = -1;   // -1: none
-  int64_t sliding_window = 0;  // Mistral/Qwen2 sliding-window attention span (0: none)
+  int64_t sliding_window = 0;  // Mistral sliding-window attention span (0: none)
 
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // D
   int64_t q_dim() const { return num_attention_heads * head_dim; }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "common/error.h"
 
@@ -110,11 +111,31 @@ at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,
   at::Tensor h = embed.index_select(0, tokens.reshape({-1})).to(compute_dtype_);
   h = h.view({tokens.size(0), tokens.size(1), c.hidden_size});
   const auto [cos, sin] = rope_tables(tokens.size(1));
-  for (int64_t l = 0; l <= last; ++l) h = layer_forward(l, h, cos, sin, hook);
+  // Every op runs on one sequence at a time. With batched shapes a row's result would depend on
+  // how many sequences share the batch: OpenBLAS picks its small-matrix sgemm kernels by M*N*K,
+  // and ATen's vectorised elementwise loops (silu, exp) finish a tensor's tail in scalar code.
+  // Per-sequence shapes make the logits and every hook call bitwise independent of the batch.
+  const int64_t batch = tokens.size(0);
+  std::vector<at::Tensor> hs;
+  for (int64_t b = 0; b < batch; ++b) hs.push_back(h.narrow(0, b, 1));
+  if (hs.empty()) hs.push_back(h);  // an empty batch keeps its shape
+  for (int64_t l = 0; l <= last; ++l) {
+    if (hs.size() == 1) {
+      hs[0] = layer_forward(l, hs[0], cos, sin, hook);
+      continue;
+    }
+    std::vector<at::Tensor> xs;
+    LayerHook collect;
+    if (hook) collect = [&xs](int64_t, const at::Tensor& x) { xs.push_back(x); };
+    for (auto& hb : hs) hb = layer_forward(l, hb, cos, sin, collect);
+    if (hook) hook(l, at::cat(xs, 0));  // rows of sequence 0, then 1, ... as documented
+  }
   if (options.last_layer >= 0) return {};
-  h = rms_norm(h, "model.norm.weight");
   const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  return at::linear(h, weight(head));
+  const at::Tensor head_w = weight(head);
+  std::vector<at::Tensor> logits;
+  for (const auto& hb : hs) logits.push_back(at::linear(rms_norm(hb, "model.norm.weight"), head_w));
+  return logits.size() == 1 ? logits[0] : at::cat(logits, 0);
 }
 
 }  // namespace cskv::model

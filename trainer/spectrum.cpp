@@ -17,9 +17,11 @@ const double* checked_eigenvalues(const at::Tensor& eigenvalues, const char* fn)
                       << eigenvalues.dim() << "-d " << eigenvalues.scalar_type() << " tensor");
   const double* p = eigenvalues.data_ptr<double>();
   for (int64_t i = 0; i < eigenvalues.numel(); ++i) {
-    CSKV_CHECK_INPUT(p[i] >= 0 && (i == 0 || p[i] <= p[i - 1]),
-                     fn << ": eigenvalues must be non-negative and descending; element " << i
-                        << " is " << p[i] << (i > 0 ? " after " + std::to_string(p[i - 1]) : ""));
+    CSKV_CHECK_INPUT(p[i] >= 0,
+                     fn << ": eigenvalues must be non-negative; element " << i << " is " << p[i]);
+    CSKV_CHECK_INPUT(i == 0 || p[i] <= p[i - 1], fn << ": eigenvalues must be descending; element "
+                                                    << i << " (" << p[i] << ") exceeds element "
+                                                    << i - 1 << " (" << p[i - 1] << ")");
   }
   return p;
 }

@@ -1,0 +1,201 @@
+// One (layer, K|V) job: init from stats.h5, then AdamW on MSE(K, Q(XA)B) with manual gradients
+// (straight-through for the quantizer), linear warmup/decay and grad-norm clipping.
+#include "trainer/layer_trainer.h"
+
+#include <cmath>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "data/activation_reader.h"
+#include "data/layer_stats.h"
+#include "data/manifest.h"
+#include "trainer/hadamard.h"
+
+namespace cskv::trainer {
+
+std::string LayerJob::name() const {
+  return "layer " + std::to_string(layer) + " " + kv_kind_name(kind);
+}
+
+uint64_t job_seed(uint64_t global_seed, int64_t layer, KvKind kind) {
+  // SplitMix64 over (seed, layer, kind): well mixed, and independent of ranks and time.
+  uint64_t z = global_seed ^ (0x9E3779B97F4A7C15ull *
+                              static_cast<uint64_t>(2 * layer + 1 + (kind == KvKind::kValue)));
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+QuantConfig job_quant_config(const TrainConfig& cfg, const model::ModelConfig& model,
+                             const LayerJob& job) {
+  QuantConfig q;
+  const bool key = job.kind == KvKind::kKey;
+  q.bits = key ? cfg.k_bits : cfg.v_bits;
+  q.group_size = cfg.group_size > 0 ? cfg.group_size : job.rank / model.num_key_value_heads;
+  q.window = key ? cfg.window : 0;
+  q.per_channel = key && cfg.window > 0;
+  q.compat_cskv = cfg.quant_compat_cskv;
+  return q;
+}
+
+LayerTrainer::LayerTrainer(TrainConfig cfg, model::ModelConfig model,
+                           std::shared_ptr<const model::SafetensorsModel> weights,
+                           std::string acts_dir)
+    : cfg_(cfg),
+      model_(std::move(model)),
+      weights_(std::move(weights)),
+      acts_dir_(std::move(acts_dir)) {}
+
+at::Tensor LayerTrainer::weight(const LayerJob& job) const {
+  return weights_->get(kv_weight_name(job.layer, job.kind)).to(at::kFloat).contiguous();
+}
+
+int64_t LayerTrainer::total_steps(const LayerJob& job) const {
+  if (cfg_.steps > 0) return cfg_.steps;
+  int64_t epoch_tokens = 0;
+  for (const auto& e : data::read_manifest(acts_dir_)) {
+    if (e.split == "train") epoch_tokens += e.token_count;
+  }
+  const int64_t per_epoch = (epoch_tokens + cfg_.batch_tokens - 1) / cfg_.batch_tokens;
+  return cfg_.epochs * per_epoch;
+}
+
+JobState LayerTrainer::init(const LayerJob& job) const {
+  const int64_t D = model_.kv_dim();
+  CSKV_CHECK_USAGE(job.rank >= 1 && job.rank <= D,
+                   job.name() << ": rank " << job.rank << " outside [1, D = " << D << "]");
+  const auto q = job_quant_config(cfg_, model_, job);
+  validate_quant_config(q, job.rank, job.name());
+  if (uses_channel_windows(q) && q.bits < 16) {
+    // Key windows must not straddle two sequences or two batches.
+    CSKV_CHECK_USAGE(
+        cfg_.batch_tokens % q.window == 0,
+        "--batch-tokens " << cfg_.batch_tokens << " is not a multiple of --window " << q.window);
+    const auto entries = data::read_manifest(acts_dir_);
+    for (const auto& e : entries) {
+      const auto h = data::read_shard_header(acts_dir_ + "/" + e.file);
+      CSKV_CHECK_USAGE(
+          h.seq_len % q.window == 0,
+          "the captured seq_len " << h.seq_len << " is not a multiple of --window " << q.window);
+      break;
+    }
+  }
+  const std::string stats_path = acts_dir_ + "/stats.h5";
+  const auto stats = data::read_layer_stats(stats_path, job.layer);
+  const at::Tensor w = weights_->get(kv_weight_name(job.layer, job.kind));
+  InitResult init =
+      init_factors(cfg_.init, w, job.rank, stats.gram, stats.abs_mean, job.name(), cfg_.asvd_alpha);
+  JobState s;
+  s.job = job;
+  s.A = init.A.to(at::kFloat).contiguous();
+  s.B = init.B.to(at::kFloat).contiguous();
+  if (cfg_.rotate_hadamard) {
+    const at::Tensor R = randomized_hadamard(job.rank, job_seed(cfg_.seed, job.layer, job.kind));
+    const RotatedFactors rotated = rotate_factors(init.A, init.B, R);
+    s.A = rotated.A.to(at::kFloat).contiguous();
+    s.B = rotated.B.to(at::kFloat).contiguous();
+  }
+  s.m_A = at::zeros_like(s.A);
+  s.v_A = at::zeros_like(s.A);
+  s.m_B = at::zeros_like(s.B);
+  s.v_B = at::zeros_like(s.B);
+  s.total_steps = total_steps(job);
+  s.floor = init.floor;
+  s.eigenvalues = init.eigenvalues;
+  return s;
+}
+
+namespace {
+double lr_at(const TrainConfig& cfg, int64_t step, int64_t total) {
+  // HF get_linear_schedule_with_warmup: linear warmup to lr, then linear decay to 0.
+  if (step < cfg.warmup)
+    return cfg.lr * static_cast<double>(step) / std::max<int64_t>(1, cfg.warmup);
+  const double left = static_cast<double>(total - step) /
+                      static_cast<double>(std::max<int64_t>(1, total - cfg.warmup));
+  return cfg.lr * std::max(0.0, left);
+}
+
+void adamw(at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g, const TrainConfig& cfg,
+           double lr, int64_t t) {
+  m.mul_(cfg.beta1).add_(g, 1.0 - cfg.beta1);
+  v.mul_(cfg.beta2).addcmul_(g, g, 1.0 - cfg.beta2);
+  const double bc1 = 1.0 - std::pow(cfg.beta1, static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(cfg.beta2, static_cast<double>(t));
+  if (cfg.weight_decay != 0) p.mul_(1.0 - lr * cfg.weight_decay);
+  // p -= lr * (m / bc1) / (sqrt(v / bc2) + eps), as torch.optim.AdamW.
+  const at::Tensor denom = (v / bc2).sqrt_().add_(cfg.eps);
+  p.addcdiv_(m, denom, -lr / bc1);
+}
+}  // namespace
+
+void LayerTrainer::train(JobState& s, int64_t until_step,
+                         const std::function<bool(const JobState&)>& on_step) const {
+  until_step = std::min(until_step, s.total_steps);
+  if (s.step >= until_step) return;
+  const auto qcfg = job_quant_config(cfg_, model_, s.job);
+  const at::Tensor Wt = weight(s.job).t().contiguous();  // [H, D]
+  data::ActivationReaderOptions ro;
+  ro.acts_dir = acts_dir_;
+  ro.layer = s.job.layer;
+  ro.split = "train";
+  ro.batch_tokens = cfg_.batch_tokens;
+  ro.num_epochs = -1;
+  ro.expect.model_config_hash = model_.hash();
+  data::ActivationReader reader(ro);
+  reader.seek(s.data_position);
+  while (s.step < until_step) {
+    auto batch = reader.next();
+    CSKV_CHECK(batch.has_value(), s.job.name() << ": activation stream ended early");
+    const at::Tensor& X = batch->x;  // [n, H]
+    const int64_t n = X.size(0), D = Wt.size(1);
+    const at::Tensor K = at::mm(X, Wt);
+    const at::Tensor c = at::mm(X, s.A);
+    const QuantizedLatent ql = fake_quantize_with_mask(c, qcfg);
+    const at::Tensor R = at::mm(ql.values, s.B).sub_(K);  // K̂ − K
+    s.last_loss = R.pow(2).sum().item<double>() / static_cast<double>(n * D);
+    const at::Tensor G = R.mul_(2.0 / static_cast<double>(n * D));
+    at::Tensor dB = at::mm(ql.values.t(), G);
+    at::Tensor dc = at::mm(G, s.B.t());
+    if (ql.mask.defined()) dc.mul_(ql.mask);
+    at::Tensor dA = at::mm(X.t(), dc);
+    const double norm = std::sqrt(dA.pow(2).sum().item<double>() + dB.pow(2).sum().item<double>());
+    if (cfg_.clip > 0 && norm > cfg_.clip) {  // torch.nn.utils.clip_grad_norm_
+      const double scale = cfg_.clip / (norm + 1e-6);
+      dA.mul_(scale);
+      dB.mul_(scale);
+    }
+    const double lr = lr_at(cfg_, s.step, s.total_steps);
+    s.step += 1;
+    adamw(s.A, s.m_A, s.v_A, dA, cfg_, lr, s.step);
+    adamw(s.B, s.m_B, s.v_B, dB, cfg_, lr, s.step);
+    s.data_position = reader.position();
+    if (on_step && !on_step(s)) break;
+  }
+}
+
+double LayerTrainer::relative_error(const JobState& s, const std::string& split,
+                                    bool quantize) const {
+  const auto qcfg = job_quant_config(cfg_, model_, s.job);
+  const at::Tensor Wt = weight(s.job).t().contiguous();
+  data::ActivationReaderOptions ro;
+  ro.acts_dir = acts_dir_;
+  ro.layer = s.job.layer;
+  ro.split = split;
+  ro.batch_tokens = cfg_.batch_tokens;
+  ro.num_epochs = 1;
+  ro.expect.model_config_hash = model_.hash();
+  data::ActivationReader reader(ro);
+  double err = 0, ref = 0;
+  while (auto batch = reader.next()) {
+    const at::Tensor K = at::mm(batch->x, Wt);
+    at::Tensor c = at::mm(batch->x, s.A);
+    if (quantize) c = fake_quantize_with_mask(c, qcfg).values;
+    const at::Tensor R = at::mm(c, s.B).sub_(K);
+    err += R.to(at::kDouble).pow(2).sum().item<double>();
+    ref += K.to(at::kDouble).pow(2).sum().item<double>();
+  }
+  CSKV_CHECK_INPUT(ref > 0, s.job.name() << ": the " << split << " split has no data");
+  return err / ref;
+}
+
+}  // namespace cskv::trainer

@@ -1,0 +1,96 @@
+// Training of one (layer, K|V) job: closed-form initialisation, then quantization-aware AdamW on
+// the layer-wise reconstruction loss MSE(K, Q(XA)B), with X streamed from the activation shards.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "trainer/init.h"
+#include "trainer/quantizer.h"
+#include "trainer/spectrum.h"
+
+namespace cskv::trainer {
+
+// Everything that decides the numbers a job produces (part of a run's resolved config).
+struct TrainConfig {
+  InitMethod init = InitMethod::kPca;
+  double asvd_alpha = 0.5;
+  bool rotate_hadamard = false;
+  int k_bits = 16;
+  int v_bits = 16;
+  int64_t group_size = 0;  // latent channels per V (and window-less K) group; 0: r / n_kv
+  int64_t window = 32;     // K: per-channel groups of this many tokens; 0: per-token groups
+  bool quant_compat_cskv = false;
+  double lr = 5e-5;
+  int64_t warmup = 0;
+  int64_t steps = 0;   // optimizer steps per job; 0: epochs × batches per epoch
+  int64_t epochs = 1;  // used when steps == 0
+  int64_t batch_tokens = 4096;
+  double clip = 1.0;  // grad-norm clip
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  uint64_t seed = 0;
+};
+
+// One unit of work: the factors of one layer's key or value projection at a given rank.
+struct LayerJob {
+  int64_t layer = 0;
+  KvKind kind = KvKind::kKey;
+  int64_t rank = 0;
+  std::string name() const;  // "layer 3 K"
+};
+
+// The whole state of a job: what a checkpoint stores and a resume continues from.
+struct JobState {
+  LayerJob job;
+  at::Tensor A, B;                // [H, r], [r, D] float32
+  at::Tensor m_A, v_A, m_B, v_B;  // AdamW moments, float32
+  int64_t step = 0;               // optimizer steps done
+  int64_t total_steps = 0;        // of the whole job
+  int64_t data_position = 0;      // ActivationReader position of the next batch
+  double floor = 0;               // 16-bit training-set floor Σ_{i≥r}λ_i/Σλ_i
+  at::Tensor eigenvalues;         // [D] float64, descending
+  double last_loss = 0;           // loss of the last step
+};
+
+// Seed of everything random in one job, from (global seed, layer, K|V) only — never the rank.
+uint64_t job_seed(uint64_t global_seed, int64_t layer, KvKind kind);
+
+// The quantizer a job's latent goes through.
+QuantConfig job_quant_config(const TrainConfig& cfg, const model::ModelConfig& model,
+                             const LayerJob& job);
+
+class LayerTrainer {
+ public:
+  LayerTrainer(TrainConfig cfg, model::ModelConfig model,
+               std::shared_ptr<const model::SafetensorsModel> weights, std::string acts_dir);
+
+  // Initialisation from stats.h5 (+ the Hadamard rotation when configured); step 0.
+  JobState init(const LayerJob& job) const;
+
+  // Trains until state.step == until_step (or the job's total). on_step is called after every
+  // optimizer step (for progress, checkpoints and signals); returning false stops early.
+  void train(JobState& state, int64_t until_step,
+             const std::function<bool(const JobState&)>& on_step = {}) const;
+
+  // Relative error ‖K − K̂‖²/‖K‖² (float64 accumulation) over a split ("train" | "holdout"),
+  // with the job's quantizer (quantize = false: at 16 bits).
+  double relative_error(const JobState& state, const std::string& split, bool quantize) const;
+
+  // The weight [D, H] of the job's projection in float32.
+  at::Tensor weight(const LayerJob& job) const;
+  int64_t total_steps(const LayerJob& job) const;
+
+ private:
+  TrainConfig cfg_;
+  model::ModelConfig model_;
+  std::shared_ptr<const model::SafetensorsModel> weights_;
+  std::string acts_dir_;
+};
+
+}  // namespace cskv::trainer

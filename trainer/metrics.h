@@ -1,0 +1,58 @@
+// Memory accounting of the bi-branch compressed cache (DESIGN.md §2) and the per-job metrics
+// a training run reports as JSON and as a markdown table.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "trainer/layer_trainer.h"
+
+namespace cskv::trainer {
+
+// Bytes one layer's cache holds for a context of `context` tokens.
+struct LayerCacheBytes {
+  double latent = 0;    // quantized latents of the compressed tokens (bit-exact sizes)
+  double overhead = 0;  // fp16 scale + zero per quantization group
+  double window = 0;    // full-precision K and V (fp16) of the tokens inside the window
+  double total() const { return latent + overhead + window; }
+};
+
+// Tokens older than the last window boundary are compressed (floor(context / window) * window,
+// or all tokens when window is 0); the rest stay full precision. Groups: V per token of
+// group_size latent channels; K per channel over `window` tokens (per token like V when window
+// is 0). 16 bits stores fp16 latents without scale/zero.
+LayerCacheBytes layer_cache_bytes(const model::ModelConfig& model, const TrainConfig& cfg,
+                                  int64_t r_k, int64_t r_v, int64_t context);
+
+// 2 (K, V) · D · 2 bytes per token per layer.
+double fp16_cache_bytes(const model::ModelConfig& model, int64_t context);
+
+// The outcome of one job.
+struct JobMetrics {
+  LayerJob job;
+  int bits = 16;
+  double floor = 0;                 // 16-bit training-set floor
+  double train_error_init = 0;      // relative error on the training split at 16 bits, step 0
+  double train_error = 0;           // … after training
+  double holdout_error_init_q = 0;  // held-out, quantized as configured, step 0
+  double holdout_error_q = 0;       // held-out, quantized, after training
+  double holdout_error = 0;         // held-out at 16 bits, after training
+  int64_t steps = 0;
+  double seconds = 0;
+};
+
+struct RunMetrics {
+  std::vector<JobMetrics> jobs;
+  int64_t context = 4096;
+  double compressed_bytes = 0;  // all layers at `context`
+  double fp16_bytes = 0;
+};
+
+RunMetrics summarize(const model::ModelConfig& model, const TrainConfig& cfg,
+                     std::vector<JobMetrics> jobs, int64_t context);
+std::string metrics_json(const RunMetrics& m);
+std::string metrics_markdown(const RunMetrics& m);
+
+}  // namespace cskv::trainer

@@ -1,0 +1,132 @@
+// Single-process training run: job planning (density or budget), the job loop with progress,
+// evaluation on the held-out split, and the written factors + metrics.
+#include "trainer/train_run.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "data/layer_stats.h"
+#include "model/safetensors.h"
+#include "trainer/rank_allocation.h"
+
+namespace cskv::trainer {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string factor_name(int64_t layer, KvKind kind, char which) {
+  return "model.layers." + std::to_string(layer) + ".self_attn." +
+         (kind == KvKind::kKey ? "k" : "v") + "_proj_" + std::string(1, which) + ".weight";
+}
+
+std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConfig& model,
+                                const model::SafetensorsModel& weights) {
+  const auto header = data::read_stats_header(o.acts_dir + "/stats.h5", model.hash());
+  std::vector<int64_t> layers = o.layers.empty() ? header.layers : o.layers;
+  for (const int64_t l : layers) {
+    CSKV_CHECK_USAGE(
+        std::find(header.layers.begin(), header.layers.end(), l) != header.layers.end(),
+        "--layers: layer " << l << " was not captured in " << o.acts_dir);
+  }
+  std::vector<LayerJob> jobs;
+  const int64_t D = model.kv_dim();
+  auto log = log::get("trainer");
+  if (o.budget > 0) {
+    std::vector<at::Tensor> k_eigs, v_eigs;
+    for (const int64_t l : layers) {
+      const auto st = data::read_layer_stats(o.acts_dir + "/stats.h5", l);
+      k_eigs.push_back(layer_spectrum(weights, l, KvKind::kKey, st.gram));
+      v_eigs.push_back(layer_spectrum(weights, l, KvKind::kValue, st.gram));
+    }
+    const int64_t multiple =
+        o.rank_multiple > 0 ? o.rank_multiple : default_rank_multiple(model.num_key_value_heads);
+    const auto alloc = allocate_budget(k_eigs, v_eigs, o.budget, D, multiple);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      jobs.push_back({layers[i], KvKind::kKey, alloc[i].k});
+      jobs.push_back({layers[i], KvKind::kValue, alloc[i].v});
+      log->info("layer {}: r_k {} (floor {:.4g}), r_v {} (floor {:.4g})", layers[i], alloc[i].k,
+                floor_for_rank(k_eigs[i], alloc[i].k), alloc[i].v,
+                floor_for_rank(v_eigs[i], alloc[i].v));
+    }
+  } else {
+    const int64_t rk =
+        rank_from_density(o.k_density, model.head_dim, model.num_key_value_heads, "--k-density");
+    const int64_t rv =
+        rank_from_density(o.v_density, model.head_dim, model.num_key_value_heads, "--v-density");
+    for (const int64_t l : layers) {
+      jobs.push_back({l, KvKind::kKey, rk});
+      jobs.push_back({l, KvKind::kValue, rv});
+    }
+    log->info("ranks: r_k {} r_v {} of D {} for {} layer(s)", rk, rv, D, layers.size());
+  }
+  return jobs;
+}
+
+TrainRunResult run_training(const TrainRunOptions& o) {
+  const model::ModelConfig model = model::load_config(o.model_dir);
+  auto weights =
+      std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(o.model_dir));
+  const auto jobs = plan_jobs(o, model, *weights);
+  LayerTrainer trainer(o.cfg, model, weights, o.acts_dir);
+  auto log = log::get("trainer");
+  TrainRunResult result;
+  std::vector<JobMetrics> metrics;
+  const auto t_run = Clock::now();
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const auto t0 = Clock::now();
+    JobState s = trainer.init(jobs[i]);
+    JobMetrics m;
+    m.job = jobs[i];
+    m.bits = jobs[i].kind == KvKind::kKey ? o.cfg.k_bits : o.cfg.v_bits;
+    m.floor = s.floor;
+    m.train_error_init = trainer.relative_error(s, "train", false);
+    m.holdout_error_init_q = trainer.relative_error(s, "holdout", true);
+    log->info("{} (rank {}): 16-bit floor {:.6g}, init train error {:.6g}", jobs[i].name(),
+              jobs[i].rank, s.floor, m.train_error_init);
+    auto last = Clock::now();
+    trainer.train(s, s.total_steps, [&](const JobState& st) {
+      const auto now = Clock::now();
+      if (std::chrono::duration<double>(now - last).count() >= 2.0 || st.step == st.total_steps) {
+        last = now;
+        const double el = std::chrono::duration<double>(now - t0).count();
+        const double rate = st.step / std::max(el, 1e-9);
+        log->info("{}: step {}/{} loss {:.6g} ({:.1f} steps/s, ETA {:.0f} s; job {}/{})",
+                  jobs[i].name(), st.step, st.total_steps, st.last_loss, rate,
+                  (st.total_steps - st.step) / std::max(rate, 1e-9), i + 1, jobs.size());
+      }
+      return true;
+    });
+    m.steps = s.step;
+    m.train_error = trainer.relative_error(s, "train", false);
+    m.holdout_error_q = trainer.relative_error(s, "holdout", true);
+    m.holdout_error = trainer.relative_error(s, "holdout", false);
+    m.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    metrics.push_back(m);
+    result.states.push_back(std::move(s));
+  }
+  result.metrics = summarize(model, o.cfg, metrics, o.context);
+
+  fs::create_directories(o.ckpt_dir);
+  model::NamedTensors tensors;
+  for (const auto& s : result.states) {
+    tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'a'), s.A.t().contiguous());
+    tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'b'), s.B.t().contiguous());
+  }
+  result.factors_path = o.ckpt_dir + "/compressor.safetensors";
+  model::write_safetensors(result.factors_path, tensors,
+                           {{"model_config_hash", model.hash()}, {"format", "cskv-1"}});
+  {
+    std::ofstream j(o.ckpt_dir + "/metrics.json");
+    j << metrics_json(result.metrics) << "\n";
+    std::ofstream md(o.ckpt_dir + "/metrics.md");
+    md << metrics_markdown(result.metrics);
+  }
+  log->info("trained {} job(s) in {:.1f} s; factors in {}", jobs.size(),
+            std::chrono::duration<double>(Clock::now() - t_run).count(), result.factors_path);
+  return result;
+}
+
+}  // namespace cskv::trainer
