@@ -10,6 +10,7 @@
 #include "comm/factory.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/threads.h"
 
 namespace cskv::cli {
 
@@ -88,8 +89,7 @@ void add_runtime_options(cxxopts::Options& options) {
 
 std::unique_ptr<comm::Communicator> start_runtime(const cxxopts::ParseResult& r) {
   const int threads = r["threads"].as<int>();
-  CSKV_CHECK_USAGE(threads >= 1, "--threads: expected >= 1, found " << threads);
-  at::set_num_threads(threads);
+  set_compute_threads(threads);
   comm::CommOptions co;
   co.backend = r["backend"].as<std::string>();
   auto world = comm::make_communicator(co);

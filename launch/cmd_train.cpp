@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "common/threads.h"
 #include "data/capture.h"
 #include "launch/cli.h"
 #include "launch/subcommands.h"
@@ -117,8 +118,7 @@ int run_train(int argc, char** argv) {
                      "--batch-tokens: expected >= 1, found " << c.batch_tokens);
     c.seed = (*r)["seed"].as<uint64_t>();
     const int threads = (*r)["threads"].as<int>();
-    CSKV_CHECK_USAGE(threads >= 1, "--threads: expected >= 1, found " << threads);
-    at::set_num_threads(threads);
+    set_compute_threads(threads);
     if ((*r)["layers"].as<std::string>() != "all") {
       const auto config = model::load_config(o.model_dir);
       o.layers = data::parse_layer_list((*r)["layers"].as<std::string>(), config.num_hidden_layers);
