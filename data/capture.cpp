@@ -86,6 +86,7 @@ std::string capture_config_json(const CaptureOptions& o, const std::string& mode
   j["dtype"] = activation_dtype_name(o.dtype);
   j["layers"] = o.layers;
   j["world_size"] = world_size;
+  j["device"] = o.device;
   return j.dump(2);
 }
 
@@ -223,6 +224,7 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
   CSKV_CHECK_USAGE(opt.holdout_seqs == 0 || opt.holdout_seqs >= world,
                    "--holdout-seqs " << opt.holdout_seqs << " is smaller than the number of ranks "
                                      << world << " (use 0 or at least " << world << ")");
+  const at::Device device = model::select_device(opt.device, comm.local_rank());
   const model::ModelConfig config = model::load_config(opt.model_dir);
   auto weights =
       std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(opt.model_dir));
@@ -320,7 +322,7 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
   const int64_t bos = -1;  // token files hold the model's own tokens; no BOS is inserted
   const auto starts =
       tokens.sample(opt.num_seqs + opt.holdout_seqs, opt.seq_len, opt.seed, opt.sampling, bos);
-  const model::LlamaModel llama(config, weights);
+  const model::LlamaModel llama(config, weights, model::default_compute_dtype(device), device);
   const int64_t last_layer = opt.layers.back();
   LayerStats stats(opt.layers, config.hidden_size, opt.dtype);
 
@@ -377,7 +379,7 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
             if (!wanted.count(layer)) return;
             const auto h0 = Clock::now();
             // Rounded to the storage dtype once; the shard and the statistics share the copy.
-            const at::Tensor stored = x.to(to_scalar_type(opt.dtype));
+            const at::Tensor stored = x.to(at::kCPU, to_scalar_type(opt.dtype));
             writer.append(layer, stored);
             const auto h1 = Clock::now();
             if (is_train) stats.add(layer, stored);

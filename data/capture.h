@@ -28,6 +28,8 @@ struct CaptureOptions {
   std::vector<int64_t> layers;  // empty: all layers
   std::string out_dir;
   bool overwrite = false;
+  // "cpu" (float32 compute) or "cuda" (bfloat16 compute on cuda:<local rank mod GPUs>).
+  std::string device = "cpu";
 };
 
 struct CaptureResult {

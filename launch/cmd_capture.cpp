@@ -44,7 +44,11 @@ int run_capture(int argc, char** argv) {
         "layers", "Layers to capture: all | 0-7 | 0,2,5",
         cxxopts::value<std::string>()->default_value("all"))(
         "batch", "Sequences per forward pass", cxxopts::value<int64_t>()->default_value("1"))(
-        "overwrite", "Replace a capture made with other settings in --out");
+        "overwrite", "Replace a capture made with other settings in --out")(
+        "device",
+        "cpu (float32 compute) | cuda (bfloat16 compute on GPU <local rank mod GPUs>; needs a "
+        "LibTorch with CUDA)",
+        cxxopts::value<std::string>()->default_value("cpu"));
     add_runtime_options(options);
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
@@ -64,6 +68,7 @@ int run_capture(int argc, char** argv) {
     o.dtype = data::parse_activation_dtype((*r)["dtype"].as<std::string>());
     o.batch = (*r)["batch"].as<int64_t>();
     o.overwrite = r->count("overwrite") > 0;
+    o.device = (*r)["device"].as<std::string>();
     const auto config = model::load_config(o.model_dir);
     o.layers = data::parse_layer_list((*r)["layers"].as<std::string>(), config.num_hidden_layers);
 

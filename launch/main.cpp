@@ -20,6 +20,8 @@ const std::vector<Subcommand>& subcommands() {
        run_train},
       {"analyze", "K/V cache spectra per layer: energy ranks (90/95/99%) as CSV, markdown, PNG",
        run_analyze},
+      {"merge", "Merge a checkpoint into compressor.safetensors (+ the reference .ckpt export)",
+       run_merge},
   };
   return all;
 }

@@ -8,4 +8,5 @@ int run_inspect(int argc, char** argv);
 int run_capture(int argc, char** argv);
 int run_train(int argc, char** argv);
 int run_analyze(int argc, char** argv);
+int run_merge(int argc, char** argv);
 }  // namespace cskv::cli

@@ -6,29 +6,70 @@
 #include <limits>
 #include <vector>
 
+#include <ATen/detail/CUDAHooksInterface.h>
+
 #include "common/error.h"
 
 namespace cskv::model {
 
+at::Device select_device(const std::string& name, int local_rank) {
+  if (name == "cpu") return at::kCPU;
+  CSKV_CHECK_USAGE(name == "cuda", "--device: expected cpu|cuda, found '" << name << "'");
+  CSKV_CHECK_USAGE(at::hasCUDA(),
+                   "--device cuda: this LibTorch was built without CUDA (Debian's is CPU-only; "
+                   "build against an official LibTorch CUDA distribution)");
+  const int gpus = static_cast<int>(at::detail::getCUDAHooks().getNumGPUs());
+  CSKV_CHECK_USAGE(gpus > 0, "--device cuda: no GPU is visible to this process");
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus));
+}
+
+at::ScalarType default_compute_dtype(at::Device device) {
+  return device.is_cuda() ? at::kBFloat16 : at::kFloat;
+}
+
 LlamaModel::LlamaModel(ModelConfig config, std::shared_ptr<const SafetensorsModel> weights,
-                       at::ScalarType compute_dtype)
-    : config_(std::move(config)), weights_(std::move(weights)), compute_dtype_(compute_dtype) {
+                       at::ScalarType compute_dtype, at::Device device)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      compute_dtype_(compute_dtype),
+      device_(device) {
   CSKV_CHECK(weights_ != nullptr, "LlamaModel: no weights given");
 }
 
 at::Tensor LlamaModel::weight(const std::string& name) const {
-  at::Tensor w = weights_->get(name);
-  return w.scalar_type() == compute_dtype_ ? w : w.to(compute_dtype_);
+  const at::Tensor w = weights_->get(name);
+  if (w.scalar_type() == compute_dtype_ && w.device() == device_) return w;
+  return w.to(device_, compute_dtype_);
 }
 
-at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const std::string& weight_name) const {
+LayerWeights LlamaModel::layer_weights(int64_t layer) const {
+  if (device_.is_cuda()) {
+    auto it = device_cache_.find(layer);
+    if (it != device_cache_.end()) return it->second;
+  }
+  const std::string p = "model.layers." + std::to_string(layer) + ".";
+  LayerWeights w;
+  w.input_norm = weight(p + "input_layernorm.weight");
+  w.q = weight(p + "self_attn.q_proj.weight");
+  w.k = weight(p + "self_attn.k_proj.weight");
+  w.v = weight(p + "self_attn.v_proj.weight");
+  if (config_.attention_bias) {
+    w.q_bias = weight(p + "self_attn.q_proj.bias");
+    w.k_bias = weight(p + "self_attn.k_proj.bias");
+    w.v_bias = weight(p + "self_attn.v_proj.bias");
+  }
+  w.o = weight(p + "self_attn.o_proj.weight");
+  w.post_norm = weight(p + "post_attention_layernorm.weight");
+  w.gate = weight(p + "mlp.gate_proj.weight");
+  w.up = weight(p + "mlp.up_proj.weight");
+  w.down = weight(p + "mlp.down_proj.weight");
+  if (device_.is_cuda()) device_cache_.emplace(layer, w);
+  return w;
+}
+
+at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& w) const {
   const auto var = x.pow(2).mean(-1, /*keepdim=*/true);
-  return x * at::rsqrt(var + config_.rms_norm_eps) * weight(weight_name);
-}
-
-at::Tensor LlamaModel::linear(const at::Tensor& x, const std::string& prefix, bool bias) const {
-  const at::Tensor w = weight(prefix + ".weight");
-  return bias ? at::linear(x, w, weight(prefix + ".bias")) : at::linear(x, w);
+  return x * at::rsqrt(var + config_.rms_norm_eps) * w;
 }
 
 std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables(int64_t seq) const {
@@ -40,7 +81,7 @@ std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables(int64_t seq) const {
       at::arange(seq, at::TensorOptions().dtype(at::kDouble)) / config_.rope_scaling_factor;
   const auto freqs = at::outer(pos, inv_freq);   // [seq, hd/2]
   const auto emb = at::cat({freqs, freqs}, -1);  // [seq, hd]
-  return {emb.cos().to(compute_dtype_), emb.sin().to(compute_dtype_)};
+  return {emb.cos().to(device_, compute_dtype_), emb.sin().to(device_, compute_dtype_)};
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -51,20 +92,22 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   return x * cos + rotated * sin;
 }
 
-at::Tensor LlamaModel::layer_forward(int64_t layer, const at::Tensor& h, const at::Tensor& cos,
-                                     const at::Tensor& sin, const LayerHook& hook) const {
+at::Tensor LlamaModel::layer_forward(int64_t layer, const LayerWeights& w, const at::Tensor& h,
+                                     const at::Tensor& cos, const at::Tensor& sin,
+                                     const LayerHook& hook) const {
   const auto& c = config_;
-  const std::string p = "model.layers." + std::to_string(layer) + ".";
   const int64_t batch = h.size(0), seq = h.size(1);
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
 
-  const at::Tensor x = rms_norm(h, p + "input_layernorm.weight");
+  const at::Tensor x = rms_norm(h, w.input_norm);
   if (hook) hook(layer, x.reshape({batch * seq, c.hidden_size}).contiguous());
 
-  const bool bias = c.attention_bias;
-  auto q = linear(x, p + "self_attn.q_proj", bias).view({batch, seq, nh, hd}).transpose(1, 2);
-  auto k = linear(x, p + "self_attn.k_proj", bias).view({batch, seq, nkv, hd}).transpose(1, 2);
-  auto v = linear(x, p + "self_attn.v_proj", bias).view({batch, seq, nkv, hd}).transpose(1, 2);
+  auto proj = [&](const at::Tensor& weight, const at::Tensor& bias) {
+    return bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
+  };
+  auto q = proj(w.q, w.q_bias).view({batch, seq, nh, hd}).transpose(1, 2);
+  auto k = proj(w.k, w.k_bias).view({batch, seq, nkv, hd}).transpose(1, 2);
+  auto v = proj(w.v, w.v_bias).view({batch, seq, nkv, hd}).transpose(1, 2);
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
   if (nkv != nh) {  // GQA: query head i reads kv head i / (nh / nkv), as HF repeat_kv
@@ -73,7 +116,7 @@ at::Tensor LlamaModel::layer_forward(int64_t layer, const at::Tensor& h, const a
   }
   auto scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
   // Causal mask (and sliding window when configured): query i sees keys j <= i, i - j < window.
-  const auto opts = at::TensorOptions().dtype(at::kLong);
+  const auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
   const auto qi = at::arange(seq, opts).unsqueeze(1);
   const auto kj = at::arange(seq, opts).unsqueeze(0);
   auto hidden = kj > qi;
@@ -81,12 +124,12 @@ at::Tensor LlamaModel::layer_forward(int64_t layer, const at::Tensor& h, const a
   scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
   const auto probs = at::softmax(scores, -1);
   const auto attn = at::matmul(probs, v).transpose(1, 2).reshape({batch, seq, nh * hd});
-  const auto h1 = h + linear(attn, p + "self_attn.o_proj", false);
+  const auto h1 = h + at::linear(attn, w.o);
 
-  const auto x2 = rms_norm(h1, p + "post_attention_layernorm.weight");
-  const auto gate = linear(x2, p + "mlp.gate_proj", false);
-  const auto up = linear(x2, p + "mlp.up_proj", false);
-  return h1 + linear(at::silu(gate) * up, p + "mlp.down_proj", false);
+  const auto x2 = rms_norm(h1, w.post_norm);
+  const auto gate = at::linear(x2, w.gate);
+  const auto up = at::linear(x2, w.up);
+  return h1 + at::linear(at::silu(gate) * up, w.down);
 }
 
 at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,
@@ -108,7 +151,8 @@ at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,
   }
   // Embedding lookup touches only the rows it needs, in the checkpoint dtype.
   const at::Tensor embed = weights_->get("model.embed_tokens.weight");
-  at::Tensor h = embed.index_select(0, tokens.reshape({-1})).to(compute_dtype_);
+  at::Tensor h =
+      embed.index_select(0, tokens.reshape({-1}).to(embed.device())).to(device_, compute_dtype_);
   h = h.view({tokens.size(0), tokens.size(1), c.hidden_size});
   const auto [cos, sin] = rope_tables(tokens.size(1));
   // Every op runs on one sequence at a time. With batched shapes a row's result would depend on
@@ -120,21 +164,23 @@ at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,
   for (int64_t b = 0; b < batch; ++b) hs.push_back(h.narrow(0, b, 1));
   if (hs.empty()) hs.push_back(h);  // an empty batch keeps its shape
   for (int64_t l = 0; l <= last; ++l) {
+    const LayerWeights w = layer_weights(l);  // converted once per layer, shared by sequences
     if (hs.size() == 1) {
-      hs[0] = layer_forward(l, hs[0], cos, sin, hook);
+      hs[0] = layer_forward(l, w, hs[0], cos, sin, hook);
       continue;
     }
     std::vector<at::Tensor> xs;
     LayerHook collect;
     if (hook) collect = [&xs](int64_t, const at::Tensor& x) { xs.push_back(x); };
-    for (auto& hb : hs) hb = layer_forward(l, hb, cos, sin, collect);
+    for (auto& hb : hs) hb = layer_forward(l, w, hb, cos, sin, collect);
     if (hook) hook(l, at::cat(xs, 0));  // rows of sequence 0, then 1, ... as documented
   }
   if (options.last_layer >= 0) return {};
   const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   const at::Tensor head_w = weight(head);
   std::vector<at::Tensor> logits;
-  for (const auto& hb : hs) logits.push_back(at::linear(rms_norm(hb, "model.norm.weight"), head_w));
+  const at::Tensor norm_w = weight("model.norm.weight");
+  for (const auto& hb : hs) logits.push_back(at::linear(rms_norm(hb, norm_w), head_w));
   return logits.size() == 1 ? logits[0] : at::cat(logits, 0);
 }
 

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -22,12 +23,18 @@ struct ForwardOptions {
   int64_t last_layer = -1;
 };
 
-// Weights stay in the checkpoint's dtype, memory-mapped; each matmul casts one weight to the
-// compute dtype just before use, so no full float32 copy of the model ever exists.
+// One decoder layer's weights in the compute dtype, on the compute device.
+struct LayerWeights {
+  at::Tensor input_norm, q, k, v, q_bias, k_bias, v_bias, o, post_norm, gate, up, down;
+};
+
+// Weights stay in the checkpoint's dtype, memory-mapped; one layer at a time is cast to the
+// compute dtype (and moved to the device) just before use, so on the CPU no full float32 copy of
+// the model ever exists. On CUDA (bf16/fp16 compute) the converted layers are kept on the GPU.
 class LlamaModel {
  public:
   LlamaModel(ModelConfig config, std::shared_ptr<const SafetensorsModel> weights,
-             at::ScalarType compute_dtype = at::kFloat);
+             at::ScalarType compute_dtype = at::kFloat, at::Device device = at::kCPU);
 
   const ModelConfig& config() const { return config_; }
 
@@ -38,21 +45,34 @@ class LlamaModel {
   // RoPE tables for positions [0, seq): cos/sin of shape [seq, head_dim] (HF rotate_half layout).
   std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq) const;
 
-  // One decoder layer on h [batch, seq, H]; calls hook with the normalised input.
-  at::Tensor layer_forward(int64_t layer, const at::Tensor& h, const at::Tensor& cos,
-                           const at::Tensor& sin, const LayerHook& hook) const;
+  // The layer's weights converted for compute (cached on CUDA devices).
+  LayerWeights layer_weights(int64_t layer) const;
 
-  // A weight by HF name in the compute dtype (bias/weight of any module).
+  // One decoder layer on h [batch, seq, H]; calls hook with the normalised input.
+  at::Tensor layer_forward(int64_t layer, const LayerWeights& w, const at::Tensor& h,
+                           const at::Tensor& cos, const at::Tensor& sin,
+                           const LayerHook& hook) const;
+
+  // A weight by HF name in the compute dtype on the compute device.
   at::Tensor weight(const std::string& name) const;
 
+  at::Device device() const { return device_; }
+
  private:
-  at::Tensor rms_norm(const at::Tensor& x, const std::string& weight_name) const;
-  at::Tensor linear(const at::Tensor& x, const std::string& prefix, bool bias) const;
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
 
   ModelConfig config_;
   std::shared_ptr<const SafetensorsModel> weights_;
   at::ScalarType compute_dtype_;
+  at::Device device_;
+  mutable std::map<int64_t, LayerWeights> device_cache_;  // CUDA only
 };
+
+// The device a rank computes on: "cpu", or "cuda" → cuda:<local_rank mod GPUs>. Asking for CUDA
+// when LibTorch was built without it, or no GPU is visible, is a usage error saying which.
+at::Device select_device(const std::string& name, int local_rank);
+// float32 on the CPU, bfloat16 on CUDA.
+at::ScalarType default_compute_dtype(at::Device device);
 
 // Applies RoPE (HF rotate_half convention) to x [batch, heads, seq, head_dim].
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);

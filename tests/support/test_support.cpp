@@ -12,9 +12,23 @@
 #include <sstream>
 #include <thread>
 
+#include "common/threads.h"
+
 extern char** environ;
 
 namespace cskv::test {
+
+namespace {
+// Every test process computes with one ATen and one OpenBLAS thread, as `cskv --threads 1` does:
+// float64 LAPACK results (eigenvectors of the pca init) depend on OpenBLAS's thread count, and
+// the machine's core count must not decide what a test sees.
+class FixedThreads : public ::testing::Environment {
+ public:
+  void SetUp() override { set_compute_threads(1); }
+};
+[[maybe_unused]] ::testing::Environment* const kFixedThreads =
+    ::testing::AddGlobalTestEnvironment(new FixedThreads);
+}  // namespace
 
 TempDir::TempDir() {
   const char* tmp = std::getenv("TMPDIR");

@@ -1,0 +1,104 @@
+// The reference-format export: per kind, a pickled list over layers of (a.state_dict(),
+// b.state_dict()) via torch::pickle_save, written atomically. The only <torch/serialize.h> user.
+#include "checkpoint/export_cskv.h"
+
+#include <ATen/core/Dict.h>
+#include <ATen/core/ivalue.h>
+#include <torch/serialize.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "data/activation_shard.h"
+
+namespace cskv::checkpoint {
+
+namespace fs = std::filesystem;
+using trainer::KvKind;
+
+namespace {
+
+c10::IValue state_dict(const at::Tensor& weight) {
+  c10::Dict<std::string, at::Tensor> d;
+  d.insert("weight", weight.contiguous());
+  return c10::IValue(d);
+}
+
+void write_bytes_atomically(const std::string& path, const std::vector<char>& bytes) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    CSKV_CHECK(out.good(), tmp << ": cannot create: " << std::strerror(errno));
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    CSKV_CHECK(out.good(), tmp << ": write failed: " << std::strerror(errno));
+  }
+  data::fsync_file(tmp);
+  CSKV_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
+             tmp << ": cannot rename to " << path << ": " << std::strerror(errno));
+  data::fsync_directory(fs::path(path).parent_path().string());
+}
+
+// The layers of one kind, checked to be exactly 0..n-1 and to match the other kind's.
+int64_t layer_count(const FactorMap& factors) {
+  std::vector<int64_t> k_layers, v_layers;
+  for (const auto& [key, lf] : factors) {
+    (key.second == KvKind::kKey ? k_layers : v_layers).push_back(key.first);
+  }
+  const auto show = [](const std::vector<int64_t>& v) {
+    std::string s;
+    for (const int64_t l : v) s += (s.empty() ? "" : ", ") + std::to_string(l);
+    return s.empty() ? std::string("none") : s;
+  };
+  bool contiguous = !k_layers.empty() && k_layers == v_layers;
+  for (size_t i = 0; contiguous && i < k_layers.size(); ++i) {
+    contiguous = k_layers[i] == static_cast<int64_t>(i);
+  }
+  CSKV_CHECK_INPUT(contiguous,
+                   "--export-cskv: the reference format is a list indexed by layer, so it needs "
+                   "K and V factors of every layer 0..n-1; found K layers "
+                       << show(k_layers) << " and V layers " << show(v_layers));
+  return static_cast<int64_t>(k_layers.size());
+}
+
+}  // namespace
+
+ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir,
+                          const std::string& name) {
+  CSKV_CHECK_INPUT(!name.empty() && name.find('/') == std::string::npos,
+                   "--name: expected a plain file-name prefix, found '" << name << "'");
+  const int64_t n = layer_count(factors);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  CSKV_CHECK(!ec, dir << ": cannot create the directory: " << ec.message());
+
+  const auto dict_type = c10::DictType::create(c10::StringType::get(), c10::TensorType::get());
+  const auto tuple_type = c10::TupleType::create({dict_type, dict_type});
+  ExportedFiles out{dir + "/" + name + "_k.ckpt", dir + "/" + name + "_v.ckpt"};
+  for (const KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+    c10::impl::GenericList list(tuple_type);
+    for (int64_t l = 0; l < n; ++l) {
+      const LinearFactors& lf = factors.at({l, kind});
+      CSKV_CHECK_INPUT(lf.a.scalar_type() == at::kFloat && lf.b.scalar_type() == at::kFloat,
+                       "--export-cskv: layer " << l << " " << trainer::kv_kind_name(kind)
+                                               << " factors must be float32");
+      list.push_back(c10::ivalue::Tuple::create(state_dict(lf.a), state_dict(lf.b)));
+    }
+    const std::vector<char> bytes = torch::pickle_save(c10::IValue(list));
+    write_bytes_atomically(kind == KvKind::kKey ? out.k_path : out.v_path, bytes);
+  }
+  log::get("checkpoint")->info("exported {} layer(s) to {} and {}", n, out.k_path, out.v_path);
+  return out;
+}
+
+ExportedFiles export_cskv(const std::string& compressor_path, const std::string& dir,
+                          const std::string& name) {
+  return export_cskv(read_merged_factors(compressor_path), dir, name);
+}
+
+}  // namespace cskv::checkpoint

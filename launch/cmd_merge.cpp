@@ -1,0 +1,46 @@
+// `cskv merge`: the newest complete checkpoint step of a training run → one
+// compressor.safetensors (HF Linear layout), optionally also the reference-format .ckpt files.
+#include <iostream>
+
+#include "checkpoint/export_cskv.h"
+#include "checkpoint/merge.h"
+#include "launch/cli.h"
+#include "launch/subcommands.h"
+
+namespace cskv::cli {
+
+int run_merge(int argc, char** argv) {
+  return guarded("merge", [&] {
+    auto options = make_options(
+        "merge",
+        "Merge the newest complete checkpoint step of a training run (every job finished) into "
+        "one compressor.safetensors: tensors model.layers.<l>.self_attn.{k,v}_proj_{a,b}.weight "
+        "(a = [r, H], b = [D, r]) with the resolved config in __metadata__. A step whose rank "
+        "files fail their checksum is skipped with a warning.");
+    options.add_options("input")("ckpt-dir", "Checkpoint directory of `cskv train` (required)",
+                                 cxxopts::value<std::string>());
+    options.add_options("output")("out", "Merged compressor file (required)",
+                                  cxxopts::value<std::string>())(
+        "export-cskv",
+        "Also write the reference implementation's <name>_k.ckpt and <name>_v.ckpt (lists over "
+        "layers of (a.state_dict(), b.state_dict()), read by Python torch.load) into this "
+        "directory",
+        cxxopts::value<std::string>())("name", "File-name prefix of the --export-cskv files",
+                                       cxxopts::value<std::string>()->default_value("cskv"));
+    const auto r = parse(options, argc, argv);
+    if (!r) return kExitOk;
+    const std::string ckpt_dir = required<std::string>(*r, "ckpt-dir");
+    const std::string out = required<std::string>(*r, "out");
+    const auto merged = checkpoint::merge_checkpoint(ckpt_dir, out);
+    std::cout << "merged " << merged.jobs << " job(s) of step " << merged.step << " into " << out
+              << std::endl;
+    if (r->count("export-cskv")) {
+      const auto files = checkpoint::export_cskv(
+          merged.factors, (*r)["export-cskv"].as<std::string>(), (*r)["name"].as<std::string>());
+      std::cout << "exported " << files.k_path << " and " << files.v_path << std::endl;
+    }
+    return kExitOk;
+  });
+}
+
+}  // namespace cskv::cli
