@@ -2,8 +2,11 @@
 // writing <ckpt-dir>/compressor.safetensors and the metrics (JSON + markdown).
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <iostream>
 
+#include "checkpoint/rank_checkpoint.h"
+#include "checkpoint/step_manifest.h"
 #include "common/error.h"
 #include "common/threads.h"
 #include "data/capture.h"
@@ -124,6 +127,15 @@ int run_train(int argc, char** argv) {
       o.layers = data::parse_layer_list((*r)["layers"].as<std::string>(), config.num_hidden_layers);
     }
     const auto result = trainer::run_training(o);
+    // The finished run as a complete checkpoint step, so `cskv merge` (and --export-cskv) work
+    // on it like on any distributed run's checkpoint.
+    const model::ModelConfig model = model::load_config(o.model_dir);
+    const std::string config_json = trainer::resolved_config_json(o, model, threads);
+    int64_t last_step = 0;
+    for (const auto& s : result.states) last_step = std::max(last_step, s.step);
+    const auto entry =
+        checkpoint::write_rank_checkpoint(o.ckpt_dir, last_step, 0, result.states, config_json);
+    checkpoint::write_step_manifest(o.ckpt_dir, last_step, 1, {entry}, config_json);
     std::cout << trainer::metrics_markdown(result.metrics) << "factors: " << result.factors_path
               << std::endl;
     return kExitOk;

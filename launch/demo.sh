@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the built-in toy model, from a fresh machine: install what is missing, build,
 # generate a toy Llama model and calibration tokens, capture activations on 2 MPI ranks, analyze
-# the K/V spectra, train 4-bit channel-shrinking factors, and print the summary.
+# the K/V spectra, train 4-bit channel-shrinking factors, print the summary, and merge them into
+# demo/compressor.safetensors (+ the reference .ckpt export).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -23,4 +24,6 @@ mpirun --oversubscribe -np "$ranks" "$cskv" capture --model "$out/model" \
 "$cskv" train --model "$out/model" --acts "$out/acts" --ckpt-dir "$out/ckpt" \
   --k-density 0.25 --v-density 0.5 --k-bits 4 --v-bits 4 --batch-tokens 2048 --epochs 2 \
   --lr 1e-4 --log-level warn
+"$cskv" merge --ckpt-dir "$out/ckpt" --out "$out/compressor.safetensors" \
+  --export-cskv "$out/export" --name toy-llama --log-level warn
 echo "demo: done in $(( $(date +%s) - start )) s; outputs in $out/ (analyze/analyze.md, ckpt/metrics.md)"

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "data/layer_stats.h"
@@ -63,6 +65,36 @@ std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConf
     log->info("ranks: r_k {} r_v {} of D {} for {} layer(s)", rk, rv, D, layers.size());
   }
   return jobs;
+}
+
+std::string resolved_config_json(const TrainRunOptions& o, const model::ModelConfig& model,
+                                 int threads) {
+  const auto& c = o.cfg;
+  nlohmann::json j;
+  j["model_config_hash"] = model.hash();
+  j["acts"] = fs::absolute(o.acts_dir).string();
+  j["layers"] = o.layers;
+  j["k_density"] = o.k_density;
+  j["v_density"] = o.v_density;
+  j["budget"] = o.budget;
+  j["rank_multiple"] = o.rank_multiple;
+  j["init"] = init_method_name(c.init);
+  j["asvd_alpha"] = c.asvd_alpha;
+  j["rotation"] = c.rotate_hadamard ? "hadamard" : "none";
+  j["k_bits"] = c.k_bits;
+  j["v_bits"] = c.v_bits;
+  j["group_size"] = c.group_size;
+  j["window"] = c.window;
+  j["quant_compat"] = c.quant_compat_cskv ? "cskv" : "none";
+  j["lr"] = c.lr;
+  j["warmup"] = c.warmup;
+  j["steps"] = c.steps;
+  j["epochs"] = c.epochs;
+  j["batch_tokens"] = c.batch_tokens;
+  j["clip"] = c.clip;
+  j["seed"] = c.seed;
+  j["threads"] = threads;
+  return j.dump();
 }
 
 TrainRunResult run_training(const TrainRunOptions& o) {

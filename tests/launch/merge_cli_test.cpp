@@ -1,0 +1,69 @@
+// `cskv train` leaves a complete checkpoint step; `cskv merge` turns it into the same factors as
+// the run's own compressor.safetensors, with the resolved config in the metadata, and exports the
+// reference implementation's .ckpt files.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "model/safetensors.h"
+#include "model/toy_model.h"
+#include "tests/support/test_support.h"
+
+namespace cskv {
+namespace {
+
+namespace fs = std::filesystem;
+using test::run_cskv;
+
+TEST(MergeCli, MergesWhatTrainWroteBitwiseAndRecordsTheConfig) {
+  test::TempDir dir;
+  model::ToyModelSpec spec;
+  spec.hidden = 64;
+  spec.layers = 2;
+  spec.heads = 4;
+  spec.kv_heads = 2;
+  spec.intermediate = 128;
+  spec.vocab = 256;
+  model::write_toy_model(spec, dir / "model");
+  model::write_tokens(dir / "tokens.bin", model::toy_tokens(256, 5000, 3), 256,
+                      model::TokenDType::kU16);
+  auto r = run_cskv({"capture", "--model", dir / "model", "--tokens", dir / "tokens.bin",
+                     "--num-seqs", "8", "--seq-len", "32", "--holdout-seqs", "2", "--out",
+                     dir / "acts", "--log-level", "warn"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_cskv({"train", "--model", dir / "model", "--acts", dir / "acts", "--ckpt-dir",
+                dir / "ckpt", "--k-bits", "4", "--v-bits", "8", "--batch-tokens", "64", "--steps",
+                "3", "--lr", "1e-3", "--log-level", "warn"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(fs::exists(dir / "ckpt/step-00000003/manifest.json"));
+  r = run_cskv({"merge", "--ckpt-dir", dir / "ckpt", "--out", dir / "merged.safetensors",
+                "--export-cskv", dir / "export", "--name", "toy"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  const auto trained = model::SafetensorsFile::open(dir / "ckpt/compressor.safetensors");
+  const auto merged = model::SafetensorsFile::open(dir / "merged.safetensors");
+  ASSERT_EQ(trained->header().tensors.size(), 8u);  // 2 layers × {k, v} × {a, b}
+  ASSERT_EQ(merged->header().tensors.size(), 8u);
+  for (const auto& [name, entry] : trained->header().tensors) {
+    ASSERT_TRUE(merged->contains(name)) << name;
+    EXPECT_TRUE(at::equal(trained->get(name), merged->get(name))) << name;
+  }
+  EXPECT_EQ(trained->get("model.layers.1.self_attn.k_proj_a.weight").sizes(),
+            (at::IntArrayRef{16, 64}));  // a = [r, H]: r = floor(0.5 * hd 16) * n_kv 2, H 64
+  const auto& meta = merged->header().metadata;
+  ASSERT_TRUE(meta.count("cskv_config"));
+  const auto cfg = nlohmann::json::parse(meta.at("cskv_config"));
+  EXPECT_EQ(cfg.at("k_bits"), 4);
+  EXPECT_EQ(cfg.at("v_bits"), 8);
+  EXPECT_EQ(cfg.at("init"), "pca");
+  EXPECT_EQ(cfg.at("window"), 32);
+  EXPECT_EQ(meta.at("ckpt_step"), "3");
+  EXPECT_TRUE(fs::exists(dir / "export/toy_k.ckpt"));
+  EXPECT_TRUE(fs::exists(dir / "export/toy_v.ckpt"));
+}
+
+}  // namespace
+}  // namespace cskv
