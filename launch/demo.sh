@@ -22,8 +22,8 @@ mpirun --oversubscribe -np "$ranks" "$cskv" capture --model "$out/model" \
   --batch 4 --out "$out/acts"
 "$cskv" analyze --model "$out/model" --acts "$out/acts" --out "$out/analyze"
 "$cskv" train --model "$out/model" --acts "$out/acts" --ckpt-dir "$out/ckpt" \
-  --k-density 0.25 --v-density 0.5 --k-bits 4 --v-bits 4 --batch-tokens 2048 --epochs 2 \
-  --lr 1e-4 --log-level warn
+  --k-density 0.25 --v-density 0.5 --k-bits 4 --v-bits 4 --batch-tokens 2048 --epochs 8 \
+  --lr 2e-3 --log-level warn
 "$cskv" merge --ckpt-dir "$out/ckpt" --out "$out/compressor.safetensors" \
   --export-cskv "$out/export" --name toy-llama --log-level warn
 echo "demo: done in $(( $(date +%s) - start )) s; outputs in $out/ (analyze/analyze.md, ckpt/metrics.md)"
