@@ -2,6 +2,8 @@
 // b.state_dict()) via torch::pickle_save, written atomically. The only <torch/serialize.h> user.
 #include "checkpoint/export_cskv.h"
 
+#include "data/atomic_file.h"
+
 #include <ATen/core/Dict.h>
 #include <ATen/core/ivalue.h>
 #include <torch/serialize.h>
@@ -27,21 +29,6 @@ c10::IValue state_dict(const at::Tensor& weight) {
   c10::Dict<std::string, at::Tensor> d;
   d.insert("weight", weight.contiguous());
   return c10::IValue(d);
-}
-
-void write_bytes_atomically(const std::string& path, const std::vector<char>& bytes) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    CSKV_CHECK(out.good(), tmp << ": cannot create: " << std::strerror(errno));
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    CSKV_CHECK(out.good(), tmp << ": write failed: " << std::strerror(errno));
-  }
-  data::fsync_file(tmp);
-  CSKV_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
-             tmp << ": cannot rename to " << path << ": " << std::strerror(errno));
-  data::fsync_directory(fs::path(path).parent_path().string());
 }
 
 // The layers of one kind, checked to be exactly 0..n-1 and to match the other kind's.
@@ -90,7 +77,8 @@ ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir,
       list.push_back(c10::ivalue::Tuple::create(state_dict(lf.a), state_dict(lf.b)));
     }
     const std::vector<char> bytes = torch::pickle_save(c10::IValue(list));
-    write_bytes_atomically(kind == KvKind::kKey ? out.k_path : out.v_path, bytes);
+    data::write_file_atomic(kind == KvKind::kKey ? out.k_path : out.v_path,
+                            std::string(bytes.begin(), bytes.end()));
   }
   log::get("checkpoint")->info("exported {} layer(s) to {} and {}", n, out.k_path, out.v_path);
   return out;

@@ -2,6 +2,8 @@
 // union of a step's rank files, and pruning of old steps.
 #include "checkpoint/step_manifest.h"
 
+#include "data/atomic_file.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -57,19 +59,7 @@ void write_step_manifest(const std::string& ckpt_dir, int64_t step, int world_si
   doc["world_size"] = world_size;
   doc["files"] = list;
   doc["config"] = config;
-  const std::string dir = step_dir(ckpt_dir, step);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    CSKV_CHECK(out.good(), tmp << ": cannot create: " << std::strerror(errno));
-    out << doc.dump(2) << "\n";
-    out.flush();
-    CSKV_CHECK(out.good(), tmp << ": write failed: " << std::strerror(errno));
-  }
-  data::fsync_file(tmp);
-  CSKV_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
-             tmp << ": cannot rename to " << path << ": " << std::strerror(errno));
-  data::fsync_directory(dir);
+  data::write_file_atomic(path, doc.dump(2) + "\n");
 }
 
 namespace {

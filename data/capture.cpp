@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "data/activation_reader.h"
+#include "data/atomic_file.h"
 #include "data/layer_stats.h"
 #include "data/manifest.h"
 #include "model/config.h"
@@ -100,21 +101,6 @@ std::string read_text(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-void write_text_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    CSKV_CHECK(out.good(), tmp << ": cannot create: " << std::strerror(errno));
-    out << text << "\n";
-    out.flush();
-    CSKV_CHECK(out.good(), tmp << ": write failed: " << std::strerror(errno));
-  }
-  fsync_file(tmp);
-  CSKV_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
-             tmp << ": cannot rename to " << path << ": " << std::strerror(errno));
-  fsync_directory(fs::path(path).parent_path().string());
 }
 
 // "key: old → new" for every top-level key whose value differs.
@@ -275,7 +261,7 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
       }
       // Written only when it changes, so a rerun that finds the capture complete touches nothing.
       if (verdict.empty() && (!fs::exists(cpath) || read_text(cpath) != cfg_text + "\n")) {
-        write_text_atomic(cpath, cfg_text);
+        write_file_atomic(cpath, cfg_text + "\n");
       }
     } catch (const Error& e) {
       verdict = e.message();

@@ -2,6 +2,8 @@
 // expected model; every message names the manifest or shard concerned.
 #include "data/manifest.h"
 
+#include "data/atomic_file.h"
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -43,19 +45,8 @@ void write_manifest(const std::string& acts_dir, const std::vector<ManifestEntry
   }
   const nlohmann::json doc = {{"format_version", kManifestFormatVersion}, {"shards", shards}};
   const std::string path = manifest_path(acts_dir);
-  const std::string tmp = path + ".tmp";
   fs::create_directories(acts_dir);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    CSKV_CHECK(out.good(), tmp << ": cannot create: " << std::strerror(errno));
-    out << doc.dump(2) << "\n";
-    out.flush();
-    CSKV_CHECK(out.good(), tmp << ": write failed: " << std::strerror(errno));
-  }
-  fsync_file(tmp);
-  CSKV_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
-             tmp << ": cannot rename to " << path << ": " << std::strerror(errno));
-  fsync_directory(acts_dir);
+  write_file_atomic(path, doc.dump(2) + "\n");
 }
 
 namespace {

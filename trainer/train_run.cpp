@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "data/atomic_file.h"
 #include "data/layer_stats.h"
 #include "model/safetensors.h"
 #include "trainer/rank_allocation.h"
@@ -150,12 +151,8 @@ TrainRunResult run_training(const TrainRunOptions& o) {
   result.factors_path = o.ckpt_dir + "/compressor.safetensors";
   model::write_safetensors(result.factors_path, tensors,
                            {{"model_config_hash", model.hash()}, {"format", "cskv-1"}});
-  {
-    std::ofstream j(o.ckpt_dir + "/metrics.json");
-    j << metrics_json(result.metrics) << "\n";
-    std::ofstream md(o.ckpt_dir + "/metrics.md");
-    md << metrics_markdown(result.metrics);
-  }
+  data::write_file_atomic(o.ckpt_dir + "/metrics.json", metrics_json(result.metrics) + "\n");
+  data::write_file_atomic(o.ckpt_dir + "/metrics.md", metrics_markdown(result.metrics));
   log->info("trained {} job(s) in {:.1f} s; factors in {}", jobs.size(),
             std::chrono::duration<double>(Clock::now() - t_run).count(), result.factors_path);
   return result;
