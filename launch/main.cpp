@@ -22,6 +22,9 @@ const std::vector<Subcommand>& subcommands() {
        run_analyze},
       {"merge", "Merge a checkpoint into compressor.safetensors (+ the reference .ckpt export)",
        run_merge},
+      {"comm-check",
+       "Verify broadcast/allreduce/gather on the communicator and print bandwidth (mpirun-able)",
+       run_comm_check},
   };
   return all;
 }
