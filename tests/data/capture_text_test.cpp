@@ -1,0 +1,77 @@
+// `cskv capture --text --tokenizer`: a text corpus tokenized with SentencePiece (BOS prepended
+// when the model has one) feeds the same capture; stored token rows are windows of that stream.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+
+#include "data/sentencepiece.h"
+#include "data/token_source.h"
+#include "tests/data/capture_test_util.h"
+#include "tests/support/test_support.h"
+
+namespace cskv::data {
+namespace {
+
+TEST(CaptureText, SentencePieceTextIsTokenizedAndCaptured) {
+  test::TempDir dir;
+  {
+    std::ofstream out(dir / "corpus.txt");
+    const char* words[] = {"alpha", "beta", "gamma", "delta", "cache", "key", "value", "layer"};
+    uint32_t s = 7;
+    for (int line = 0; line < 300; ++line) {
+      for (int w = 0; w < 8; ++w) {
+        s = s * 1103515245u + 12345u;
+        out << (w ? " " : "") << words[(s >> 16) % 8];
+      }
+      out << "\n";
+    }
+  }
+  train_sentencepiece("--input=" + (dir / "corpus.txt") + " --model_prefix=" + (dir / "sp") +
+                      " --vocab_size=40 --model_type=bpe --bos_id=1 --eos_id=2 --unk_id=0 "
+                      "--minloglevel=2 --num_threads=1");
+  auto r =
+      test::run_cskv({"toy-model", "--out", dir / "model", "--layers", "1", "--hidden", "32",
+                      "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--vocab", "64"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_cskv({"capture", "--model", dir / "model", "--text", dir / "corpus.txt",
+                      "--tokenizer", dir / "sp.model", "--num-seqs", "4", "--seq-len", "24",
+                      "--holdout-seqs", "1", "--out", dir / "acts", "--log-level", "warn"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  // The stream capture used: the whole file encoded once, BOS first when the model has one.
+  const auto model_cfg = test::read_file(dir / "model/config.json");
+  const bool bos = model_cfg.find("\"bos_token_id\": 1") != std::string::npos ||
+                   model_cfg.find("\"bos_token_id\":1") != std::string::npos;
+  const auto stream = tokenize_text_file(dir / "corpus.txt", dir / "sp.model", bos);
+  ASSERT_GT(stream.size(), 200u);
+  const auto train = capture_testing::read_split(dir / "acts", "train");
+  ASSERT_EQ(train.tokens.size(), 4u);
+  for (const auto& [id, row] : train.tokens) {
+    std::vector<uint32_t> window(row.numel());
+    for (int64_t i = 0; i < row.numel(); ++i)
+      window[i] = static_cast<uint32_t>(row[i].item<int64_t>());
+    EXPECT_TRUE(*std::max_element(window.begin(), window.end()) < 40u) << "sequence " << id;
+    EXPECT_NE(std::search(stream.begin(), stream.end(), window.begin(), window.end()), stream.end())
+        << "sequence " << id << " is not a window of the tokenized text";
+  }
+}
+
+TEST(CaptureText, TextWithoutTokenizerIsAUsageError) {
+  test::TempDir dir;
+  test::write_file(dir / "corpus.txt", "alpha beta\n");
+  const auto r =
+      test::run_cskv({"toy-model", "--out", dir / "model", "--layers", "1", "--hidden", "32",
+                      "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--vocab", "64"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto c = test::run_cskv(
+      {"capture", "--model", dir / "model", "--text", dir / "corpus.txt", "--out", dir / "acts"});
+  EXPECT_EQ(c.exit_code, 2);
+  EXPECT_TRUE(capture_testing::has_line(
+      c.err,
+      "cskv capture: usage error: --text needs --tokenizer (a SentencePiece tokenizer.model)"))
+      << c.err;
+}
+
+}  // namespace
+}  // namespace cskv::data
