@@ -54,6 +54,9 @@ std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConf
                 floor_for_rank(k_eigs[i], alloc[i].k), alloc[i].v,
                 floor_for_rank(v_eigs[i], alloc[i].v));
     }
+    const FloorSummary f = expected_floor(k_eigs, v_eigs, alloc);
+    log->info("budget {}: expected 16-bit floor mean K {:.4g}, mean V {:.4g} (sum {:.4g})",
+              o.budget, f.mean_k, f.mean_v, f.sum);
   } else {
     const int64_t rk =
         rank_from_density(o.k_density, model.head_dim, model.num_key_value_heads, "--k-density");
