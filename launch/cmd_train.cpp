@@ -7,8 +7,8 @@
 
 #include "checkpoint/rank_checkpoint.h"
 #include "checkpoint/step_manifest.h"
+#include "comm/communicator.h"
 #include "common/error.h"
-#include "common/threads.h"
 #include "data/capture.h"
 #include "launch/cli.h"
 #include "launch/subcommands.h"
@@ -79,9 +79,8 @@ int run_train(int argc, char** argv) {
     options.add_options("output")("ckpt-dir", "Output directory (required)",
                                   cxxopts::value<std::string>())(
         "context", "Context length the memory accounting is stated at",
-        cxxopts::value<int64_t>()->default_value("4096"))(
-        "threads", "Intra-op CPU threads (fixed: results do not depend on the machine)",
-        cxxopts::value<int>()->default_value("1"));
+        cxxopts::value<int64_t>()->default_value("4096"));
+    add_runtime_options(options);
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
 
@@ -121,12 +120,13 @@ int run_train(int argc, char** argv) {
                      "--batch-tokens: expected >= 1, found " << c.batch_tokens);
     c.seed = (*r)["seed"].as<uint64_t>();
     const int threads = (*r)["threads"].as<int>();
-    set_compute_threads(threads);
     if ((*r)["layers"].as<std::string>() != "all") {
       const auto config = model::load_config(o.model_dir);
       o.layers = data::parse_layer_list((*r)["layers"].as<std::string>(), config.num_hidden_layers);
     }
-    const auto result = trainer::run_training(o);
+    auto world = start_runtime(*r);  // --threads: ATen + OpenBLAS, part of the resolved config
+    const auto result = trainer::run_training(o, *world);
+    if (world->rank() != 0) return kExitOk;
     // The finished run as a complete checkpoint step, so `cskv merge` (and --export-cskv) work
     // on it like on any distributed run's checkpoint.
     const model::ModelConfig model = model::load_config(o.model_dir);

@@ -3,17 +3,20 @@
 #include "trainer/train_run.h"
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
+#include "comm/local_communicator.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "data/atomic_file.h"
 #include "data/layer_stats.h"
 #include "model/safetensors.h"
 #include "trainer/rank_allocation.h"
+#include "trainer/schedule.h"
 
 namespace cskv::trainer {
 
@@ -101,17 +104,65 @@ std::string resolved_config_json(const TrainRunOptions& o, const model::ModelCon
   return j.dump();
 }
 
+namespace {
+
+// The scalars of a finished job and its metrics, as exact text (hex floats) for broadcasting.
+std::string encode_job(const JobState& s, const JobMetrics& m) {
+  char buf[1024];
+  std::snprintf(buf, sizeof buf, "%lld %lld %lld %a %a %a %a %a %a %a %a %lld",
+                static_cast<long long>(s.step), static_cast<long long>(s.total_steps),
+                static_cast<long long>(s.data_position), s.floor, s.last_loss, m.train_error_init,
+                m.train_error, m.holdout_error_init_q, m.holdout_error_q, m.holdout_error,
+                m.seconds, static_cast<long long>(m.steps));
+  return buf;
+}
+
+void decode_job(const std::string& text, JobState& s, JobMetrics& m) {
+  long long step = 0, total = 0, pos = 0, steps = 0;
+  const int n = std::sscanf(text.c_str(), "%lld %lld %lld %la %la %la %la %la %la %la %la %lld",
+                            &step, &total, &pos, &s.floor, &s.last_loss, &m.train_error_init,
+                            &m.train_error, &m.holdout_error_init_q, &m.holdout_error_q,
+                            &m.holdout_error, &m.seconds, &steps);
+  CSKV_CHECK(n == 12, "train: malformed job summary from its owner rank: '" << text << "'");
+  s.step = step;
+  s.total_steps = total;
+  s.data_position = pos;
+  m.steps = steps;
+  m.floor = s.floor;
+}
+
+}  // namespace
+
 TrainRunResult run_training(const TrainRunOptions& o) {
+  comm::LocalCommunicator local;
+  return run_training(o, local);
+}
+
+TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) {
   const model::ModelConfig model = model::load_config(o.model_dir);
   auto weights =
       std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(o.model_dir));
   const auto jobs = plan_jobs(o, model, *weights);
   LayerTrainer trainer(o.cfg, model, weights, o.acts_dir);
   auto log = log::get("trainer");
+  // Layer-parallel: every rank computes the same assignment; a job's numbers depend only on the
+  // job (its data, seed and the fixed thread count), never on which rank or how many ranks.
+  std::vector<double> costs;
+  for (const auto& j : jobs) {
+    costs.push_back(
+        job_cost(j, model.hidden_size, model.kv_dim(), trainer.total_steps(j), o.cfg.batch_tokens));
+  }
+  const std::vector<int> owner = assign_jobs_lpt(costs, comm.size());
+  const int me = comm.rank();
   TrainRunResult result;
-  std::vector<JobMetrics> metrics;
+  std::vector<JobMetrics> metrics(jobs.size());
+  std::vector<JobState> states(jobs.size());
   const auto t_run = Clock::now();
+  size_t mine = 0, done = 0;
+  for (size_t i = 0; i < jobs.size(); ++i) mine += owner[i] == me;
   for (size_t i = 0; i < jobs.size(); ++i) {
+    if (owner[i] != me) continue;
+    ++done;
     const auto t0 = Clock::now();
     JobState s = trainer.init(jobs[i]);
     JobMetrics m;
@@ -129,9 +180,9 @@ TrainRunResult run_training(const TrainRunOptions& o) {
         last = now;
         const double el = std::chrono::duration<double>(now - t0).count();
         const double rate = st.step / std::max(el, 1e-9);
-        log->info("{}: step {}/{} loss {:.6g} ({:.1f} steps/s, ETA {:.0f} s; job {}/{})",
+        log->info("{}: step {}/{} loss {:.6g} ({:.1f} steps/s, ETA {:.0f} s; job {}/{} here)",
                   jobs[i].name(), st.step, st.total_steps, st.last_loss, rate,
-                  (st.total_steps - st.step) / std::max(rate, 1e-9), i + 1, jobs.size());
+                  (st.total_steps - st.step) / std::max(rate, 1e-9), done, mine);
       }
       return true;
     });
@@ -140,24 +191,56 @@ TrainRunResult run_training(const TrainRunOptions& o) {
     m.holdout_error_q = trainer.relative_error(s, "holdout", true);
     m.holdout_error = trainer.relative_error(s, "holdout", false);
     m.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    metrics.push_back(m);
-    result.states.push_back(std::move(s));
+    metrics[i] = m;
+    states[i] = std::move(s);
   }
+  // Every finished job travels from its owner to all ranks, bit for bit, in job order.
+  if (comm.size() > 1) {
+    const int64_t H = model.hidden_size, D = model.kv_dim();
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      JobState& s = states[i];
+      JobMetrics& m = metrics[i];
+      std::string summary = owner[i] == me ? encode_job(s, m) : std::string();
+      comm.broadcast_bytes(summary, owner[i]);
+      if (owner[i] != me) {
+        const int64_t r = jobs[i].rank;
+        s.job = jobs[i];
+        m.job = jobs[i];
+        m.bits = jobs[i].kind == KvKind::kKey ? o.cfg.k_bits : o.cfg.v_bits;
+        decode_job(summary, s, m);
+        s.A = at::zeros({H, r}, at::kFloat);
+        s.B = at::zeros({r, D}, at::kFloat);
+        s.m_A = at::zeros({H, r}, at::kFloat);
+        s.v_A = at::zeros({H, r}, at::kFloat);
+        s.m_B = at::zeros({r, D}, at::kFloat);
+        s.v_B = at::zeros({r, D}, at::kFloat);
+        s.eigenvalues = at::zeros({D}, at::kDouble);
+      }
+      for (at::Tensor* t : {&s.A, &s.B, &s.m_A, &s.v_A, &s.m_B, &s.v_B, &s.eigenvalues}) {
+        if (owner[i] == me) *t = t->contiguous();
+        comm.broadcast(*t, owner[i]);
+      }
+    }
+  }
+  result.states = std::move(states);
   result.metrics = summarize(model, o.cfg, metrics, o.context);
-
-  fs::create_directories(o.ckpt_dir);
-  model::NamedTensors tensors;
-  for (const auto& s : result.states) {
-    tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'a'), s.A.t().contiguous());
-    tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'b'), s.B.t().contiguous());
-  }
   result.factors_path = o.ckpt_dir + "/compressor.safetensors";
-  model::write_safetensors(result.factors_path, tensors,
-                           {{"model_config_hash", model.hash()}, {"format", "cskv-1"}});
-  data::write_file_atomic(o.ckpt_dir + "/metrics.json", metrics_json(result.metrics) + "\n");
-  data::write_file_atomic(o.ckpt_dir + "/metrics.md", metrics_markdown(result.metrics));
-  log->info("trained {} job(s) in {:.1f} s; factors in {}", jobs.size(),
-            std::chrono::duration<double>(Clock::now() - t_run).count(), result.factors_path);
+  if (me == 0) {
+    fs::create_directories(o.ckpt_dir);
+    model::NamedTensors tensors;
+    for (const auto& s : result.states) {
+      tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'a'), s.A.t().contiguous());
+      tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'b'), s.B.t().contiguous());
+    }
+    model::write_safetensors(result.factors_path, tensors,
+                             {{"model_config_hash", model.hash()}, {"format", "cskv-1"}});
+    data::write_file_atomic(o.ckpt_dir + "/metrics.json", metrics_json(result.metrics) + "\n");
+    data::write_file_atomic(o.ckpt_dir + "/metrics.md", metrics_markdown(result.metrics));
+  }
+  comm.barrier();
+  log->info("trained {} job(s) ({} on this rank of {}) in {:.1f} s; factors in {}", jobs.size(),
+            mine, comm.size(), std::chrono::duration<double>(Clock::now() - t_run).count(),
+            result.factors_path);
   return result;
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "trainer/layer_trainer.h"
 #include "trainer/metrics.h"
 
@@ -35,6 +36,11 @@ struct TrainRunResult {
   std::string factors_path;  // <ckpt_dir>/compressor.safetensors
 };
 
+// Layer-parallel over comm: jobs are assigned by cost (LPT, trainer/schedule.h), each rank trains
+// its own, then every finished state is broadcast from its owner so all ranks return every job;
+// rank 0 writes <ckpt_dir>/compressor.safetensors, metrics.json and metrics.md. The numbers do not
+// depend on the number of ranks. The one-argument form runs in this process alone.
+TrainRunResult run_training(const TrainRunOptions& options, comm::Communicator& comm);
 TrainRunResult run_training(const TrainRunOptions& options);
 
 // The settings that decide a run's numbers, as JSON (what checkpoints and the merged file record,
