@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the built-in toy model, from a fresh machine: install what is missing, build,
 # generate a toy Llama model and calibration tokens, capture activations on 2 MPI ranks, analyze
-# the K/V spectra, train 4-bit channel-shrinking factors, print the summary, and merge them into
-# demo/compressor.safetensors (+ the reference .ckpt export).
+# the K/V spectra, train 4-bit channel-shrinking factors on 2 ranks, print the summary, and merge
+# them into demo/compressor.safetensors (+ the reference .ckpt export).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -21,7 +21,7 @@ mpirun --oversubscribe -np "$ranks" "$cskv" capture --model "$out/model" \
   --tokens "$out/tokens.bin" --token-dtype u16 --num-seqs 64 --seq-len 256 --holdout-seqs 8 \
   --batch 4 --out "$out/acts"
 "$cskv" analyze --model "$out/model" --acts "$out/acts" --out "$out/analyze"
-"$cskv" train --model "$out/model" --acts "$out/acts" --ckpt-dir "$out/ckpt" \
+mpirun --oversubscribe -np "$ranks" "$cskv" train --model "$out/model" --acts "$out/acts" --ckpt-dir "$out/ckpt" \
   --k-density 0.25 --v-density 0.5 --k-bits 4 --v-bits 4 --batch-tokens 2048 --epochs 8 \
   --lr 2e-3 --log-level warn
 "$cskv" merge --ckpt-dir "$out/ckpt" --out "$out/compressor.safetensors" \
