@@ -25,6 +25,7 @@
 #include "data/hdf5_util.h"
 #include "data/layer_stats.h"
 #include "data/manifest.h"
+#include "model/toy_model.h"
 #include "tests/support/test_support.h"
 
 extern char** environ;
@@ -265,6 +266,20 @@ inline bool wait_for(Child& child, const std::function<bool()>& pred, double tim
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return false;
+}
+
+// The toy model the trainer tests share: hidden 128, 2 layers, 4 heads / 2 KV heads of 32
+// (D = 64), intermediate 256, vocab 512; only the seed differs between suites.
+inline model::ToyModelSpec trainer_toy_spec(uint64_t seed) {
+  model::ToyModelSpec spec;
+  spec.hidden = 128;
+  spec.layers = 2;
+  spec.heads = 4;
+  spec.kv_heads = 2;
+  spec.intermediate = 256;
+  spec.vocab = 512;
+  spec.seed = seed;
+  return spec;
 }
 
 }  // namespace cskv::data::capture_testing

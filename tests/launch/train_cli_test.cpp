@@ -33,14 +33,7 @@ class TrainCli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    model::ToyModelSpec spec;
-    spec.hidden = 128;
-    spec.layers = 2;
-    spec.heads = 4;
-    spec.kv_heads = 2;
-    spec.intermediate = 256;
-    spec.vocab = 512;
-    spec.seed = 7;
+    model::ToyModelSpec spec = data::capture_testing::trainer_toy_spec(7);
     model::write_toy_model(spec, model_dir());
     spec.vocab = 513;
     model::write_toy_model(spec, other_model_dir());

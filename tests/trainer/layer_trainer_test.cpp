@@ -29,14 +29,7 @@ class LayerTrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    model::ToyModelSpec spec;
-    spec.hidden = 128;
-    spec.layers = 2;
-    spec.heads = 4;
-    spec.kv_heads = 2;
-    spec.intermediate = 256;
-    spec.vocab = 512;
-    spec.seed = 3;
+    model::ToyModelSpec spec = data::capture_testing::trainer_toy_spec(3);
     model::write_toy_model(spec, model_dir());
     model::write_tokens(*dir_ / "tokens.bin", model::toy_tokens(512, 20000, 5), 512,
                         model::TokenDType::kU16);

@@ -16,6 +16,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/toy_model.h"
+#include "tests/data/capture_test_util.h"
 #include "tests/support/test_support.h"
 #include "trainer/metrics.h"
 #include "trainer/rank_allocation.h"
@@ -29,14 +30,7 @@ class TrainRunTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    model::ToyModelSpec spec;
-    spec.hidden = 128;
-    spec.layers = 2;
-    spec.heads = 4;
-    spec.kv_heads = 2;
-    spec.intermediate = 256;
-    spec.vocab = 512;
-    spec.seed = 11;
+    model::ToyModelSpec spec = data::capture_testing::trainer_toy_spec(11);
     model::write_toy_model(spec, model_dir());
     model::write_tokens(*dir_ / "tokens.bin", model::toy_tokens(512, 10000, 2), 512,
                         model::TokenDType::kU16);
