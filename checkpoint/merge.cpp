@@ -7,7 +7,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
-#include "trainer/train_run.h"
+#include "checkpoint/train_run.h"
 
 namespace cskv::checkpoint {
 

@@ -51,6 +51,16 @@ std::string tensor_name(const trainer::LayerJob& job, const char* what) {
 
 constexpr const char* kMomentNames[] = {"m_A", "v_A", "m_B", "v_B"};
 
+// The evaluation scalars of a job as (metadata key, field); stored like floor and last_loss.
+template <typename State>
+auto eval_fields(State& s) {
+  using D = decltype(&s.seconds);
+  return std::vector<std::pair<const char*, D>>{
+      {"train_error_init", &s.train_error_init}, {"holdout_error_init_q", &s.holdout_error_init_q},
+      {"train_error", &s.train_error},           {"holdout_error_q", &s.holdout_error_q},
+      {"holdout_error", &s.holdout_error},       {"seconds", &s.seconds}};
+}
+
 std::string double_text(double v) {
   char buf[40];
   std::snprintf(buf, sizeof buf, "%.17g", v);
@@ -168,6 +178,10 @@ RankFileEntry write_rank_checkpoint(const std::string& ckpt_dir, int64_t step, i
     j["floor_bits"] = double_bits(s.floor);
     j["last_loss"] = double_text(s.last_loss);
     j["last_loss_bits"] = double_bits(s.last_loss);
+    for (const auto& [key, value] : eval_fields(s)) {
+      j[key] = double_text(*value);
+      j[std::string(key) + "_bits"] = double_bits(*value);
+    }
     j["has_eigenvalues"] = has_eigenvalues;
     job_list.push_back(j);
   }
@@ -231,6 +245,7 @@ std::vector<JobState> read_rank_checkpoint(const std::string& path) {
     s.data_position = job_int(j, "data_position", path, index);
     s.floor = job_double(j, "floor", path, index);
     s.last_loss = job_double(j, "last_loss", path, index);
+    for (const auto& [key, field] : eval_fields(s)) *field = job_double(j, key, path, index);
     const auto& has_eig = job_field(j, "has_eigenvalues", path, index);
     CSKV_CHECK_INPUT(has_eig.is_boolean(), path << ": job entry " << index
                                                 << " field 'has_eigenvalues' must be a boolean");

@@ -11,7 +11,7 @@
 namespace cskv::checkpoint {
 
 // Format of the rank files (metadata "format"); bumped when the layout changes.
-constexpr const char* kRankFileFormat = "cskv-ckpt-1";
+constexpr const char* kRankFileFormat = "cskv-ckpt-2";
 
 // "step-00000012": zero-padded so that directory names sort like the steps.
 std::string step_dir_name(int64_t step);
@@ -40,7 +40,8 @@ RankFileEntry describe_rank_file(const std::string& ckpt_dir, int64_t step, int 
 // bytes in a float32 [D, 2] tensor: safetensors here carries no F64). `__metadata__` holds
 // "format", "step", "rank", "config" (resolved_config_json, verbatim) and "jobs": a JSON array
 // with each job's layer, kind, rank, step, total_steps, data_position and the doubles floor and
-// last_loss both as "%.17g" text and as their exact IEEE-754 bits ("floor_bits": 16 hex digits).
+// last_loss (and the evaluation scalars: train_error_init, holdout_error_init_q, train_error,
+// holdout_error_q, holdout_error, seconds) both as "%.17g" text and as their exact IEEE-754 bits ("floor_bits": 16 hex digits).
 // A rank that owns no job writes a file with no tensors. Input error for an inconsistent state.
 RankFileEntry write_rank_checkpoint(const std::string& ckpt_dir, int64_t step, int rank,
                                     const std::vector<trainer::JobState>& jobs,

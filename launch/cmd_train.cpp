@@ -1,19 +1,19 @@
-// `cskv train`: initialises and trains the low-rank K/V factors of every layer (one process),
-// writing <ckpt-dir>/compressor.safetensors and the metrics (JSON + markdown).
+// `cskv train`: initialises and trains the low-rank K/V factors of every layer (one process or
+// under mpirun/srun), with sharded checkpoints, resume and graceful stop (exit 75), writing
+// <ckpt-dir>/compressor.safetensors and the metrics (JSON + markdown).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <iostream>
 
-#include "checkpoint/rank_checkpoint.h"
-#include "checkpoint/step_manifest.h"
+#include "checkpoint/train_run.h"
 #include "comm/communicator.h"
 #include "common/error.h"
+#include "common/stop_signal.h"
 #include "data/capture.h"
 #include "launch/cli.h"
 #include "launch/subcommands.h"
 #include "model/config.h"
-#include "trainer/train_run.h"
 
 namespace cskv::cli {
 
@@ -76,10 +76,23 @@ int run_train(int argc, char** argv) {
         cxxopts::value<int64_t>()->default_value("4096"))(
         "seed", "Global seed (per-job seeds derive from it, the layer and K|V)",
         cxxopts::value<uint64_t>()->default_value("0"));
-    options.add_options("output")("ckpt-dir", "Output directory (required)",
-                                  cxxopts::value<std::string>())(
-        "context", "Context length the memory accounting is stated at",
-        cxxopts::value<int64_t>()->default_value("4096"));
+    options.add_options("checkpoints")(
+        "ckpt-dir",
+        "Output and checkpoint directory (required). If it holds a complete checkpoint step of "
+        "the same settings, training resumes from it (other settings are refused)",
+        cxxopts::value<std::string>())(
+        "save-every",
+        "Checkpoint every this many optimizer steps (of any rank; also when a job finishes and "
+        "on SIGTERM/SIGUSR1/SIGINT); 0 = only then",
+        cxxopts::value<int64_t>()->default_value("500"))(
+        "keep", "Complete checkpoint steps to keep", cxxopts::value<int64_t>()->default_value("2"))(
+        "resume", "Require a checkpoint to resume from (error when --ckpt-dir has none)")(
+        "dp",
+        "Ranks per job (data parallelism inside a job: batch slices, gradient allreduce); 0 = "
+        "auto: 1, or ranks/jobs when there are more ranks than jobs",
+        cxxopts::value<int>()->default_value("0"));
+    options.add_options("output")("context", "Context length the memory accounting is stated at",
+                                  cxxopts::value<int64_t>()->default_value("4096"));
     add_runtime_options(options);
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
@@ -124,18 +137,16 @@ int run_train(int argc, char** argv) {
       const auto config = model::load_config(o.model_dir);
       o.layers = data::parse_layer_list((*r)["layers"].as<std::string>(), config.num_hidden_layers);
     }
+    o.threads = threads;
+    o.save_every = (*r)["save-every"].as<int64_t>();
+    o.keep = (*r)["keep"].as<int64_t>();
+    o.require_resume = r->count("resume") > 0;
+    o.dp = (*r)["dp"].as<int>();
+    install_stop_handlers();         // SIGTERM/SIGUSR1/SIGINT: finish the step, checkpoint, exit 75
     auto world = start_runtime(*r);  // --threads: ATen + OpenBLAS, part of the resolved config
     const auto result = trainer::run_training(o, *world);
+    if (result.interrupted) return kExitPreempted;
     if (world->rank() != 0) return kExitOk;
-    // The finished run as a complete checkpoint step, so `cskv merge` (and --export-cskv) work
-    // on it like on any distributed run's checkpoint.
-    const model::ModelConfig model = model::load_config(o.model_dir);
-    const std::string config_json = trainer::resolved_config_json(o, model, threads);
-    int64_t last_step = 0;
-    for (const auto& s : result.states) last_step = std::max(last_step, s.step);
-    const auto entry =
-        checkpoint::write_rank_checkpoint(o.ckpt_dir, last_step, 0, result.states, config_json);
-    checkpoint::write_step_manifest(o.ckpt_dir, last_step, 1, {entry}, config_json);
     std::cout << trainer::metrics_markdown(result.metrics) << "factors: " << result.factors_path
               << std::endl;
     return kExitOk;

@@ -129,10 +129,17 @@ void adamw(at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g, con
 }  // namespace
 
 void LayerTrainer::train(JobState& s, int64_t until_step,
-                         const std::function<bool(const JobState&)>& on_step) const {
+                         const std::function<bool(const JobState&)>& on_step,
+                         const DataParallelSlice& dp) const {
   until_step = std::min(until_step, s.total_steps);
   if (s.step >= until_step) return;
+  CSKV_CHECK(dp.count >= 1 && dp.index >= 0 && dp.index < dp.count,
+             s.job.name() << ": data-parallel slice " << dp.index << " of " << dp.count);
+  CSKV_CHECK(dp.count == 1 || dp.allreduce_sum, s.job.name()
+                                                    << ": data parallelism needs an allreduce");
   const auto qcfg = job_quant_config(cfg_, model_, s.job);
+  // Rows of a batch are dealt out in units that keep every key window on one rank.
+  const int64_t unit = uses_channel_windows(qcfg) && qcfg.bits < 16 ? qcfg.window : 1;
   const at::Tensor Wt = weight(s.job).t().contiguous();  // [H, D]
   data::ActivationReaderOptions ro;
   ro.acts_dir = acts_dir_;
@@ -143,21 +150,46 @@ void LayerTrainer::train(JobState& s, int64_t until_step,
   ro.expect.model_config_hash = model_.hash();
   data::ActivationReader reader(ro);
   reader.seek(s.data_position);
+  const int64_t r = s.job.rank;
   while (s.step < until_step) {
     auto batch = reader.next();
     CSKV_CHECK(batch.has_value(), s.job.name() << ": activation stream ended early");
-    const at::Tensor& X = batch->x;  // [n, H]
-    const int64_t n = X.size(0), D = Wt.size(1);
-    const at::Tensor K = at::mm(X, Wt);
-    const at::Tensor c = at::mm(X, s.A);
-    const QuantizedLatent ql = fake_quantize_with_mask(c, qcfg);
-    const at::Tensor R = at::mm(ql.values, s.B).sub_(K);  // K̂ − K
-    s.last_loss = R.pow(2).sum().item<double>() / static_cast<double>(n * D);
-    const at::Tensor G = R.mul_(2.0 / static_cast<double>(n * D));
-    at::Tensor dB = at::mm(ql.values.t(), G);
-    at::Tensor dc = at::mm(G, s.B.t());
-    if (ql.mask.defined()) dc.mul_(ql.mask);
-    at::Tensor dA = at::mm(X.t(), dc);
+    const int64_t n = batch->x.size(0), D = Wt.size(1);
+    at::Tensor X = batch->x;  // [n, H]
+    if (dp.count > 1) {
+      const int64_t units = n / unit;
+      const int64_t begin = units * dp.index / dp.count * unit;
+      const int64_t end = dp.index + 1 == dp.count ? n : units * (dp.index + 1) / dp.count * unit;
+      X = X.slice(0, begin, end);
+    }
+    at::Tensor dA, dB;
+    double loss_sum = 0;
+    if (X.size(0) > 0) {
+      const at::Tensor K = at::mm(X, Wt);
+      const at::Tensor c = at::mm(X, s.A);
+      const QuantizedLatent ql = fake_quantize_with_mask(c, qcfg);
+      const at::Tensor R = at::mm(ql.values, s.B).sub_(K);  // K̂ − K
+      loss_sum = R.pow(2).sum().item<double>();
+      // The gradient of the mean over the whole batch (all slices): scale by the full n.
+      const at::Tensor G = R.mul_(2.0 / static_cast<double>(n * D));
+      dB = at::mm(ql.values.t(), G);
+      at::Tensor dc = at::mm(G, s.B.t());
+      if (ql.mask.defined()) dc.mul_(ql.mask);
+      dA = at::mm(X.t(), dc);
+    } else {
+      dA = at::zeros_like(s.A);
+      dB = at::zeros_like(s.B);
+    }
+    if (dp.count > 1) {
+      at::Tensor flat = at::cat({dA.reshape({-1}), dB.reshape({-1}),
+                                 at::full({1}, loss_sum, at::TensorOptions().dtype(at::kFloat))});
+      dp.allreduce_sum(flat);
+      const int64_t H = s.A.size(0);
+      dA = flat.slice(0, 0, H * r).view({H, r});
+      dB = flat.slice(0, H * r, H * r + r * D).view({r, D});
+      loss_sum = flat[H * r + r * D].item<double>();
+    }
+    s.last_loss = loss_sum / static_cast<double>(n * D);
     const double norm = std::sqrt(dA.pow(2).sum().item<double>() + dB.pow(2).sum().item<double>());
     if (cfg_.clip > 0 && norm > cfg_.clip) {  // torch.nn.utils.clip_grad_norm_
       const double scale = cfg_.clip / (norm + 1e-6);

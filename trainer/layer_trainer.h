@@ -4,8 +4,10 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -45,6 +47,8 @@ struct LayerJob {
   std::string name() const;  // "layer 3 K"
 };
 
+inline constexpr double kNotEvaluated = std::numeric_limits<double>::quiet_NaN();
+
 // The whole state of a job: what a checkpoint stores and a resume continues from.
 struct JobState {
   LayerJob job;
@@ -56,6 +60,16 @@ struct JobState {
   double floor = 0;               // 16-bit training-set floor Σ_{i≥r}λ_i/Σλ_i
   at::Tensor eigenvalues;         // [D] float64, descending
   double last_loss = 0;           // loss of the last step
+  // Evaluation (NaN until computed): relative errors at step 0 and once the job has finished.
+  double train_error_init = kNotEvaluated;      // training split, 16 bits
+  double holdout_error_init_q = kNotEvaluated;  // held-out split, quantized as configured
+  double train_error = kNotEvaluated;
+  double holdout_error_q = kNotEvaluated;
+  double holdout_error = kNotEvaluated;  // held-out at 16 bits
+  double seconds = 0;                    // wall time spent on this job so far, all sessions
+
+  // All steps done and the final errors computed.
+  bool finished() const { return step >= total_steps && !std::isnan(holdout_error); }
 };
 
 // Seed of everything random in one job, from (global seed, layer, K|V) only — never the rank.
@@ -64,6 +78,16 @@ uint64_t job_seed(uint64_t global_seed, int64_t layer, KvKind kind);
 // The quantizer a job's latent goes through.
 QuantConfig job_quant_config(const TrainConfig& cfg, const model::ModelConfig& model,
                              const LayerJob& job);
+
+// Data parallelism inside one job: `count` ranks train the same job in lock step; rank `index`
+// takes its slice of every batch (whole key-quantization windows, so no window straddles two
+// ranks), and the partial gradient sums (and loss) go through `allreduce_sum` (a float32 sum over
+// the group). The update is then the same on every member. count 1: the whole batch, no calls.
+struct DataParallelSlice {
+  int index = 0;
+  int count = 1;
+  std::function<void(at::Tensor&)> allreduce_sum;
+};
 
 class LayerTrainer {
  public:
@@ -76,7 +100,8 @@ class LayerTrainer {
   // Trains until state.step == until_step (or the job's total). on_step is called after every
   // optimizer step (for progress, checkpoints and signals); returning false stops early.
   void train(JobState& state, int64_t until_step,
-             const std::function<bool(const JobState&)>& on_step = {}) const;
+             const std::function<bool(const JobState&)>& on_step = {},
+             const DataParallelSlice& dp = {}) const;
 
   // Relative error ‖K − K̂‖²/‖K‖² (float64 accumulation) over a split ("train" | "holdout"),
   // with the job's quantizer (quantize = false: at 16 bits).

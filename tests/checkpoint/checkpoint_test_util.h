@@ -41,6 +41,14 @@ inline trainer::JobState make_state(int64_t layer, trainer::KvKind kind, int64_t
   s.data_position = 4096 * step + static_cast<int64_t>(seed);
   s.floor = 0.1 + 1e-17 * static_cast<double>(seed);  // not a short decimal
   s.last_loss = std::nextafter(1.0 / 3.0, 1.0) + static_cast<double>(layer);
+  s.train_error_init = 0.25 + 1e-17 * static_cast<double>(seed);
+  s.holdout_error_init_q = std::nextafter(0.3, 1.0);
+  if (step == total_steps) {  // a finished job carries its final errors; others keep NaN
+    s.train_error = 1.0 / 7.0;
+    s.holdout_error_q = std::nextafter(1.0 / 9.0, 0.0);
+    s.holdout_error = 1.0 / 11.0;
+  }
+  s.seconds = 12.5 + 1.0 / 3.0;
   s.eigenvalues = std::get<0>(at::sort(
       at::rand({D}, gen, at::TensorOptions().dtype(at::kDouble)) * 100.0, 0, /*descending=*/true));
   s.eigenvalues = s.eigenvalues.contiguous();
@@ -75,6 +83,12 @@ inline void expect_same_state(const trainer::JobState& a, const trainer::JobStat
   EXPECT_EQ(a.data_position, b.data_position) << job;
   EXPECT_TRUE(same_double_bits(a.floor, b.floor)) << job << " " << a.floor << " " << b.floor;
   EXPECT_TRUE(same_double_bits(a.last_loss, b.last_loss)) << job;
+  EXPECT_TRUE(same_double_bits(a.train_error_init, b.train_error_init)) << job;
+  EXPECT_TRUE(same_double_bits(a.holdout_error_init_q, b.holdout_error_init_q)) << job;
+  EXPECT_TRUE(same_double_bits(a.train_error, b.train_error)) << job;
+  EXPECT_TRUE(same_double_bits(a.holdout_error_q, b.holdout_error_q)) << job;
+  EXPECT_TRUE(same_double_bits(a.holdout_error, b.holdout_error)) << job;
+  EXPECT_TRUE(same_double_bits(a.seconds, b.seconds)) << job;
 }
 
 }  // namespace cskv::checkpoint::test_util

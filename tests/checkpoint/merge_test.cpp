@@ -12,7 +12,7 @@
 #include "checkpoint/export_cskv.h"
 #include "tests/checkpoint/checkpoint_test_util.h"
 #include "tests/support/test_support.h"
-#include "trainer/train_run.h"
+#include "checkpoint/train_run.h"
 
 namespace cskv::checkpoint {
 namespace {

@@ -102,7 +102,7 @@ TEST(RankCheckpoint, ForeignSafetensorsFileIsRefused) {
   const std::string path = dir / "x.safetensors";
   model::write_safetensors(path, {{"w", at::zeros({2})}}, {{"format", "cskv-1"}});
   EXPECT_CSKV_ERROR(read_rank_checkpoint(path),
-                    path + ": format is 'cskv-1', this build reads 'cskv-ckpt-1'");
+                    path + ": format is 'cskv-1', this build reads 'cskv-ckpt-2'");
 }
 
 }  // namespace

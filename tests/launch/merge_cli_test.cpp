@@ -38,7 +38,8 @@ TEST(MergeCli, MergesWhatTrainWroteBitwiseAndRecordsTheConfig) {
                 dir / "ckpt", "--k-bits", "4", "--v-bits", "8", "--batch-tokens", "64", "--steps",
                 "3", "--lr", "1e-3", "--log-level", "warn"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  ASSERT_TRUE(fs::exists(dir / "ckpt/step-00000003/manifest.json"));
+  // The final checkpoint step is the number of optimizer steps of all jobs: 2 layers × 2 × 3.
+  ASSERT_TRUE(fs::exists(dir / "ckpt/step-00000012/manifest.json"));
   r = run_cskv({"merge", "--ckpt-dir", dir / "ckpt", "--out", dir / "merged.safetensors",
                 "--export-cskv", dir / "export", "--name", "toy"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -60,7 +61,7 @@ TEST(MergeCli, MergesWhatTrainWroteBitwiseAndRecordsTheConfig) {
   EXPECT_EQ(cfg.at("v_bits"), 8);
   EXPECT_EQ(cfg.at("init"), "pca");
   EXPECT_EQ(cfg.at("window"), 32);
-  EXPECT_EQ(meta.at("ckpt_step"), "3");
+  EXPECT_EQ(meta.at("ckpt_step"), "12");
   EXPECT_TRUE(fs::exists(dir / "export/toy_k.ckpt"));
   EXPECT_TRUE(fs::exists(dir / "export/toy_v.ckpt"));
 }

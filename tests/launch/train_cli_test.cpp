@@ -158,7 +158,9 @@ TEST_F(TrainCli, BadInputsGiveExactMessages) {
   test::TempDir ckpt;
   auto expect_error = [&](const std::vector<std::string>& extra, int code, const std::string& msg,
                           const std::string& acts) {
-    const auto r = train(ckpt.path(), extra, acts);
+    test::TempDir fresh;  // a failed run may leave a checkpoint that the next one would resume
+    const auto r = train(fresh.path(), extra, acts);
+    EXPECT_FALSE(fs::exists(fresh / "compressor.safetensors")) << msg;
     EXPECT_EQ(r.exit_code, code) << r.err;
     EXPECT_TRUE(data::capture_testing::has_line(r.err, msg)) << "expected: " << msg << "\n"
                                                              << r.err;
@@ -178,7 +180,6 @@ TEST_F(TrainCli, BadInputsGiveExactMessages) {
   expect_error({"--batch-tokens", "100", "--k-bits", "4"}, 2,
                "cskv train: usage error: --batch-tokens 100 is not a multiple of --window 32",
                acts);
-  EXPECT_FALSE(fs::exists(ckpt / "compressor.safetensors"));
 
   // Density 1 keeps every channel (r = D): the floor is 0. Batches that do not fill a window are
   // fine at 16 key bits.
@@ -251,7 +252,7 @@ TEST_F(TrainCli, NonFiniteActivationIsNamedWithLayerAndShard) {
                  ": layer 1 row 1000 channel 77 is nan (non-finite activation)"))
       << r.err;
   // Layer 0 is clean and trains.
-  const auto ok = train(nan.path() + "/ckpt", {"--layers", "0"}, nan.path());
+  const auto ok = train(nan.path() + "/ckpt-layer0", {"--layers", "0"}, nan.path());
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
 }
 

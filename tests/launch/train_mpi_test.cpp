@@ -1,5 +1,5 @@
 // Layer-parallel `cskv train` under mpirun: 1, 2 and 3 ranks give bitwise the same factors,
-// metrics and checkpoint step (a job's numbers never depend on which or how many ranks).
+// metrics and merged checkpoint (a job's numbers never depend on which or how many ranks).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -56,9 +56,13 @@ TEST(TrainMpi, OneTwoAndThreeRanksGiveIdenticalResults) {
     argv.push_back(dir / ("ckpt" + std::to_string(np)));
     const auto t = test::run_command(argv);
     ASSERT_EQ(t.exit_code, 0) << "np " << np << ": " << t.err;
+    // The sharded final checkpoint (one file per rank) merges into the same bits, too.
+    const std::string ckpt = dir / ("ckpt" + std::to_string(np));
+    const auto m =
+        test::run_cskv({"merge", "--ckpt-dir", ckpt, "--out", ckpt + "/merged.safetensors"});
+    ASSERT_EQ(m.exit_code, 0) << "np " << np << ": " << m.err;
   }
-  for (const std::string file :
-       {"compressor.safetensors", "metrics.md", "step-00000006/rank-0.safetensors"}) {
+  for (const std::string file : {"compressor.safetensors", "metrics.md", "merged.safetensors"}) {
     const std::string one = test::read_file(dir / ("ckpt1/" + file));
     EXPECT_GT(one.size(), 100u) << file;
     EXPECT_TRUE(one == test::read_file(dir / ("ckpt2/" + file))) << file << ": np 2 differs";

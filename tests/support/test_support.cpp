@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -55,7 +56,11 @@ std::string drain(int fd) {
 }
 }  // namespace
 
-CommandResult run_command(const std::vector<std::string>& argv) {
+CommandResult run_command(const std::vector<std::string>& argv) { return run_command(argv, {}); }
+
+CommandResult run_command(
+    const std::vector<std::string>& argv,
+    const std::function<void(int pid, const std::atomic<bool>& exited)>& during) {
   int out_pipe[2], err_pipe[2];
   if (pipe(out_pipe) || pipe(err_pipe)) throw std::runtime_error("pipe failed");
   posix_spawn_file_actions_t fa;
@@ -78,13 +83,42 @@ CommandResult run_command(const std::vector<std::string>& argv) {
     throw std::runtime_error("cannot spawn " + argv[0]);
   }
   CommandResult r;
+  std::atomic<bool> exited{false};
+  std::thread side;
+  if (during) side = std::thread([&] { during(pid, exited); });
   std::thread t([&] { r.err = drain(err_pipe[0]); });
   r.out = drain(out_pipe[0]);
   t.join();
   int status = 0;
   waitpid(pid, &status, 0);
+  exited = true;
+  if (side.joinable()) side.join();
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+std::vector<ProcessInfo> find_processes(const std::string& exe_name, const std::string& needle) {
+  std::vector<ProcessInfo> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream cmd(entry.path() / "cmdline", std::ios::binary);
+    std::string cmdline((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    const std::string argv0 = cmdline.substr(0, cmdline.find('\0'));
+    if (std::filesystem::path(argv0).filename() != exe_name) continue;
+    if (cmdline.find(needle) == std::string::npos) continue;
+    ProcessInfo p;
+    p.pid = std::stoi(name);
+    std::ifstream env(entry.path() / "environ", std::ios::binary);
+    std::string var;
+    while (std::getline(env, var, '\0')) {
+      if (var.rfind("OMPI_COMM_WORLD_RANK=", 0) == 0) p.mpi_rank = std::stoi(var.substr(21));
+    }
+    found.push_back(p);
+  }
+  std::sort(found.begin(), found.end(),
+            [](const ProcessInfo& a, const ProcessInfo& b) { return a.mpi_rank < b.mpi_rank; });
+  return found;
 }
 
 CommandResult run_cskv(const std::vector<std::string>& args) {

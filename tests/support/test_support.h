@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <functional>
 #include <string>
 #include <vector>
@@ -33,6 +34,22 @@ struct CommandResult {
 
 // Runs argv (no shell) and captures stdout/stderr.
 CommandResult run_command(const std::vector<std::string>& argv);
+// Like run_command; `during(pid, exited)` runs on a second thread meanwhile (to signal the
+// command or its children) and is joined before returning. `exited` turns true once the command
+// has ended, so a waiting `during` can give up.
+CommandResult run_command(
+    const std::vector<std::string>& argv,
+    const std::function<void(int pid, const std::atomic<bool>& exited)>& during);
+
+// A running process: its pid and its MPI rank (OMPI_COMM_WORLD_RANK, -1 when not under mpirun).
+struct ProcessInfo {
+  int pid = 0;
+  int mpi_rank = -1;
+};
+// Running processes whose executable's file name is `exe_name` and whose command line contains
+// `needle`, in rank order.
+std::vector<ProcessInfo> find_processes(const std::string& exe_name, const std::string& needle);
+
 // Runs the built `cskv` binary with these arguments.
 CommandResult run_cskv(const std::vector<std::string>& args);
 

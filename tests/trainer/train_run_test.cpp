@@ -1,6 +1,6 @@
 // run_training / plan_jobs on a captured toy model: the written factors (HF Linear layout) and
 // metrics match the returned states, the budget plan keeps its width, cache bytes by hand.
-#include "trainer/train_run.h"
+#include "checkpoint/train_run.h"
 
 #include <gtest/gtest.h>
 

@@ -1,0 +1,81 @@
+// A distributed training run: plan the (layer, K|V) jobs and their ranks, place them on groups of
+// ranks, initialise, train and evaluate each job with sharded checkpoints (save, stop on a signal,
+// resume on any world size), and write the factors (HF Linear layout) and the metrics. It lives
+// beside the checkpoint store it drives; the API keeps the trainer namespace.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "trainer/layer_trainer.h"
+#include "trainer/metrics.h"
+
+namespace cskv::trainer {
+
+struct TrainRunOptions {
+  std::string model_dir;
+  std::string acts_dir;
+  std::string ckpt_dir;
+  TrainConfig cfg;
+  double k_density = 0.5;
+  double v_density = 0.5;
+  double budget = 0;            // > 0: global budget mode (keep this share of the K+V width)
+  int64_t rank_multiple = 0;    // budget granularity; 0: n_kv * 8
+  std::vector<int64_t> layers;  // empty: every layer in stats.h5
+  int64_t context = 4096;       // the context the memory accounting is stated at
+  int threads = 1;              // intra-op threads (set by the caller); in the resolved config
+
+  // Checkpoints (DESIGN.md §3): a collective save every `save_every` optimizer steps of any rank
+  // (0: only when a job finishes and on a stop signal), when a job finishes, on SIGTERM/SIGUSR1/
+  // SIGINT (then the run returns interrupted). The newest `keep` complete steps are kept.
+  int64_t save_every = 500;
+  int64_t keep = 2;
+  // A ckpt_dir holding a complete step of the same resolved config is always resumed (another
+  // config is refused, naming the keys); require_resume additionally fails when there is none.
+  bool require_resume = false;
+  // Ranks per job (data parallelism inside a job). 0: 1, or size / jobs when ranks > jobs.
+  int dp = 0;
+  // How often (seconds) the ranks agree on saves and stops: one small allreduce per round.
+  double round_seconds = 1.0;
+};
+
+// Jobs in (layer, K, V) order with their ranks: from the densities, or from the budget
+// allocation over the layers' spectra. Logs the chosen ranks and the expected 16-bit floor.
+std::vector<LayerJob> plan_jobs(const TrainRunOptions& options, const model::ModelConfig& model,
+                                const model::SafetensorsModel& weights);
+
+struct TrainRunResult {
+  std::vector<JobState> states;  // every job, in plan order (empty when interrupted)
+  RunMetrics metrics;
+  std::string factors_path;   // <ckpt_dir>/compressor.safetensors
+  bool interrupted = false;   // a stop signal: the state is saved, nothing else written
+  int stop_signal = 0;        // the signal this rank received (0: it came from a peer)
+  int64_t resumed_from = -1;  // the checkpoint step this run continued from (-1: none)
+  int64_t last_step = -1;     // the newest complete checkpoint step written
+  int saves = 0;              // checkpoint saves this run
+  double save_seconds = 0;    // wall time in them (this rank)
+  double train_seconds = 0;   // wall time of the whole job loop (this rank)
+  int dp = 1;                 // ranks per job used
+};
+
+// Layer-parallel over comm: jobs are assigned to groups of `dp` ranks by cost (LPT,
+// trainer/schedule.h), each group trains its own (a data-parallel group splits every batch and
+// allreduces gradients), saving sharded checkpoints as described above and resuming from the
+// newest complete one; then every finished state is broadcast from its owner so all ranks return
+// every job; rank 0 writes <ckpt_dir>/compressor.safetensors, metrics.json and metrics.md. With
+// dp = 1 the numbers do not depend on the number of ranks, nor on interruptions. The one-argument
+// form runs in this process alone.
+TrainRunResult run_training(const TrainRunOptions& options, comm::Communicator& comm);
+TrainRunResult run_training(const TrainRunOptions& options);
+
+// The settings that decide a run's numbers, as JSON (what checkpoints and the merged file record,
+// and what a resume must match): model hash, ranks rule, init, quantization, optimizer, seed.
+std::string resolved_config_json(const TrainRunOptions& options, const model::ModelConfig& model,
+                                 int threads);
+
+// Tensor names of the merged checkpoint (DESIGN.md §3): a = Aᵀ [r, H], b = Bᵀ [D, r].
+std::string factor_name(int64_t layer, KvKind kind, char which /* 'a' | 'b' */);
+
+}  // namespace cskv::trainer
