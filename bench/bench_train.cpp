@@ -1,5 +1,6 @@
 // Benchmark of the trainer: training-step GFLOP/s vs torch::mm on the same shapes, init time per
-// layer (pca / asvd / svd) at hidden 4096, and optimizer steps from asvd to pca's step-0 error.
+// layer (pca / asvd / svd) at hidden 4096, optimizer steps from asvd to pca's step-0 error, and
+// the cost of a checkpoint save against the step.
 #include <ATen/ATen.h>
 #include <fcntl.h>
 #include <spawn.h>
@@ -16,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/rank_checkpoint.h"
+#include "checkpoint/step_manifest.h"
 #include "common/threads.h"
 #include "data/activation_reader.h"
 #include "data/activation_shard.h"
@@ -341,6 +344,56 @@ void part_c(const Args& a) {
   fs::remove_all(dir);
 }
 
+// (d) Checkpoint cost: one save of a job's whole state (A, B, AdamW moments, eigenvalues: the
+// rank file, fsync, rename, manifest, prune) against the training step at the same shapes, and
+// the resulting share of wall time at the default --save-every (500) and at 100.
+void part_d(const Args& a) {
+  std::printf(
+      "\n## (d) checkpoint save vs training step (one job per rank file, batch %lld, 4 bits)\n",
+      static_cast<long long>(a.batch_tokens));
+  std::printf(
+      "| hidden | D | r | rank file MB | save ms (best of 5) | step ms | share at --save-every "
+      "500 | at 100 |\n|---|---|---|---|---|---|---|---|\n");
+  struct Case {
+    int64_t hidden, n_kv, hd;
+  };
+  for (const Case cs : {Case{1024, 4, 64}, Case{4096, 8, 128}}) {
+    const std::string dir = a.dir + "/ckpt-" + std::to_string(cs.hidden);
+    const auto c = write_synthetic(dir, cs.hidden, cs.n_kv, cs.hd, 2 * a.batch_tokens,
+                                   cskv::data::ActivationDtype::kFloat16);
+    const int64_t d = c.kv_dim(), r = d / 2;
+    const double step = step_seconds(dir, c, r, 4, a.batch_tokens, 4);
+    tr::JobState s;
+    s.job = {0, tr::KvKind::kKey, r};
+    s.A = at::randn({c.hidden_size, r});
+    s.B = at::randn({r, d});
+    s.m_A = at::randn({c.hidden_size, r});
+    s.v_A = at::rand({c.hidden_size, r});
+    s.m_B = at::randn({r, d});
+    s.v_B = at::rand({r, d});
+    s.eigenvalues = at::rand({d}, at::TensorOptions().dtype(at::kDouble));
+    s.total_steps = 1000;
+    const std::string config = "{\"bench\": true}";
+    double best = 1e30;
+    uint64_t bytes = 0;
+    for (int i = 1; i <= 5; ++i) {
+      s.step = i;
+      const auto t0 = Clock::now();
+      const auto entry = cskv::checkpoint::write_rank_checkpoint(dir + "/ck", i, 0, {s}, config);
+      cskv::checkpoint::write_step_manifest(dir + "/ck", i, 1, {entry}, config);
+      cskv::checkpoint::prune_steps(dir + "/ck", 2, /*verify_checksums=*/false);
+      best = std::min(best, since(t0));
+      bytes = entry.bytes;
+    }
+    std::printf("| %lld | %lld | %lld | %.1f | %.1f | %.1f | **%.2f%%** | %.2f%% |\n",
+                static_cast<long long>(cs.hidden), static_cast<long long>(d),
+                static_cast<long long>(r), static_cast<double>(bytes) / 1e6, best * 1e3, step * 1e3,
+                100.0 * best / (500 * step + best), 100.0 * best / (100 * step + best));
+    std::fflush(stdout);
+    fs::remove_all(dir);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -350,6 +403,7 @@ int main(int argc, char** argv) {
   if (a.parts.find('a') != std::string::npos) part_a(a);
   if (a.parts.find('b') != std::string::npos) part_b(a);
   if (a.parts.find('c') != std::string::npos) part_c(a);
+  if (a.parts.find('d') != std::string::npos) part_d(a);
   fs::remove_all(a.dir);
   return 0;
 }

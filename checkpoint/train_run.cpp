@@ -515,13 +515,11 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
       decode_job(summary, s);
       s.A = at::zeros({H, r}, at::kFloat);
       s.B = at::zeros({r, D}, at::kFloat);
-      s.m_A = at::zeros({H, r}, at::kFloat);
-      s.v_A = at::zeros({H, r}, at::kFloat);
-      s.m_B = at::zeros({r, D}, at::kFloat);
-      s.v_B = at::zeros({r, D}, at::kFloat);
       s.eigenvalues = at::zeros({D}, at::kDouble);
     }
-    for (at::Tensor* t : {&s.A, &s.B, &s.m_A, &s.v_A, &s.m_B, &s.v_B, &s.eigenvalues}) {
+    // The AdamW moments stay with the owner (they live on in the checkpoint): at 7B scale they
+    // are two thirds of the bytes and no rank needs another's.
+    for (at::Tensor* t : {&s.A, &s.B, &s.eigenvalues}) {
       if (owner == me) *t = t->contiguous();
       comm.broadcast(*t, owner);
     }

@@ -47,7 +47,9 @@ std::vector<LayerJob> plan_jobs(const TrainRunOptions& options, const model::Mod
                                 const model::SafetensorsModel& weights);
 
 struct TrainRunResult {
-  std::vector<JobState> states;  // every job, in plan order (empty when interrupted)
+  // Every job in plan order (empty when interrupted); the AdamW moments only on the rank that
+  // trained the job (undefined elsewhere; the checkpoint holds them).
+  std::vector<JobState> states;
   RunMetrics metrics;
   std::string factors_path;   // <ckpt_dir>/compressor.safetensors
   bool interrupted = false;   // a stop signal: the state is saved, nothing else written
