@@ -11,6 +11,8 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/threads.h"
+#include "launch/env.h"
+#include "model/llama.h"
 
 namespace cskv::cli {
 
@@ -87,7 +89,34 @@ void add_runtime_options(cxxopts::Options& options) {
       cxxopts::value<std::string>()->default_value(""));
 }
 
-std::unique_ptr<comm::Communicator> start_runtime(const cxxopts::ParseResult& r) {
+namespace {
+
+// Every rank learns every rank's verdict, so a mismatch stops all of them with the same message
+// (printed once, by rank 0) instead of leaving the good ranks waiting in their next collective.
+void require_on_all_ranks(comm::Communicator& world, const std::string& my_error) {
+  const auto errors = world.allgather_bytes(my_error);
+  int failed = 0, first = -1;
+  for (int i = 0; i < static_cast<int>(errors.size()); ++i) {
+    if (errors[i].empty()) continue;
+    ++failed;
+    if (first < 0) first = i;
+  }
+  if (failed == 0) return;
+  std::string message = "rank " + std::to_string(first) + ": " + errors[first];
+  if (failed > 1) message += " (and " + std::to_string(failed - 1) + " more rank(s))";
+  throw Error(ErrorKind::kRuntime, message, {}, /*collective=*/true);
+}
+
+std::string device_label(const std::string& device, const comm::Communicator& world) {
+  if (device != "cpu") return model::select_device(device, world.local_rank()).str();
+  if (world.backend_name() == "nccl") return "cuda:" + std::to_string(world.local_rank());
+  return device;
+}
+
+}  // namespace
+
+std::unique_ptr<comm::Communicator> start_runtime(const cxxopts::ParseResult& r,
+                                                  const std::string& device) {
   const int threads = r["threads"].as<int>();
   set_compute_threads(threads);
   comm::CommOptions co;
@@ -98,11 +127,14 @@ std::unique_ptr<comm::Communicator> start_runtime(const cxxopts::ParseResult& r)
     std::filesystem::create_directories(log_dir);
     log::add_file_sink(log_dir, world->rank());
   }
+  const launch::ProcessPlace place{world->rank(), world->size(), world->local_rank()};
+  const auto check = launch::check_launcher_env(place, launch::launcher_environment());
+  // --backend local under a launcher: every process works alone, as asked; nothing to compare.
+  require_on_all_ranks(*world, world->backend_name() == "local" ? "" : check.error);
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
-  log::get("launch")->info("host {} rank {}/{} local rank {} backend {} threads {}", host,
-                           world->rank(), world->size(), world->local_rank(), world->backend_name(),
-                           threads);
+  log::get("launch")->info(launch::start_line(
+      {host, place, device_label(device, *world), threads, world->backend_name(), check.launcher}));
   return world;
 }
 

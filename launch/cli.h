@@ -54,7 +54,12 @@ void add_runtime_options(cxxopts::Options& options);
 
 // Builds the world communicator (local, or MPI under mpirun/srun), fixes the intra-op thread
 // count (never derived from the number of ranks, so results do not depend on it) and opens the
-// per-rank log file when --log-dir is given. Logs one line per rank describing itself.
-std::unique_ptr<comm::Communicator> start_runtime(const cxxopts::ParseResult& r);
+// per-rank log file when --log-dir is given. Checks that the launcher's variables (SLURM_PROCID,
+// OMPI_COMM_WORLD_RANK, ...) agree with MPI on every rank (launch/env.h; a mismatch stops all
+// ranks with one message) and logs one line per rank: host, rank, local rank, device, threads,
+// backend, launcher. `device` is the subcommand's --device ("cpu" | "cuda": GPU local rank mod
+// the visible GPUs); the nccl backend implies cuda:<local rank>.
+std::unique_ptr<comm::Communicator> start_runtime(const cxxopts::ParseResult& r,
+                                                  const std::string& device = "cpu");
 
 }  // namespace cskv::cli

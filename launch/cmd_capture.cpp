@@ -72,7 +72,7 @@ int run_capture(int argc, char** argv) {
     const auto config = model::load_config(o.model_dir);
     o.layers = data::parse_layer_list((*r)["layers"].as<std::string>(), config.num_hidden_layers);
 
-    auto world = start_runtime(*r);
+    auto world = start_runtime(*r, o.device);
     const auto result = data::run_capture(o, *world);
     if (world->rank() == 0) {
       if (result.already_complete) {
