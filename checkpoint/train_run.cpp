@@ -290,6 +290,9 @@ class Coordinator {
       checkpoint::write_step_manifest(o_.ckpt_dir, step, world_.size(), entries, config_json_);
       checkpoint::prune_steps(o_.ckpt_dir, o_.keep, /*verify_checksums=*/false);
     }
+    // Nobody goes on (or exits, e.g. with 75 after a stop: mpirun would kill the rest) before the
+    // step is complete on disk.
+    world_.barrier();
     last_saved_ = step;
     steps_since_save_ = 0;
     ++saves_;
