@@ -21,6 +21,7 @@
 #include "comm/local_communicator.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/progress.h"
 #include "common/stop_signal.h"
 #include "data/atomic_file.h"
 #include "data/layer_stats.h"
@@ -202,8 +203,10 @@ class Coordinator {
  public:
   Coordinator(const TrainRunOptions& o, comm::Communicator& world, comm::Communicator* group,
               const Placement& placement, std::map<size_t, JobState>& states,
-              const std::vector<size_t>& my_jobs, std::string config_json, int64_t last_saved)
+              const std::vector<size_t>& my_jobs, std::string config_json, int64_t last_saved,
+              ProgressMeter& progress)
       : o_(o),
+        progress_(progress),
         world_(world),
         group_(group),
         placement_(placement),
@@ -238,6 +241,7 @@ class Coordinator {
     save_wanted_ = false;
     unfinished_ = static_cast<int64_t>(d[2]);
     const int64_t step_sum = static_cast<int64_t>(d[3]);
+    progress_.update(step_sum);
     if (d[1] > 0) {
       stopped_ = true;
       save(step_sum);
@@ -316,6 +320,7 @@ class Coordinator {
   }
 
   const TrainRunOptions& o_;
+  ProgressMeter& progress_;
   comm::Communicator& world_;
   comm::Communicator* group_;
   const Placement& placement_;
@@ -421,7 +426,12 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
 
   const DataParallelSlice slice{placement.my_index, placement.dp,
                                 [&](at::Tensor& t) { group->allreduce_sum(t); }};
-  Coordinator coord(o, comm, group.get(), placement, states, my_jobs, config_json, resume_step);
+  int64_t all_steps = 0;
+  for (const auto& j : jobs) all_steps += trainer.total_steps(j);
+  ProgressMeter progress("train", "steps", all_steps, me == 0);
+  progress.set_start(std::max<int64_t>(0, resume_step));
+  Coordinator coord(o, comm, group.get(), placement, states, my_jobs, config_json, resume_step,
+                    progress);
   const auto t_run = Clock::now();
   size_t done = 0;
   bool stopped = false;
@@ -461,10 +471,10 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
             last_log = now;
             const double el = std::chrono::duration<double>(now - t_run).count();
             const double rate = static_cast<double>(st.step - start_step) / std::max(el, 1e-9);
-            log->info("{}: step {}/{} loss {:.6g} ({:.1f} steps/s, ETA {:.0f} s; job {}/{} here)",
-                      jobs[i].name(), st.step, st.total_steps, st.last_loss, rate,
-                      static_cast<double>(st.total_steps - st.step) / std::max(rate, 1e-9), done,
-                      my_jobs.size());
+            log->debug("{}: step {}/{} loss {:.6g} ({:.1f} steps/s, ETA {:.0f} s; job {}/{} here)",
+                       jobs[i].name(), st.step, st.total_steps, st.last_loss, rate,
+                       static_cast<double>(st.total_steps - st.step) / std::max(rate, 1e-9), done,
+                       my_jobs.size());
           }
           add_time();
           if (!coord.point()) {
@@ -489,6 +499,7 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
   while (!stopped && !coord.all_finished()) {
     if (!coord.point(true)) stopped = true;
   }
+  if (!stopped) progress.finish();
   result.saves = coord.saves();
   result.save_seconds = coord.save_seconds();
   result.last_step = coord.last_saved();

@@ -74,8 +74,7 @@ TrainRunResult run_training(const TrainRunOptions& options);
 
 // The settings that decide a run's numbers, as JSON (what checkpoints and the merged file record,
 // and what a resume must match): model hash, ranks rule, init, quantization, optimizer, seed.
-std::string resolved_config_json(const TrainRunOptions& options, const model::ModelConfig& model,
-                                 int threads);
+std::string resolved_config_json(const TrainRunOptions& options, const model::ModelConfig& model);
 
 // Tensor names of the merged checkpoint (DESIGN.md §3): a = Aᵀ [r, H], b = Bᵀ [D, r].
 std::string factor_name(int64_t layer, KvKind kind, char which /* 'a' | 'b' */);

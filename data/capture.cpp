@@ -18,6 +18,8 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/progress.h"
+#include "common/stop_signal.h"
 #include "data/activation_reader.h"
 #include "data/atomic_file.h"
 #include "data/layer_stats.h"
@@ -162,30 +164,32 @@ std::vector<int64_t> strided_ids(int64_t base, int64_t count, int rank, int worl
   return ids;
 }
 
-class Progress {
- public:
-  Progress(bool enabled, int64_t total_tokens) : enabled_(enabled), total_(total_tokens) {}
-  void add(int64_t tokens) {
-    done_ += tokens;
-    const auto now = Clock::now();
-    const double since = std::chrono::duration<double>(now - last_).count();
-    if (!enabled_ || (since < 2.0 && done_ < total_)) return;
-    last_ = now;
-    const double elapsed = std::chrono::duration<double>(now - start_).count();
-    const double rate = elapsed > 0 ? done_ / elapsed : 0;
-    const double eta = rate > 0 ? (total_ - done_) / rate : 0;
-    log::get("data")->info("capture: {}/{} tokens on rank 0 ({:.1f}%), {:.0f} tok/s, ETA {:.0f} s",
-                           done_, total_, 100.0 * done_ / std::max<int64_t>(1, total_), rate, eta);
+}  // namespace
+
+namespace {
+constexpr const char* kCompleteOnOtherWorld = "\x01complete-on-other-world";
+
+// Whether out_dir holds stats.h5 and every shard a capture on `world` ranks writes, listed in
+// the manifest with its recorded size.
+bool complete_on(const std::string& out_dir, int world, bool holdout) {
+  if (world < 1 || !fs::exists(stats_path(out_dir)) || !fs::exists(manifest_path(out_dir))) {
+    return false;
   }
-
- private:
-  bool enabled_;
-  int64_t total_;
-  int64_t done_ = 0;
-  Clock::time_point start_ = Clock::now();
-  Clock::time_point last_ = Clock::now();
-};
-
+  std::map<std::string, uint64_t> listed;
+  for (const auto& e : read_manifest(out_dir)) listed[e.file] = e.bytes;
+  for (int r = 0; r < world; ++r) {
+    for (const char* split : {"train", "holdout"}) {
+      if (std::string(split) == "holdout" && !holdout) continue;
+      const std::string file = shard_file_name(r, world, split);
+      std::error_code ec;
+      const auto it = listed.find(file);
+      if (it == listed.end() || fs::file_size(out_dir + "/" + file, ec) != it->second || ec) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
 }  // namespace
 
 CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm) {
@@ -243,7 +247,13 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
       } else if (fs::exists(cpath)) {
         const nlohmann::json old_cfg = nlohmann::json::parse(read_text(cpath), nullptr, false);
         const auto diff = config_difference(old_cfg, nlohmann::json::parse(cfg_text));
-        if (!diff.empty()) {
+        // A complete capture made on another number of ranks is as good as ours: nothing to do.
+        const bool only_world = !diff.empty() && diff.rfind("world_size: ", 0) == 0 &&
+                                diff.find("; ") == std::string::npos;
+        if (only_world &&
+            complete_on(opt.out_dir, old_cfg.value("world_size", 0), opt.holdout_seqs > 0)) {
+          verdict = kCompleteOnOtherWorld;
+        } else if (!diff.empty()) {
           verdict = opt.out_dir + " holds a capture with other settings (" + diff +
                     "); use another --out or --overwrite";
         }
@@ -270,9 +280,20 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
     }
   }
   comm.broadcast_bytes(verdict, 0);
+  CaptureResult result;
+  if (verdict == kCompleteOnOtherWorld) {
+    result.already_complete = true;
+    result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (rank == 0) {
+      logger->info(
+          "capture: {} is complete already (captured on another number of ranks); "
+          "nothing to do",
+          opt.out_dir);
+    }
+    return result;
+  }
   if (!verdict.empty()) throw Error(ErrorKind::kInput, verdict, {}, /*collective=*/true);
 
-  CaptureResult result;
   const std::string train_file = shard_file_name(rank, world, "train");
   const std::string hold_file = shard_file_name(rank, world, "holdout");
   std::vector<std::string> expected_files;
@@ -325,9 +346,12 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
   for (const auto& s : splits) {
     if (!is_complete(s.file)) todo_tokens += static_cast<int64_t>(s.ids.size()) * opt.seq_len;
   }
-  Progress progress(rank == 0, todo_tokens);
+  ProgressMeter progress("capture (rank 0)", "tokens", todo_tokens, rank == 0 && todo_tokens > 0);
+  int64_t tokens_done = 0;
   bool train_reused = false;
+  bool stopped = false;  // a stop signal: leave the unfinished shard for the rerun
   for (const auto& split : splits) {
+    if (stopped) break;
     const std::string path = opt.out_dir + "/" + split.file;
     if (is_complete(split.file)) {
       result.shards_reused.push_back(split.file);
@@ -347,6 +371,10 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
     const std::set<int64_t> wanted(opt.layers.begin(), opt.layers.end());
     const bool is_train = split.name == "train";
     for (size_t b = 0; b < split.ids.size(); b += static_cast<size_t>(opt.batch)) {
+      if (stop_signal() != 0) {
+        stopped = true;
+        break;
+      }
       const size_t n = std::min(split.ids.size() - b, static_cast<size_t>(opt.batch));
       std::vector<int64_t> ids(split.ids.begin() + b, split.ids.begin() + b + n);
       std::vector<int64_t> batch_starts;
@@ -381,15 +409,28 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
       writer.append_tokens(ids, tok);
       result.seconds_write += std::chrono::duration<double>(Clock::now() - w0).count();
       result.tokens_captured += static_cast<int64_t>(n) * opt.seq_len;
-      progress.add(static_cast<int64_t>(n) * opt.seq_len);
+      tokens_done += static_cast<int64_t>(n) * opt.seq_len;
+      progress.update(tokens_done);
     }
+    if (stopped) break;
     const auto w0 = Clock::now();
     const ShardSummary summary = writer.finish();
     add_to_manifest(opt.out_dir, manifest_entry(summary));
     result.seconds_write += std::chrono::duration<double>(Clock::now() - w0).count();
     result.shards_written.push_back(split.file);
   }
-  comm.barrier();  // every shard is complete and listed from here on
+  // Every shard is complete and listed from here on, unless some rank was stopped by a signal:
+  // then all return interrupted (the rerun redoes the unfinished shards).
+  at::Tensor any_stopped =
+      at::full({1}, stopped ? 1.0 : 0.0, at::TensorOptions().dtype(at::kDouble));
+  comm.allreduce_sum(any_stopped);
+  if (any_stopped.item<double>() > 0) {
+    result.interrupted = true;
+    result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    logger->warn("capture stopped by {}; finished shards are kept, rerun to continue",
+                 stop_signal() ? stop_signal_name(stop_signal()) : "a peer's stop signal");
+    return result;
+  }
 
   if (train_reused) {
     // Recompute this rank's sums from its complete shard, in the batches it was written in, so
@@ -417,6 +458,7 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
       while (auto batch = reader.next()) stats.add(layer, batch->x);
     }
   }
+  progress.finish();
   for (auto& t : stats.reduction_tensors()) comm.allreduce_sum(t);
   if (rank == 0) {
     const auto entries = read_manifest(opt.out_dir);

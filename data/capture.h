@@ -33,7 +33,10 @@ struct CaptureOptions {
 };
 
 struct CaptureResult {
-  bool already_complete = false;            // nothing was done: every shard and stats.h5 were there
+  bool already_complete = false;  // nothing was done: every shard and stats.h5 were there
+  // A stop signal (common/stop_signal.h) reached some rank: every rank stopped before its next
+  // batch; complete shards are kept (and listed), the rest is redone by a rerun.
+  bool interrupted = false;
   std::vector<std::string> shards_written;  // by this rank
   std::vector<std::string> shards_reused;   // by this rank (listed in the manifest already)
   int64_t tokens_captured = 0;              // by this rank, by running the model

@@ -22,6 +22,10 @@ const std::vector<Subcommand>& subcommands() {
        run_analyze},
       {"merge", "Merge a checkpoint into compressor.safetensors (+ the reference .ckpt export)",
        run_merge},
+      {"run",
+       "The whole compression in one command: capture -> train -> merge, from a JSON job file "
+       "(mpirun/srun-able, resumable)",
+       run_run},
       {"comm-check",
        "Verify broadcast/allreduce/gather on the communicator and print bandwidth (mpirun-able)",
        run_comm_check},
