@@ -8,8 +8,10 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/config.h"
+#include "model/kv_cache.h"
 #include "model/safetensors.h"
 
 namespace cskv::model {
@@ -53,6 +55,21 @@ class LlamaModel {
                            const at::Tensor& cos, const at::Tensor& sin,
                            const LayerHook& hook) const;
 
+  // Incremental forward of one sequence: tokens int64 [1, n] at positions [p, p + n), p the
+  // caches' common size(); caches[l] is layer l's (one per model layer). Each layer attends over
+  // its cache's keys/values followed by the new tokens' own full-precision ones (causal, sliding
+  // window as configured), then appends the new tokens to its cache. Returns logits [1, n, vocab].
+  // With empty caches (a prefill) the logits are bitwise those of forward() on the same tokens.
+  at::Tensor forward_cached(const at::Tensor& tokens, const std::vector<KvCache*>& caches) const;
+
+  // One decoder layer of forward_cached on h [1, n, H]; cos/sin cover positions [0, p + n).
+  at::Tensor layer_forward_cached(const LayerWeights& w, const at::Tensor& h, const at::Tensor& cos,
+                                  const at::Tensor& sin, KvCache& cache) const;
+
+  // rope_tables(seq) rows, computed once for the longest length asked so far (each row depends
+  // only on its position, so the values equal rope_tables(seq)'s).
+  std::pair<at::Tensor, at::Tensor> rope_tables_cached(int64_t seq) const;
+
   // A weight by HF name in the compute dtype on the compute device.
   at::Tensor weight(const std::string& name) const;
 
@@ -66,6 +83,7 @@ class LlamaModel {
   at::ScalarType compute_dtype_;
   at::Device device_;
   mutable std::map<int64_t, LayerWeights> device_cache_;  // CUDA only
+  mutable at::Tensor rope_cos_, rope_sin_;                // rope_tables_cached()
 };
 
 // The device a rank computes on: "cpu", or "cuda" → cuda:<local_rank mod GPUs>. Asking for CUDA
