@@ -45,20 +45,44 @@ at::Tensor reconstruct(const at::Tensor& latents, const BranchFactors& f, int64_
 }
 }  // namespace
 
-std::pair<at::Tensor, at::Tensor> CompressedKvCache::keys_values(const at::Tensor& cos,
-                                                                 const at::Tensor& sin) const {
+at::Tensor CompressedKvCache::keys(const at::Tensor& cos, const at::Tensor& sin) const {
   const auto dtype = cos.scalar_type();
   const int64_t c = compressed_tokens();
   CSKV_CHECK(cos.size(0) >= size(), "CompressedKvCache: RoPE tables of "
                                         << cos.size(0) << " positions for " << size() << " tokens");
-  const at::Tensor wk = win_k_.to(dtype), wv = win_v_.to(dtype);
-  if (c == 0) return {wk, wv};
+  const at::Tensor wk = win_k_.to(dtype);
+  if (c == 0) return wk;
   // Keys are compressed before RoPE: rotate the rebuilt keys at their positions 0..c-1.
   const at::Tensor k_old =
       model::apply_rope(reconstruct(k_store_.dequantized(), kf_, n_kv_, head_dim_).to(dtype),
                         cos.narrow(0, 0, c), sin.narrow(0, 0, c));
-  const at::Tensor v_old = reconstruct(v_store_.dequantized(), vf_, n_kv_, head_dim_).to(dtype);
-  return {at::cat({k_old, wk}, 1), at::cat({v_old, wv}, 1)};
+  return at::cat({k_old, wk}, 1);
+}
+
+at::Tensor CompressedKvCache::weighted_values(const at::Tensor& probs) const {
+  const int64_t c = compressed_tokens(), w = window_tokens();
+  CSKV_CHECK(probs.dim() == 3 && probs.size(0) == n_kv_ && probs.size(2) == c + w,
+             "CompressedKvCache::weighted_values: expected probs ["
+                 << n_kv_ << ", m, " << c + w << "], found " << probs.sizes());
+  const auto dtype = probs.scalar_type();
+  at::Tensor out = at::matmul(probs.narrow(-1, c, w), win_v_.to(dtype));  // [n_kv, m, hd]
+  if (c == 0) return out;
+  const at::Tensor p = probs.narrow(-1, 0, c);
+  const int64_t r = vf_.rank();
+  const at::Tensor pc = at::matmul(p, v_store_.dequantized().to(dtype));  // [n_kv, m, r]
+  const at::Tensor b_heads =
+      vf_.B.to(dtype).view({r, n_kv_, head_dim_}).permute({1, 0, 2});  // [n_kv, r, hd]
+  out = out + at::bmm(pc, b_heads);
+  if (vf_.bias.defined()) {
+    out = out + p.sum(-1, /*keepdim=*/true) * vf_.bias.to(dtype).view({n_kv_, 1, head_dim_});
+  }
+  return out;
+}
+
+at::Tensor CompressedKvCache::values(at::ScalarType dtype) const {
+  const at::Tensor wv = win_v_.to(dtype);
+  if (compressed_tokens() == 0) return wv;
+  return at::cat({reconstruct(v_store_.dequantized(), vf_, n_kv_, head_dim_).to(dtype), wv}, 1);
 }
 
 void CompressedKvCache::append(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v) {

@@ -6,7 +6,6 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
-#include <utility>
 
 #include "eval/latent_store.h"
 #include "model/config.h"
@@ -35,7 +34,8 @@ struct BranchFactors {
 // With the default float16 storage this is exactly trainer::layer_cache_bytes(). With w = 0 every
 // token is compressed as soon as it has been attended to (keys then in per-token groups).
 //
-// Decoding: forward_cached attends over keys_values() + the new tokens' own K/V, then append()s
+// Decoding: forward_cached attends over keys() / weighted_values() and the new tokens' own K/V,
+// then append()s
 // them to the window; when the window holds w tokens they move to the compressed branch
 // together (their keys' per-channel groups are exactly that window, as in training, where windows
 // start at position 0 of every sequence).
@@ -46,8 +46,13 @@ class CompressedKvCache final : public model::KvCache {
                     at::Device device = at::kCPU);
 
   int64_t size() const override { return compressed_tokens() + window_tokens(); }
-  std::pair<at::Tensor, at::Tensor> keys_values(const at::Tensor& cos,
-                                                const at::Tensor& sin) const override;
+  // The compressed tokens' keys are rebuilt as RoPE(Q(c)·B + b) at their positions (keys are
+  // compressed before RoPE), followed by the window's keys.
+  at::Tensor keys(const at::Tensor& cos, const at::Tensor& sin) const override;
+  // Compressed tokens: (probs·Q(c))·B_h + (Σ probs)·b_h per kv head h — the value rows are never
+  // rebuilt (probs·(Q(c)·B + b) regrouped; n_heads·T·r instead of T·r·D multiply-adds).
+  at::Tensor weighted_values(const at::Tensor& probs) const override;
+  at::Tensor values(at::ScalarType dtype) const override;
   void append(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v) override;
   int64_t bytes() const override;
 

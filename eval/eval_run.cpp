@@ -384,7 +384,8 @@ EvalReport run_eval(const EvalOptions& o, comm::Communicator& comm) {
 
   auto weights =
       std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(o.model_dir));
-  const model::LlamaModel model(config, weights);
+  model::LlamaModel model(config, weights);
+  model.keep_converted_layers(true);  // decoding runs every layer once per token
   EvalReport r;
   r.model_dir = o.model_dir;
   r.acts_dir = o.acts_dir;

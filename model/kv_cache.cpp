@@ -27,10 +27,16 @@ void FullKvCache::reserve(int64_t tokens) {
   v_ = v;
 }
 
-std::pair<at::Tensor, at::Tensor> FullKvCache::keys_values(const at::Tensor& cos,
-                                                           const at::Tensor&) const {
-  return {k_.narrow(1, 0, size_).to(cos.scalar_type()),
-          v_.narrow(1, 0, size_).to(cos.scalar_type())};
+at::Tensor FullKvCache::keys(const at::Tensor& cos, const at::Tensor&) const {
+  return k_.narrow(1, 0, size_).to(cos.scalar_type());
+}
+
+at::Tensor FullKvCache::weighted_values(const at::Tensor& probs) const {
+  return at::matmul(probs, values(probs.scalar_type()));
+}
+
+at::Tensor FullKvCache::values(at::ScalarType dtype) const {
+  return v_.narrow(1, 0, size_).to(dtype);
 }
 
 void FullKvCache::append(const at::Tensor&, const at::Tensor& k, const at::Tensor& v) {

@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
-#include <utility>
 
 #include "model/config.h"
 
@@ -19,10 +18,18 @@ class KvCache {
   // Tokens held; they sit at positions 0 .. size() - 1.
   virtual int64_t size() const = 0;
 
-  // Keys (after RoPE) and values of every held token, [n_kv, size(), head_dim] each, in the dtype
-  // of cos. cos/sin: RoPE tables of at least size() positions ([positions, head_dim]).
-  virtual std::pair<at::Tensor, at::Tensor> keys_values(const at::Tensor& cos,
-                                                        const at::Tensor& sin) const = 0;
+  // Keys (after RoPE) of every held token, [n_kv, size(), head_dim] in the dtype of cos.
+  // cos/sin: RoPE tables of at least size() positions ([positions, head_dim]).
+  virtual at::Tensor keys(const at::Tensor& cos, const at::Tensor& sin) const = 0;
+
+  // The attention output over the held tokens, Σ_j probs[h, i, j] · v_j of kv head h:
+  // probs [n_kv, m, size()] (the m rows of kv head h are its query heads' rows), result
+  // [n_kv, m, head_dim] in probs' dtype. A cache may compute it without materialising the values.
+  virtual at::Tensor weighted_values(const at::Tensor& probs) const = 0;
+
+  // Every held value, [n_kv, size(), head_dim] in `dtype` (for checks; attention uses
+  // weighted_values).
+  virtual at::Tensor values(at::ScalarType dtype) const = 0;
 
   // Appends n tokens at positions size() .. size() + n - 1: x [n, H] the layer's normalised input
   // (the input of k_proj/v_proj), k [n_kv, n, head_dim] after bias and RoPE, v [n_kv, n, head_dim].
@@ -48,8 +55,9 @@ class FullKvCache final : public KvCache {
   void reserve(int64_t tokens);
 
   int64_t size() const override { return size_; }
-  std::pair<at::Tensor, at::Tensor> keys_values(const at::Tensor& cos,
-                                                const at::Tensor& sin) const override;
+  at::Tensor keys(const at::Tensor& cos, const at::Tensor& sin) const override;
+  at::Tensor weighted_values(const at::Tensor& probs) const override;
+  at::Tensor values(at::ScalarType dtype) const override;
   void append(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v) override;
   int64_t bytes() const override;
 

@@ -45,7 +45,8 @@ at::Tensor LlamaModel::weight(const std::string& name) const {
 }
 
 LayerWeights LlamaModel::layer_weights(int64_t layer) const {
-  if (device_.is_cuda()) {
+  const bool keep = device_.is_cuda() || keep_converted_;
+  if (keep) {
     auto it = device_cache_.find(layer);
     if (it != device_cache_.end()) return it->second;
   }
@@ -65,7 +66,7 @@ LayerWeights LlamaModel::layer_weights(int64_t layer) const {
   w.gate = weight(p + "mlp.gate_proj.weight");
   w.up = weight(p + "mlp.up_proj.weight");
   w.down = weight(p + "mlp.down_proj.weight");
-  if (device_.is_cuda()) device_cache_.emplace(layer, w);
+  if (keep) device_cache_.emplace(layer, w);
   return w;
 }
 
@@ -145,7 +146,8 @@ std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables_cached(int64_t seq) co
 at::Tensor LlamaModel::layer_forward_cached(const LayerWeights& w, const at::Tensor& h,
                                             const at::Tensor& cos, const at::Tensor& sin,
                                             KvCache& cache) const {
-  // The same ops, in the same order, as layer_forward; only the keys/values differ.
+  // A prefill (empty cache) runs layer_forward's ops in the same order (bitwise the same result);
+  // later calls attend over the cache's keys and weighted values plus the new tokens' own.
   const auto& c = config_;
   const int64_t seq = h.size(1), past = cache.size();
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
@@ -165,25 +167,40 @@ at::Tensor LlamaModel::layer_forward_cached(const LayerWeights& w, const at::Ten
   const at::Tensor cos_new = cos.narrow(0, past, seq), sin_new = sin.narrow(0, past, seq);
   q = apply_rope(q, cos_new, sin_new);
   k = apply_rope(k, cos_new, sin_new);
-  at::Tensor k_all = k, v_all = v;
-  if (past > 0) {  // the cached tokens first, then the new ones at full precision
-    const auto [k_old, v_old] = cache.keys_values(cos.narrow(0, 0, past), sin.narrow(0, 0, past));
-    k_all = at::cat({k_old.unsqueeze(0), k}, 2);
-    v_all = at::cat({v_old.unsqueeze(0), v}, 2);
-  }
-  if (nkv != nh) {
-    k_all = k_all.repeat_interleave(nh / nkv, /*dim=*/1);
-    v_all = v_all.repeat_interleave(nh / nkv, /*dim=*/1);
-  }
-  auto scores = at::matmul(q, k_all.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
   const auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
   const auto qi = at::arange(past, past + seq, opts).unsqueeze(1);
   const auto kj = at::arange(past + seq, opts).unsqueeze(0);
   auto hidden = kj > qi;
   if (c.sliding_window > 0) hidden = hidden.logical_or(qi - kj >= c.sliding_window);
-  scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
-  const auto probs = at::softmax(scores, -1);
-  const auto attn = at::matmul(probs, v_all).transpose(1, 2).reshape({1, seq, nh * hd});
+  at::Tensor attn;
+  if (past == 0) {  // a prefill: exactly layer_forward's attention
+    at::Tensor k_rep = k, v_rep = v;
+    if (nkv != nh) {
+      k_rep = k.repeat_interleave(nh / nkv, /*dim=*/1);
+      v_rep = v.repeat_interleave(nh / nkv, /*dim=*/1);
+    }
+    auto scores = at::matmul(q, k_rep.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
+    scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
+    const auto probs = at::softmax(scores, -1);
+    attn = at::matmul(probs, v_rep).transpose(1, 2).reshape({1, seq, nh * hd});
+  } else {
+    // Query heads grouped by their kv head ([n_kv, group·seq, hd]), so no key or value is
+    // copied per query head; the cached tokens' scores and values come from the cache.
+    const int64_t group = nh / nkv;
+    const at::Tensor qg = q[0].reshape({nkv, group * seq, hd});
+    const double norm = std::sqrt(static_cast<double>(hd));
+    const at::Tensor k_old = cache.keys(cos.narrow(0, 0, past), sin.narrow(0, 0, past));
+    at::Tensor scores =
+        at::cat({at::matmul(qg, k_old.transpose(-2, -1)), at::matmul(qg, k[0].transpose(-2, -1))},
+                -1) /
+        norm;  // [n_kv, group·seq, past + seq]
+    scores = scores.view({nkv, group, seq, past + seq})
+                 .masked_fill(hidden, -std::numeric_limits<double>::infinity());
+    const at::Tensor probs = at::softmax(scores, -1).view({nkv, group * seq, past + seq});
+    const at::Tensor out = cache.weighted_values(probs.narrow(-1, 0, past)) +
+                           at::matmul(probs.narrow(-1, past, seq), v[0]);
+    attn = out.view({nh, seq, hd}).transpose(0, 1).reshape({1, seq, nh * hd});
+  }
   const auto h1 = h + at::linear(attn, w.o);
 
   cache.append(x.reshape({seq, c.hidden_size}), k[0], v[0]);
@@ -223,8 +240,16 @@ at::Tensor LlamaModel::forward_cached(const at::Tensor& tokens,
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     h = layer_forward_cached(layer_weights(l), h, cos, sin, *caches[static_cast<size_t>(l)]);
   }
-  const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  return at::linear(rms_norm(h, weight("model.norm.weight")), weight(head));
+  at::Tensor norm_w = final_norm_, head_w = lm_head_;
+  if (!head_w.defined()) {
+    norm_w = weight("model.norm.weight");
+    head_w = weight(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    if (keep_converted_ || device_.is_cuda()) {
+      final_norm_ = norm_w;
+      lm_head_ = head_w;
+    }
+  }
+  return at::linear(rms_norm(h, norm_w), head_w);
 }
 
 at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,

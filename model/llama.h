@@ -47,8 +47,13 @@ class LlamaModel {
   // RoPE tables for positions [0, seq): cos/sin of shape [seq, head_dim] (HF rotate_half layout).
   std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq) const;
 
-  // The layer's weights converted for compute (cached on CUDA devices).
+  // The layer's weights converted for compute (cached on CUDA devices, and on the CPU after
+  // keep_converted_layers(true)).
   LayerWeights layer_weights(int64_t layer) const;
+
+  // Keep every converted layer (compute dtype: float32 on the CPU, i.e. twice an f16 checkpoint)
+  // instead of converting it again on every forward: what token-by-token decoding needs.
+  void keep_converted_layers(bool keep) { keep_converted_ = keep; }
 
   // One decoder layer on h [batch, seq, H]; calls hook with the normalised input.
   at::Tensor layer_forward(int64_t layer, const LayerWeights& w, const at::Tensor& h,
@@ -82,8 +87,10 @@ class LlamaModel {
   std::shared_ptr<const SafetensorsModel> weights_;
   at::ScalarType compute_dtype_;
   at::Device device_;
-  mutable std::map<int64_t, LayerWeights> device_cache_;  // CUDA only
+  bool keep_converted_ = false;
+  mutable std::map<int64_t, LayerWeights> device_cache_;  // CUDA, or keep_converted_
   mutable at::Tensor rope_cos_, rope_sin_;                // rope_tables_cached()
+  mutable at::Tensor final_norm_, lm_head_;               // forward_cached, keep_converted_
 };
 
 // The device a rank computes on: "cpu", or "cuda" → cuda:<local_rank mod GPUs>. Asking for CUDA

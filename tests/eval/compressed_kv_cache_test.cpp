@@ -154,7 +154,7 @@ TEST(EvalCompressedKvCache, WindowMovesAWholeWindowAndKeysAreRebuiltWithRope) {
   const auto m = toy_config();
   trainer::TrainConfig cfg;  // 16 bits: the latents are stored as they are
   cfg.window = 8;
-  // Exact factors at full rank: A = Wᵀ Q, B = Qᵀ with Q orthogonal, so B·(x·A) = x·Wᵀ.
+  // Exact factors at full rank: A = Wᵀ Q, B = Qᵀ with Q orthogonal, so (x·A)·B + b = x·Wᵀ + b.
   at::manual_seed(9);
   const at::Tensor W = at::randn({m.kv_dim(), m.hidden_size}, at::kDouble);
   const at::Tensor Q = std::get<0>(at::linalg_qr(at::randn({64, 64}, at::kDouble)));
@@ -163,11 +163,12 @@ TEST(EvalCompressedKvCache, WindowMovesAWholeWindowAndKeysAreRebuiltWithRope) {
   BranchFactors kf{(W.t().mm(Q)).to(at::kFloat), Q.t().to(at::kFloat).contiguous(), at::Tensor(),
                    trainer::job_quant_config(cfg, m, job)};
   job.kind = trainer::KvKind::kValue;
+  kf.bias = at::randn({64});  // a k/v_proj bias (Qwen2) is added after the reconstruction
   BranchFactors vf = kf;
   vf.quant = trainer::job_quant_config(cfg, m, job);
   CompressedKvCache cache(m, kf, vf, 8, at::kFloat);
   const at::Tensor x = at::randn({11, m.hidden_size});
-  const at::Tensor kv = at::mm(x, W.t().to(at::kFloat));  // pre-RoPE keys = values here
+  const at::Tensor kv = at::mm(x, W.t().to(at::kFloat)) + kf.bias;  // pre-RoPE keys = values
   const at::Tensor heads = kv.view({11, 2, 32}).transpose(0, 1);
   // RoPE tables of an arbitrary angle pattern: the window stores keys as given (after RoPE).
   at::Tensor cos = at::cos(at::arange(11 * 32, at::kFloat).view({11, 32}) / 50.0);
@@ -178,7 +179,11 @@ TEST(EvalCompressedKvCache, WindowMovesAWholeWindowAndKeysAreRebuiltWithRope) {
     EXPECT_EQ(cache.compressed_tokens(), (i + 1) / 8 * 8) << "after token " << i;
     EXPECT_EQ(cache.window_tokens(), (i + 1) % 8) << "after token " << i;
   }
-  const auto [keys, values] = cache.keys_values(cos, sin);
+  const at::Tensor keys = cache.keys(cos, sin);
+  const at::Tensor values = cache.values(at::kFloat);
+  // Attention weights applied without rebuilding the values give the same output.
+  const at::Tensor probs = at::softmax(at::randn({2, 3, 11}), -1);
+  EXPECT_TRUE(at::allclose(cache.weighted_values(probs), at::matmul(probs, values), 1e-5, 1e-4));
   ASSERT_EQ(keys.sizes(), (at::IntArrayRef{2, 11, 32}));
   // Compressed tokens: rebuilt from latents and rotated at their positions; window: as stored.
   EXPECT_TRUE(at::allclose(keys, roped, 1e-5, 1e-4))
