@@ -550,8 +550,16 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
       tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'a'), s.A.t().contiguous());
       tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'b'), s.B.t().contiguous());
     }
+    // The quantization settings travel with the factors (as in a merged file), so `cskv eval`
+    // can build the cache they were trained for.
     model::write_safetensors(result.factors_path, tensors,
-                             {{"model_config_hash", model.hash()}, {"format", "cskv-1"}});
+                             {{"model_config_hash", model.hash()},
+                              {"format", "cskv-1"},
+                              {"k_bits", std::to_string(o.cfg.k_bits)},
+                              {"v_bits", std::to_string(o.cfg.v_bits)},
+                              {"group_size", std::to_string(o.cfg.group_size)},
+                              {"window", std::to_string(o.cfg.window)},
+                              {"quant_compat", o.cfg.quant_compat_cskv ? "cskv" : "none"}});
     data::write_file_atomic(o.ckpt_dir + "/metrics.json", metrics_json(result.metrics) + "\n");
     data::write_file_atomic(o.ckpt_dir + "/metrics.md", metrics_markdown(result.metrics));
   }

@@ -326,6 +326,21 @@ ShardHeader read_shard_header(const std::string& path) {
   return h;
 }
 
+at::Tensor read_shard_tokens(const std::string& path) {
+  const ShardHeader h = read_shard_header(path);  // checks /tokens against the attributes
+  h5::Guard g;
+  h5::Handle file = h5::open_file_readonly(path);
+  at::Tensor tokens =
+      at::empty({static_cast<int64_t>(h.sequence_ids.size()), h.seq_len}, at::kLong);
+  h5::Handle ds(H5_CHECK(H5Dopen2(file.get(), "/tokens", H5P_DEFAULT), path, "/tokens"),
+                h5::Handle::Kind::kDataset);
+  if (tokens.numel() > 0) {
+    H5_CHECK(H5Dread(ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens.data_ptr()),
+             path, "/tokens");
+  }
+  return tokens;
+}
+
 void check_shard_header(const std::string& path, const ShardHeader& h, const ShardExpectation& e) {
   CSKV_CHECK_INPUT(e.model_config_hash.empty() || h.model_config_hash == e.model_config_hash,
                    path << ": model_config_hash is '" << h.model_config_hash << "', expected '"

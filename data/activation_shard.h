@@ -60,6 +60,9 @@ struct ShardExpectation {
 };
 void check_shard_header(const std::string& path, const ShardHeader& h, const ShardExpectation& e);
 
+// The token ids of a complete shard's sequences: /tokens as int64 [sequences, seq_len].
+at::Tensor read_shard_tokens(const std::string& path);
+
 // What finish() reports about the complete file (what the manifest records).
 struct ShardSummary {
   std::string path;  // final path

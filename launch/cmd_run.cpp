@@ -22,6 +22,7 @@
 #include "common/stop_signal.h"
 #include "data/atomic_file.h"
 #include "data/capture.h"
+#include "eval/eval_run.h"
 #include "launch/cli.h"
 #include "launch/run_config.h"
 #include "launch/stage_flags.h"
@@ -39,8 +40,9 @@ using json = nlohmann::json;
 cxxopts::Options run_options() {
   auto options = make_options(
       "run",
-      "The whole compression in one command: capture -> train -> merge, into --out (acts/, "
-      "ckpt/, compressor.safetensors, export/, run.json, summary.json). Settings come from "
+      "The whole compression in one command: capture -> train -> merge -> eval, into --out "
+      "(acts/, ckpt/, compressor.safetensors, export/, eval/, run.json, summary.json). Settings "
+      "come from "
       "--config job.json, whose keys are these flags' names with '_' for '-' (\"k_density\": "
       "0.25); flags given on the command line override the file. Each stage is skipped when it "
       "is complete and resumed when it is partial; SIGTERM/SIGUSR1/SIGINT checkpoint and exit "
@@ -60,6 +62,11 @@ cxxopts::Options run_options() {
                                cxxopts::value<bool>()->default_value("false"))(
       "name", "File-name prefix of the exported .ckpt files",
       cxxopts::value<std::string>()->default_value("cskv"));
+  options.add_options("eval")("eval", "Run the evaluation stage (cskv eval) last",
+                              cxxopts::value<bool>()->default_value("true"))(
+      "plots", "Write the evaluation's PNG plots (needs gnuplot)",
+      cxxopts::value<bool>()->default_value("true"));
+  add_eval_flags(options, "eval-");
   add_runtime_options(options);
   return options;
 }
@@ -229,6 +236,42 @@ int run_run(int argc, char** argv) {
       mark_done("merge", merge_settings);
     }
     if (root) log->info("merge: {}", summary.back().what);
+
+    // 4. eval (all ranks share the sequences and layers): <out>/eval/report.*.
+    eval::EvalOptions eo;
+    eo.model_dir = co.model_dir;
+    eo.acts_dir = co.out_dir;
+    eo.compressor_path = merged;
+    eo.out_dir = out + "/eval";
+    eval_options(*r, "eval-", eo);
+    eo.plots = (*r)["plots"].as<bool>();
+    json eval_settings = {{"merge", merge_settings},
+                          {"context", eo.context},
+                          {"decode", eo.decode},
+                          {"sequences", eo.max_sequences},
+                          {"memory_contexts", eo.memory_contexts},
+                          {"plots", eo.plots}};
+    std::string headline;
+    const bool want_eval = (*r)["eval"].as<bool>();
+    if (!want_eval) {
+      summary.push_back({"eval", "off (--eval=false)", 0});
+    } else if (stages.value("eval", json()) == eval_settings &&
+               fs::exists(eo.out_dir + "/report.json")) {
+      summary.push_back({"eval", "complete, skipped", 0});
+      if (root) {
+        std::ifstream f(eo.out_dir + "/report.json");
+        headline = json::parse(f).value("headline", std::string());
+      }
+    } else {
+      t0 = Clock::now();
+      const eval::EvalReport report = eval::run_eval(eo, *world);
+      ++ran;
+      headline = report.headline();
+      summary.push_back({"eval", eo.out_dir + "/report.md",
+                         std::chrono::duration<double>(Clock::now() - t0).count()});
+      mark_done("eval", eval_settings);
+    }
+    if (root) log->info("eval: {}", summary.back().what);
     world->barrier();
     if (!root) return kExitOk;
 
@@ -267,11 +310,12 @@ int run_run(int argc, char** argv) {
     js["mean_holdout_error_k"] = nk ? ek / nk : 0.0;
     js["mean_holdout_error_v"] = nv ? ev / nv : 0.0;
     js["seconds"] = total_s;
+    if (!headline.empty()) js["eval_headline"] = headline;
     data::write_file_atomic(out + "/summary.json", js.dump(2) + "\n");
 
     std::ostringstream o;
     if (ran == 0) {
-      o << "nothing to do: every stage of " << out << " is complete (capture, train, merge)\n";
+      o << "nothing to do: every stage of " << out << " is complete\n";
     }
     o << "summary (" << out << "):\n";
     for (const auto& s : summary) {
@@ -288,6 +332,7 @@ int run_run(int argc, char** argv) {
                   static_cast<long long>(metrics.context), ratio, nk ? ek / nk : 0.0,
                   nv ? ev / nv : 0.0, total_s);
     o << buf;
+    if (!headline.empty()) o << "  eval     " << headline << "\n";
     std::cout << o.str() << std::flush;
     return kExitOk;
   });

@@ -22,6 +22,9 @@ const std::vector<Subcommand>& subcommands() {
        run_analyze},
       {"merge", "Merge a checkpoint into compressor.safetensors (+ the reference .ckpt export)",
        run_merge},
+      {"eval",
+       "Evaluate a compressor: per-layer errors, KL/perplexity with the compressed cache, memory",
+       run_eval},
       {"run",
        "The whole compression in one command: capture -> train -> merge, from a JSON job file "
        "(mpirun/srun-able, resumable)",

@@ -1,6 +1,8 @@
 // The stage flags: declarations (help texts, defaults) and their validated conversion.
 #include "launch/stage_flags.h"
 
+#include <sstream>
+
 #include "common/error.h"
 #include "launch/cli.h"
 #include "model/config.h"
@@ -8,6 +10,27 @@
 namespace cskv::cli {
 
 namespace {
+std::vector<int64_t> parse_contexts(const std::string& text) {
+  std::vector<int64_t> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    CSKV_CHECK_USAGE(used == item.size() && !item.empty() && v >= 1,
+                     "--memory-contexts: expected comma-separated token counts >= 1, found '"
+                         << item << "' in '" << text << "'");
+    out.push_back(v);
+  }
+  CSKV_CHECK_USAGE(!out.empty(), "--memory-contexts: expected at least one token count");
+  return out;
+}
+
 int parse_bits(const cxxopts::ParseResult& r, const std::string& flag) {
   const int b = r[flag].as<int>();
   CSKV_CHECK_USAGE(b == 2 || b == 3 || b == 4 || b == 8 || b == 16,
@@ -160,6 +183,26 @@ trainer::TrainRunOptions train_options(const cxxopts::ParseResult& r_) {
   o.keep = (*r)["keep"].as<int64_t>();
   o.dp = (*r)["dp"].as<int>();
   return o;
+}
+
+void add_eval_flags(cxxopts::Options& options, const std::string& prefix) {
+  options.add_options("end to end")(
+      prefix + "context", "Prompt tokens before decoding (0 = held-out seq_len - decode - 1)",
+      cxxopts::value<int64_t>()->default_value("0"))(
+      prefix + "decode", "Teacher-forced decode steps per sequence",
+      cxxopts::value<int64_t>()->default_value("64"))(
+      prefix + "sequences", "Held-out sequences decoded (0 = all)",
+      cxxopts::value<int64_t>()->default_value("0"));
+  options.add_options("memory")(
+      "memory-contexts", "Contexts (tokens) the caches are filled to and measured at",
+      cxxopts::value<std::string>()->default_value("1024,2048,4096,8192,16384,32768"));
+}
+
+void eval_options(const cxxopts::ParseResult& r, const std::string& prefix, eval::EvalOptions& o) {
+  o.context = r[prefix + "context"].as<int64_t>();
+  o.decode = r[prefix + "decode"].as<int64_t>();
+  o.max_sequences = r[prefix + "sequences"].as<int64_t>();
+  o.memory_contexts = parse_contexts(r["memory-contexts"].as<std::string>());
 }
 
 }  // namespace cskv::cli

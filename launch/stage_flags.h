@@ -6,6 +6,7 @@
 
 #include "checkpoint/train_run.h"
 #include "data/capture.h"
+#include "eval/eval_run.h"
 
 namespace cskv::cli {
 
@@ -22,5 +23,12 @@ void add_train_flags(cxxopts::Options& options);
 // TrainRunOptions from the flags above plus --model, --layers, --seed and --threads (usage
 // errors name the flag); acts_dir and ckpt_dir are left to the caller.
 trainer::TrainRunOptions train_options(const cxxopts::ParseResult& r);
+
+// Evaluation flags: <prefix>context, <prefix>decode, <prefix>sequences and memory-contexts
+// (`cskv eval` uses no prefix; `cskv run` uses "eval-", since its --context is the training
+// accounting context).
+void add_eval_flags(cxxopts::Options& options, const std::string& prefix);
+// Fills context, decode, max_sequences and memory_contexts of `o` from those flags.
+void eval_options(const cxxopts::ParseResult& r, const std::string& prefix, eval::EvalOptions& o);
 
 }  // namespace cskv::cli

@@ -10,5 +10,6 @@ int run_comm_check(int argc, char** argv);
 int run_train(int argc, char** argv);
 int run_analyze(int argc, char** argv);
 int run_merge(int argc, char** argv);
+int run_eval(int argc, char** argv);
 int run_run(int argc, char** argv);
 }  // namespace cskv::cli

@@ -2,8 +2,10 @@
 // optional q/k/v biases and sliding window, SiLU-gated MLP, final norm and (tied) lm_head.
 #include "model/llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include <ATen/detail/CUDAHooksInterface.h>
@@ -43,7 +45,8 @@ at::Tensor LlamaModel::weight(const std::string& name) const {
 }
 
 LayerWeights LlamaModel::layer_weights(int64_t layer) const {
-  if (device_.is_cuda()) {
+  const bool keep = device_.is_cuda() || keep_converted_;
+  if (keep) {
     auto it = device_cache_.find(layer);
     if (it != device_cache_.end()) return it->second;
   }
@@ -63,7 +66,7 @@ LayerWeights LlamaModel::layer_weights(int64_t layer) const {
   w.gate = weight(p + "mlp.gate_proj.weight");
   w.up = weight(p + "mlp.up_proj.weight");
   w.down = weight(p + "mlp.down_proj.weight");
-  if (device_.is_cuda()) device_cache_.emplace(layer, w);
+  if (keep) device_cache_.emplace(layer, w);
   return w;
 }
 
@@ -130,6 +133,123 @@ at::Tensor LlamaModel::layer_forward(int64_t layer, const LayerWeights& w, const
   const auto gate = at::linear(x2, w.gate);
   const auto up = at::linear(x2, w.up);
   return h1 + at::linear(at::silu(gate) * up, w.down);
+}
+
+std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables_cached(int64_t seq) const {
+  if (!rope_cos_.defined() || rope_cos_.size(0) < seq) {
+    const int64_t have = rope_cos_.defined() ? rope_cos_.size(0) : 0;
+    std::tie(rope_cos_, rope_sin_) = rope_tables(std::max<int64_t>(seq, 2 * have));
+  }
+  return {rope_cos_.narrow(0, 0, seq), rope_sin_.narrow(0, 0, seq)};
+}
+
+at::Tensor LlamaModel::layer_forward_cached(const LayerWeights& w, const at::Tensor& h,
+                                            const at::Tensor& cos, const at::Tensor& sin,
+                                            KvCache& cache) const {
+  // A prefill (empty cache) runs layer_forward's ops in the same order (bitwise the same result);
+  // later calls attend over the cache's keys and weighted values plus the new tokens' own.
+  const auto& c = config_;
+  const int64_t seq = h.size(1), past = cache.size();
+  const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
+  CSKV_CHECK(h.dim() == 3 && h.size(0) == 1,
+             "forward_cached: expected hidden states [1, n, H], found " << h.sizes());
+  CSKV_CHECK(cos.size(0) >= past + seq, "forward_cached: RoPE tables of "
+                                            << cos.size(0) << " positions, " << past + seq
+                                            << " needed");
+
+  const at::Tensor x = rms_norm(h, w.input_norm);
+  auto proj = [&](const at::Tensor& weight, const at::Tensor& bias) {
+    return bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
+  };
+  auto q = proj(w.q, w.q_bias).view({1, seq, nh, hd}).transpose(1, 2);
+  auto k = proj(w.k, w.k_bias).view({1, seq, nkv, hd}).transpose(1, 2);
+  auto v = proj(w.v, w.v_bias).view({1, seq, nkv, hd}).transpose(1, 2);
+  const at::Tensor cos_new = cos.narrow(0, past, seq), sin_new = sin.narrow(0, past, seq);
+  q = apply_rope(q, cos_new, sin_new);
+  k = apply_rope(k, cos_new, sin_new);
+  const auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
+  const auto qi = at::arange(past, past + seq, opts).unsqueeze(1);
+  const auto kj = at::arange(past + seq, opts).unsqueeze(0);
+  auto hidden = kj > qi;
+  if (c.sliding_window > 0) hidden = hidden.logical_or(qi - kj >= c.sliding_window);
+  at::Tensor attn;
+  if (past == 0) {  // a prefill: exactly layer_forward's attention
+    at::Tensor k_rep = k, v_rep = v;
+    if (nkv != nh) {
+      k_rep = k.repeat_interleave(nh / nkv, /*dim=*/1);
+      v_rep = v.repeat_interleave(nh / nkv, /*dim=*/1);
+    }
+    auto scores = at::matmul(q, k_rep.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
+    scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
+    const auto probs = at::softmax(scores, -1);
+    attn = at::matmul(probs, v_rep).transpose(1, 2).reshape({1, seq, nh * hd});
+  } else {
+    // Query heads grouped by their kv head ([n_kv, group·seq, hd]), so no key or value is
+    // copied per query head; the cached tokens' scores and values come from the cache.
+    const int64_t group = nh / nkv;
+    const at::Tensor qg = q[0].reshape({nkv, group * seq, hd});
+    const double norm = std::sqrt(static_cast<double>(hd));
+    const at::Tensor k_old = cache.keys(cos.narrow(0, 0, past), sin.narrow(0, 0, past));
+    at::Tensor scores =
+        at::cat({at::matmul(qg, k_old.transpose(-2, -1)), at::matmul(qg, k[0].transpose(-2, -1))},
+                -1) /
+        norm;  // [n_kv, group·seq, past + seq]
+    scores = scores.view({nkv, group, seq, past + seq})
+                 .masked_fill(hidden, -std::numeric_limits<double>::infinity());
+    const at::Tensor probs = at::softmax(scores, -1).view({nkv, group * seq, past + seq});
+    const at::Tensor out = cache.weighted_values(probs.narrow(-1, 0, past)) +
+                           at::matmul(probs.narrow(-1, past, seq), v[0]);
+    attn = out.view({nh, seq, hd}).transpose(0, 1).reshape({1, seq, nh * hd});
+  }
+  const auto h1 = h + at::linear(attn, w.o);
+
+  cache.append(x.reshape({seq, c.hidden_size}), k[0], v[0]);
+
+  const auto x2 = rms_norm(h1, w.post_norm);
+  const auto gate = at::linear(x2, w.gate);
+  const auto up = at::linear(x2, w.up);
+  return h1 + at::linear(at::silu(gate) * up, w.down);
+}
+
+at::Tensor LlamaModel::forward_cached(const at::Tensor& tokens,
+                                      const std::vector<KvCache*>& caches) const {
+  const auto& c = config_;
+  CSKV_CHECK_INPUT(tokens.dim() == 2 && tokens.size(0) == 1 && tokens.size(1) > 0 &&
+                       tokens.scalar_type() == at::kLong,
+                   "forward_cached: expected int64 tokens [1, n] with n >= 1, found "
+                       << tokens.scalar_type() << " " << tokens.sizes());
+  CSKV_CHECK(static_cast<int64_t>(caches.size()) == c.num_hidden_layers,
+             "forward_cached: " << caches.size() << " caches given, the model has "
+                                << c.num_hidden_layers << " layers");
+  const int64_t past = caches.front()->size();
+  for (size_t l = 0; l < caches.size(); ++l) {
+    CSKV_CHECK(caches[l]->size() == past, "forward_cached: layer "
+                                              << l << "'s cache holds " << caches[l]->size()
+                                              << " tokens, layer 0's " << past);
+  }
+  const int64_t max_id = tokens.max().item<int64_t>(), min_id = tokens.min().item<int64_t>();
+  CSKV_CHECK_INPUT(min_id >= 0 && max_id < c.vocab_size, "forward_cached: token id "
+                                                             << (min_id < 0 ? min_id : max_id)
+                                                             << " outside the vocabulary [0, "
+                                                             << c.vocab_size << ")");
+  const at::Tensor embed = weights_->get("model.embed_tokens.weight");
+  at::Tensor h =
+      embed.index_select(0, tokens.reshape({-1}).to(embed.device())).to(device_, compute_dtype_);
+  h = h.view({1, tokens.size(1), c.hidden_size});
+  const auto [cos, sin] = rope_tables_cached(past + tokens.size(1));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    h = layer_forward_cached(layer_weights(l), h, cos, sin, *caches[static_cast<size_t>(l)]);
+  }
+  at::Tensor norm_w = final_norm_, head_w = lm_head_;
+  if (!head_w.defined()) {
+    norm_w = weight("model.norm.weight");
+    head_w = weight(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    if (keep_converted_ || device_.is_cuda()) {
+      final_norm_ = norm_w;
+      lm_head_ = head_w;
+    }
+  }
+  return at::linear(rms_norm(h, norm_w), head_w);
 }
 
 at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,

@@ -8,8 +8,10 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/config.h"
+#include "model/kv_cache.h"
 #include "model/safetensors.h"
 
 namespace cskv::model {
@@ -45,13 +47,33 @@ class LlamaModel {
   // RoPE tables for positions [0, seq): cos/sin of shape [seq, head_dim] (HF rotate_half layout).
   std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq) const;
 
-  // The layer's weights converted for compute (cached on CUDA devices).
+  // The layer's weights converted for compute (cached on CUDA devices, and on the CPU after
+  // keep_converted_layers(true)).
   LayerWeights layer_weights(int64_t layer) const;
+
+  // Keep every converted layer (compute dtype: float32 on the CPU, i.e. twice an f16 checkpoint)
+  // instead of converting it again on every forward: what token-by-token decoding needs.
+  void keep_converted_layers(bool keep) { keep_converted_ = keep; }
 
   // One decoder layer on h [batch, seq, H]; calls hook with the normalised input.
   at::Tensor layer_forward(int64_t layer, const LayerWeights& w, const at::Tensor& h,
                            const at::Tensor& cos, const at::Tensor& sin,
                            const LayerHook& hook) const;
+
+  // Incremental forward of one sequence: tokens int64 [1, n] at positions [p, p + n), p the
+  // caches' common size(); caches[l] is layer l's (one per model layer). Each layer attends over
+  // its cache's keys/values followed by the new tokens' own full-precision ones (causal, sliding
+  // window as configured), then appends the new tokens to its cache. Returns logits [1, n, vocab].
+  // With empty caches (a prefill) the logits are bitwise those of forward() on the same tokens.
+  at::Tensor forward_cached(const at::Tensor& tokens, const std::vector<KvCache*>& caches) const;
+
+  // One decoder layer of forward_cached on h [1, n, H]; cos/sin cover positions [0, p + n).
+  at::Tensor layer_forward_cached(const LayerWeights& w, const at::Tensor& h, const at::Tensor& cos,
+                                  const at::Tensor& sin, KvCache& cache) const;
+
+  // rope_tables(seq) rows, computed once for the longest length asked so far (each row depends
+  // only on its position, so the values equal rope_tables(seq)'s).
+  std::pair<at::Tensor, at::Tensor> rope_tables_cached(int64_t seq) const;
 
   // A weight by HF name in the compute dtype on the compute device.
   at::Tensor weight(const std::string& name) const;
@@ -65,7 +87,10 @@ class LlamaModel {
   std::shared_ptr<const SafetensorsModel> weights_;
   at::ScalarType compute_dtype_;
   at::Device device_;
-  mutable std::map<int64_t, LayerWeights> device_cache_;  // CUDA only
+  bool keep_converted_ = false;
+  mutable std::map<int64_t, LayerWeights> device_cache_;  // CUDA, or keep_converted_
+  mutable at::Tensor rope_cos_, rope_sin_;                // rope_tables_cached()
+  mutable at::Tensor final_norm_, lm_head_;               // forward_cached, keep_converted_
 };
 
 // The device a rank computes on: "cpu", or "cuda" → cuda:<local_rank mod GPUs>. Asking for CUDA

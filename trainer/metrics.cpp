@@ -1,6 +1,7 @@
 // Cache-size accounting and metric reports (JSON for machines, markdown for people).
 #include "trainer/metrics.h"
 
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <sstream>
@@ -13,7 +14,7 @@ namespace {
 // Bytes per compressed token of one branch (K or V).
 void add_branch(LayerCacheBytes& out, int64_t r, int bits, int64_t group_size, int64_t window,
                 bool per_channel, double tokens) {
-  out.latent += tokens * static_cast<double>(r) * bits / 8.0;
+  out.latent += std::ceil(tokens * static_cast<double>(r) * bits / 8.0);
   if (bits >= 16) return;
   if (per_channel) {
     out.overhead += tokens / static_cast<double>(window) * static_cast<double>(r) * 2 * 2;
@@ -34,6 +35,7 @@ LayerCacheBytes layer_cache_bytes(const model::ModelConfig& model, const TrainCo
   add_branch(b, r_k, cfg.k_bits, gk, cfg.window, cfg.window > 0, static_cast<double>(compressed));
   add_branch(b, r_v, cfg.v_bits, gv, cfg.window, false, static_cast<double>(compressed));
   b.window = recent * 2.0 * static_cast<double>(model.kv_dim()) * 2.0;
+  b.pending = recent * static_cast<double>(r_k + r_v) * 2.0;
   return b;
 }
 

@@ -13,16 +13,20 @@ namespace cskv::trainer {
 
 // Bytes one layer's cache holds for a context of `context` tokens.
 struct LayerCacheBytes {
-  double latent = 0;    // quantized latents of the compressed tokens (bit-exact sizes)
+  double latent = 0;    // quantized latents of the compressed tokens, bit-packed per branch
   double overhead = 0;  // fp16 scale + zero per quantization group
   double window = 0;    // full-precision K and V (fp16) of the tokens inside the window
-  double total() const { return latent + overhead + window; }
+  double pending = 0;   // fp16 latents of the window's tokens, quantized when the window fills
+  double total() const { return latent + overhead + window + pending; }
 };
 
 // Tokens older than the last window boundary are compressed (floor(context / window) * window,
 // or all tokens when window is 0); the rest stay full precision. Groups: V per token of
 // group_size latent channels; K per channel over `window` tokens (per token like V when window
-// is 0). 16 bits stores fp16 latents without scale/zero.
+// is 0). A branch's codes are packed back to back: ceil(tokens·r·bits/8) bytes. 16 bits stores
+// fp16 latents without scale/zero. The window's tokens also keep their latents c = x·A (fp16)
+// until their window is quantized: x is gone by then. eval's CompressedKvCache holds exactly
+// these bytes (tests/eval/compressed_kv_cache_test.cpp).
 LayerCacheBytes layer_cache_bytes(const model::ModelConfig& model, const TrainConfig& cfg,
                                   int64_t r_k, int64_t r_v, int64_t context);
 

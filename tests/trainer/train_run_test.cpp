@@ -138,6 +138,7 @@ TEST_F(TrainRunTest, CacheBytesCountTheFullPrecisionWindow) {
   EXPECT_EQ(b.latent, 96 * 16 * 2 / 8.0 + 96 * 32 * 3 / 8.0);
   EXPECT_EQ(b.overhead, 96 / 32.0 * 16 * 4 + 96 * 2 * 4);
   EXPECT_EQ(b.window, 4 * 2 * 64 * 2);
+  EXPECT_EQ(b.pending, 4 * (16 + 32) * 2);  // the window's fp16 latents, awaiting quantization
   // No window: every token compressed, K in per-token groups of r/n_kv = 8 channels.
   cfg.window = 0;
   b = layer_cache_bytes(config, cfg, 16, 32, 100);

@@ -1,0 +1,286 @@
+// report.json / report.md / plots.gp of `cskv eval`, all from the one EvalReport.
+#include "eval/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/error.h"
+#include "data/atomic_file.h"
+#include "eval/gnuplot.h"
+
+namespace cskv::eval {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string fmt(double v, const char* f = "%.4g") {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string mib(double bytes) { return fmt(bytes / (1024.0 * 1024.0), "%.3f"); }
+
+std::string layer_list(const std::vector<int64_t>& layers) {
+  std::string s;
+  for (const int64_t l : layers) s += (s.empty() ? "" : ", ") + std::to_string(l);
+  return s;
+}
+
+}  // namespace
+
+const char* const kReportPlots[4] = {"errors.png", "spectrum_k.png", "spectrum_v.png",
+                                     "memory.png"};
+
+std::string EvalReport::headline() const {
+  const auto& e = end_to_end;
+  return "compression " + fmt(compression_ratio, "%.2f") + "x at " +
+         std::to_string(compression_ratio_context) + " tokens | mean KL " + fmt(e.kl_mean) +
+         " nats/token (fp16 cache " + fmt(e.kl_fp16_cache) + ") | perplexity " +
+         fmt(e.ppl_original) + " -> " + fmt(e.ppl_compressed) + " (" +
+         (e.ppl_change_percent >= 0 ? "+" : "") + fmt(e.ppl_change_percent, "%.2f") + "%)";
+}
+
+std::string report_json(const EvalReport& r) {
+  nlohmann::json j;
+  j["model"] = r.model_dir;
+  j["acts"] = r.acts_dir;
+  j["compressor"] = r.compressor_path;
+  j["model_config_hash"] = r.model_config_hash;
+  j["num_layers"] = r.num_layers;
+  j["quantization"] = {{"k_bits", r.k_bits},
+                       {"v_bits", r.v_bits},
+                       {"group_size", r.group_size},
+                       {"window", r.window},
+                       {"quant_compat", r.quant_compat},
+                       {"cache_dtype", r.cache_dtype}};
+  j["uncompressed_layers"] = r.uncompressed_layers;
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& l : r.layers) {
+    layers.push_back({{"layer", l.layer},
+                      {"r_k", l.r_k},
+                      {"r_v", l.r_v},
+                      {"k_floor", l.k_floor},
+                      {"v_floor", l.v_floor},
+                      {"k_error", l.k_error},
+                      {"v_error", l.v_error},
+                      {"k_error_16bit", l.k_error_16bit},
+                      {"v_error_16bit", l.v_error_16bit},
+                      {"k_spectrum", l.k_spectrum},
+                      {"v_spectrum", l.v_spectrum}});
+  }
+  j["layers"] = layers;
+  j["mean_k_error"] = r.mean_k_error;
+  j["mean_v_error"] = r.mean_v_error;
+  j["mean_k_floor"] = r.mean_k_floor;
+  j["mean_v_floor"] = r.mean_v_floor;
+  const auto& e = r.end_to_end;
+  j["end_to_end"] = {{"context", e.context},
+                     {"decode", e.decode},
+                     {"sequences", e.sequences},
+                     {"positions", e.positions},
+                     {"kl_mean", e.kl_mean},
+                     {"kl_max", e.kl_max},
+                     {"kl_fp16_cache", e.kl_fp16_cache},
+                     {"ppl_original", e.ppl_original},
+                     {"ppl_compressed", e.ppl_compressed},
+                     {"ppl_fp16_cache", e.ppl_fp16_cache},
+                     {"ppl_change_percent", e.ppl_change_percent},
+                     {"top1_agreement", e.top1_agreement},
+                     {"kl_per_step", e.kl_per_step}};
+  nlohmann::json mem = nlohmann::json::array();
+  for (const auto& m : r.memory) {
+    mem.push_back({{"context", m.context},
+                   {"compressed_bytes_measured", m.compressed_measured},
+                   {"compressed_bytes_formula", m.compressed_formula},
+                   {"fp16_bytes_measured", m.fp16_measured},
+                   {"fp16_bytes_formula", m.fp16_formula},
+                   {"ratio", m.ratio}});
+  }
+  j["memory"] = mem;
+  j["compression_ratio"] = r.compression_ratio;
+  j["compression_ratio_context"] = r.compression_ratio_context;
+  j["headline"] = r.headline();
+  j["seconds"] = r.seconds;
+  return j.dump(2);
+}
+
+std::string report_markdown(const EvalReport& r, bool plots) {
+  std::ostringstream md;
+  const auto& e = r.end_to_end;
+  md << "# KV-cache compression report\n\n"
+     << "Model `" << r.model_dir << "` (config hash " << r.model_config_hash << ", " << r.num_layers
+     << " layers), compressor `" << r.compressor_path << "`: K " << r.k_bits << " bits, V "
+     << r.v_bits << " bits, group size " << r.group_size << " (0 = r/n_kv), window " << r.window
+     << ", zero point " << r.quant_compat << "; cache storage " << r.cache_dtype
+     << " (window K/V, scale/zero, 16-bit latents).";
+  if (!r.uncompressed_layers.empty()) {
+    md << " Layers without factors keep a plain fp16 cache: " << layer_list(r.uncompressed_layers)
+       << ".";
+  }
+  md << "\n\n**Headline:** " << r.headline() << "\n\n";
+
+  md << "## Reconstruction error per layer (held-out activations)\n\n"
+     << "Relative error ‖K − K̂‖²/‖K‖² over the held-out split of `" << r.acts_dir
+     << "`; *floor*: the 16-bit training-set optimum Σ_{i≥r}λ_i/Σλ of the rank; *16-bit*: the "
+        "factors without quantization; *cached*: the latents as the cache stores them (packed "
+        "codes, scale/zero in "
+     << r.cache_dtype << ").\n\n"
+     << "| layer | r_k | K floor | K 16-bit | K cached | r_v | V floor | V 16-bit | V cached |\n"
+     << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& l : r.layers) {
+    md << "| " << l.layer << " | " << l.r_k << " | " << fmt(l.k_floor) << " | "
+       << fmt(l.k_error_16bit) << " | " << fmt(l.k_error) << " | " << l.r_v << " | "
+       << fmt(l.v_floor) << " | " << fmt(l.v_error_16bit) << " | " << fmt(l.v_error) << " |\n";
+  }
+  md << "| mean | | " << fmt(r.mean_k_floor) << " | | " << fmt(r.mean_k_error) << " | | "
+     << fmt(r.mean_v_floor) << " | | " << fmt(r.mean_v_error) << " |\n\n";
+
+  md << "## End to end: next-token distributions with the compressed cache\n\n"
+     << e.sequences << " held-out sequence(s): a prompt of " << e.context
+     << " tokens is prefilled at full precision, then " << e.decode
+     << " teacher-forced decode steps run with the bi-branch cache (" << e.positions
+     << " positions). KL(original ‖ model) in nats per position, perplexity of the decoded "
+        "tokens.\n\n"
+     << "| cache | mean KL | max KL | perplexity | top-1 agreement |\n"
+     << "|---|---:|---:|---:|---:|\n"
+     << "| original model (full precision, no cache) | 0 | 0 | " << fmt(e.ppl_original)
+     << " | 100% |\n"
+     << "| plain fp16 cache | " << fmt(e.kl_fp16_cache) << " | | " << fmt(e.ppl_fp16_cache)
+     << " | |\n"
+     << "| compressed bi-branch cache | " << fmt(e.kl_mean) << " | " << fmt(e.kl_max) << " | "
+     << fmt(e.ppl_compressed) << " (" << (e.ppl_change_percent >= 0 ? "+" : "")
+     << fmt(e.ppl_change_percent, "%.2f") << "%) | " << fmt(100.0 * e.top1_agreement, "%.1f")
+     << "% |\n\n";
+
+  md << "## Memory: bytes the caches hold (all layers)\n\n"
+     << "*Measured*: the storage bytes of every buffer the caches hold after holding that many "
+        "tokens; *formula*: trainer::layer_cache_bytes (codes ⌈T·r·b/8⌉, fp16 scale/zero per "
+        "group, the window's fp16 K/V and latents) and 2·D·2 bytes per token for fp16.\n\n"
+     << "| context | compressed measured | compressed formula | fp16 measured | fp16 formula | "
+        "ratio |\n"
+     << "|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& m : r.memory) {
+    md << "| " << m.context << " | " << m.compressed_measured << " B ("
+       << mib(m.compressed_measured) << " MiB) | " << fmt(m.compressed_formula, "%.0f") << " B | "
+       << m.fp16_measured << " B (" << mib(m.fp16_measured) << " MiB) | "
+       << fmt(m.fp16_formula, "%.0f") << " B | " << fmt(m.ratio, "%.2f") << "x |\n";
+  }
+  md << "\nCompression ratio at " << r.compression_ratio_context
+     << " tokens: " << fmt(r.compression_ratio, "%.2f") << "x.\n";
+  if (plots) {
+    md << "\n![errors](errors.png)\n![K spectra](spectrum_k.png)\n![V spectra](spectrum_v.png)\n"
+       << "![memory](memory.png)\n";
+  }
+  return md.str();
+}
+
+std::string report_gnuplot(const EvalReport& r, const std::string& out_dir) {
+  const std::string out = fs::absolute(out_dir).string();
+  std::ostringstream gp;
+  gp << "# Generated by `cskv eval`; rerun with: gnuplot plots.gp\n"
+     << "set terminal pngcairo size 1000,640 font ',10'\nset grid\n";
+  gp << "$ERR << EOD\n";
+  for (const auto& l : r.layers) {
+    gp << l.layer << ' ' << fmt(l.k_error, "%.8g") << ' ' << fmt(l.k_error_16bit, "%.8g") << ' '
+       << fmt(l.k_floor, "%.8g") << ' ' << fmt(l.v_error, "%.8g") << ' '
+       << fmt(l.v_error_16bit, "%.8g") << ' ' << fmt(l.v_floor, "%.8g") << '\n';
+  }
+  gp << "EOD\n";
+  for (const char* kind : {"K", "V"}) {
+    for (const auto& l : r.layers) {
+      const auto& s = kind[0] == 'K' ? l.k_spectrum : l.v_spectrum;
+      const int64_t rank = kind[0] == 'K' ? l.r_k : l.r_v;
+      gp << "$" << kind << l.layer << " << EOD\n";
+      for (size_t i = 0; i < s.size(); ++i) {
+        if (s[i] > 0) gp << i << ' ' << fmt(s[i], "%.8g") << '\n';
+      }
+      gp << "EOD\n$" << kind << "R" << l.layer << " << EOD\n";
+      if (rank > 0 && rank <= static_cast<int64_t>(s.size()) && s[rank - 1] > 0) {
+        gp << rank - 1 << ' ' << fmt(s[rank - 1], "%.8g") << '\n';
+      }
+      gp << "EOD\n";
+    }
+  }
+  gp << "$MEM << EOD\n";
+  for (const auto& m : r.memory) {
+    gp << m.context << ' ' << m.compressed_measured / 1048576.0 << ' '
+       << m.compressed_formula / 1048576.0 << ' ' << m.fp16_measured / 1048576.0 << ' '
+       << m.fp16_formula / 1048576.0 << '\n';
+  }
+  gp << "EOD\n";
+
+  // Errors per layer with the floors.
+  gp << "set output '" << out << "/errors.png'\n"
+     << "set title 'Held-out relative error per layer (K: " << r.k_bits << " bits, V: " << r.v_bits
+     << " bits)'\nset xlabel 'layer'\nset ylabel '|K - K^|^2 / |K|^2'\n"
+     << "set key outside right\nset yrange [0:*]\n"
+     << "set xtics " << std::max<int64_t>(1, r.num_layers / 16) << "\n"
+     << "plot $ERR using 1:2 with linespoints pt 7 lw 2 lc rgb '#1f77b4' title 'K cached', "
+     << "$ERR using 1:3 with linespoints pt 6 lw 1 lc rgb '#1f77b4' title 'K 16-bit', "
+     << "$ERR using 1:4 with lines dt 2 lw 2 lc rgb '#1f77b4' title 'K floor', "
+     << "$ERR using 1:5 with linespoints pt 5 lw 2 lc rgb '#d62728' title 'V cached', "
+     << "$ERR using 1:6 with linespoints pt 4 lw 1 lc rgb '#d62728' title 'V 16-bit', "
+     << "$ERR using 1:7 with lines dt 2 lw 2 lc rgb '#d62728' title 'V floor'\n"
+     << "unset yrange\nset xtics autofreq\n";
+  // Spectra with the kept rank marked.
+  if (!r.layers.empty()) {
+    const int64_t first = r.layers.front().layer, last = r.layers.back().layer;
+    gp << "set logscale y\nset format y '10^{%L}'\nset key off\n"
+       << "set xlabel 'eigenvalue index i (descending)'\nset ylabel 'λ_i / Σλ'\n"
+       << "set palette rgbformulae 33,13,10\nset cblabel 'layer'\n"
+       << "set cbrange [" << first << ":" << (last > first ? last : first + 1) << "]\n";
+    for (const char* kind : {"K", "V"}) {
+      gp << "set output '" << out << "/spectrum_" << (kind[0] == 'K' ? "k" : "v") << ".png'\n"
+         << "set title '" << kind
+         << " cache spectra (training statistics); points: the kept rank r'\nplot ";
+      for (size_t i = 0; i < r.layers.size(); ++i) {
+        const int64_t l = r.layers[i].layer;
+        gp << (i ? ", " : "") << "$" << kind << l << " using 1:2 with lines lw 1.5 lc palette cb "
+           << l << ", $" << kind << "R" << l << " using 1:2 with points pt 7 ps 1.5 lc palette cb "
+           << l;
+      }
+      gp << "\n";
+    }
+    gp << "unset logscale y\nset format y '%g'\nunset colorbox\n";
+  }
+  // Memory against context.
+  gp << "set output '" << out << "/memory.png'\n"
+     << "set title 'KV cache memory, all layers (measured points, formula lines)'\n"
+     << "set logscale xy 2\nset format y '%g'\nset key inside top left\n"
+     << "set xlabel 'context (tokens)'\nset ylabel 'MiB'\n"
+     << "plot $MEM using 1:4 with points pt 5 ps 1.5 lc rgb '#7f7f7f' title 'fp16 measured', "
+     << "$MEM using 1:5 with lines lw 1 lc rgb '#7f7f7f' title 'fp16 formula', "
+     << "$MEM using 1:2 with points pt 7 ps 1.5 lc rgb '#2ca02c' title 'compressed measured', "
+     << "$MEM using 1:3 with lines lw 1 lc rgb '#2ca02c' title 'compressed formula'\n"
+     << "set output\n";
+  return gp.str();
+}
+
+void check_plotting() {
+  CSKV_CHECK(!find_in_path("gnuplot").empty(),
+             "gnuplot not found: install gnuplot-nox or pass --no-plots");
+}
+
+void write_report(const EvalReport& r, const std::string& out_dir, bool plots) {
+  fs::create_directories(out_dir);
+  data::write_file_atomic(out_dir + "/report.json", report_json(r) + "\n");
+  data::write_file_atomic(out_dir + "/report.md", report_markdown(r, plots));
+  if (!plots) return;
+  const std::string gnuplot = find_in_path("gnuplot");
+  CSKV_CHECK(!gnuplot.empty(), "gnuplot not found: install gnuplot-nox or pass --no-plots");
+  const std::string script = out_dir + "/plots.gp";
+  data::write_file_atomic(script, report_gnuplot(r, out_dir));
+  run_gnuplot(gnuplot, script, out_dir + "/plots.log");
+  for (const char* png : kReportPlots) {
+    const std::string path = out_dir + "/" + png;
+    CSKV_CHECK(fs::exists(path) && fs::file_size(path) > 0,
+               gnuplot << " did not write " << path << " (script " << script << ")");
+  }
+}
+
+}  // namespace cskv::eval

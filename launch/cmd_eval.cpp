@@ -1,0 +1,61 @@
+// `cskv eval`: what the compressed cache costs and saves on the user's own model — held-out
+// errors per layer, KL/perplexity of decoding with the bi-branch cache, measured cache memory.
+#include <iostream>
+#include <sstream>
+
+#include "comm/communicator.h"
+#include "common/error.h"
+#include "eval/eval_run.h"
+#include "launch/cli.h"
+#include "launch/stage_flags.h"
+#include "launch/subcommands.h"
+
+namespace cskv::cli {
+
+int run_eval(int argc, char** argv) {
+  return guarded("eval", [&] {
+    auto options = make_options(
+        "eval",
+        "Evaluate a compressor on the model: (a) held-out relative errors of every layer's K "
+        "and V next to the 16-bit floor, (b) teacher-forced decoding of held-out sequences with "
+        "the bi-branch compressed cache (prompt prefilled at full precision, older tokens as "
+        "bit-packed quantized latents, the recent window as fp16 K/V) against the original "
+        "model: KL divergence and perplexity, (c) bytes the compressed and an fp16 cache hold "
+        "at each memory context, measured and by the formula. Writes <out>/report.json, "
+        "report.md and errors.png, spectrum_k.png, spectrum_v.png, memory.png. Under mpirun "
+        "the sequences and layers are shared among the ranks.");
+    options.add_options("input")("model", "HF model directory", cxxopts::value<std::string>())(
+        "acts", "Capture directory (held-out split and stats.h5, cskv capture --out)",
+        cxxopts::value<std::string>())("compressor",
+                                       "compressor.safetensors (cskv merge --out, or cskv train's)",
+                                       cxxopts::value<std::string>());
+    add_eval_flags(options, "");
+    options.add_options("output")("out", "Report directory (created)",
+                                  cxxopts::value<std::string>())(
+        "no-plots", "Write report.json and report.md only (no gnuplot needed)");
+    add_runtime_options(options);
+    const auto r = parse(options, argc, argv);
+    if (!r) return kExitOk;
+
+    eval::EvalOptions o;
+    o.model_dir = required<std::string>(*r, "model");
+    o.acts_dir = required<std::string>(*r, "acts");
+    o.compressor_path = required<std::string>(*r, "compressor");
+    o.out_dir = required<std::string>(*r, "out");
+    eval_options(*r, "", o);
+    o.plots = r->count("no-plots") == 0;
+    auto world = start_runtime(*r);
+    const eval::EvalReport report = eval::run_eval(o, *world);
+    if (world->rank() != 0) return kExitOk;
+    std::cout << "eval: " << report.layers.size() << " compressed layer(s); held-out error mean K "
+              << report.mean_k_error << " (floor " << report.mean_k_floor << "), V "
+              << report.mean_v_error << " (floor " << report.mean_v_floor << ")\n"
+              << "wrote " << o.out_dir << "/{report.json, report.md"
+              << (o.plots ? ", errors.png, spectrum_k.png, spectrum_v.png, memory.png" : "")
+              << "}\n"
+              << "headline: " << report.headline() << std::endl;
+    return kExitOk;
+  });
+}
+
+}  // namespace cskv::cli
