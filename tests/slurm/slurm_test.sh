@@ -58,19 +58,22 @@ remaining() { echo $((deadline - SECONDS)); }
 
 # ---- The pipeline under test: the one place to change once `cskv run` exists. -----------------
 # pipeline_args DIR: the cskv arguments that produce the pipeline's outputs in DIR. The same
-# arguments run the uninterrupted 1-process reference and the 2-task Slurm job. Today the job is
-# the training stage (model, tokens and activations are prepared once, outside Slurm, because
-# one srun task cannot run two MPI programs in turn); with `cskv run` it becomes e.g.
-#   pipeline=(run --config "$work/job.json" --out "$1")      (capture → train → merge in the job)
+# arguments run the uninterrupted 1-process reference and the 2-task Slurm job: `cskv run`
+# (capture → train → merge; eval off to keep the trial short). The activations are captured once
+# beforehand and copied into both DIRs: a capture's statistics are float64 sums whose order
+# depends on the number of capturing ranks, so only a shared capture makes the factors comparable
+# bit for bit; `cskv run` finds it complete (made on 1 rank) and skips the stage.
+capture_flags=(--model "$work/model" --tokens "$work/tokens.bin" --token-dtype u16 --num-seqs 32
+  --seq-len 128 --holdout-seqs 4 --batch 4)
 pipeline_args() {
-  pipeline=(train --model "$work/model" --acts "$work/acts" --ckpt-dir "$1/ckpt"
-    --k-density 0.25 --v-density 0.5 --k-bits 4 --v-bits 4 --batch-tokens 512 --steps 1000
-    --lr 2e-3 --threads 1)
+  pipeline=(run "${capture_flags[@]}" --out "$1" --k-density 0.25 --v-density 0.5 --k-bits 4
+    --v-bits 4 --batch-tokens 512 --steps 1000 --lr 2e-3 --threads 1 --eval=false)
 }
-# merged DIR: makes (if the job does not) and prints the merged checkpoint of a finished run.
+# merged DIR: the trained factors of a finished run (ckpt/compressor.safetensors: the factors and
+# quantization settings, no paths — the merged file's metadata names DIR).
 merged() {
-  "$cskv" merge --ckpt-dir "$1/ckpt" --out "$1/compressor.safetensors" --log-level warn >/dev/null
-  echo "$1/compressor.safetensors"
+  [[ -f "$1/compressor.safetensors" ]] || fail "$1/compressor.safetensors is missing"
+  echo "$1/ckpt/compressor.safetensors"
 }
 # A line the job prints once training has started; the interruption comes after it.
 readonly training_started='init train error'
@@ -99,9 +102,10 @@ say "preparing the toy model, tokens and activations"
   --vocab 1024 --dtype f16 --seed 0 --out "$work/model" --log-level warn >/dev/null
 "$cskv" toy-tokens --vocab 1024 --count 200000 --seed 0 --dtype u16 --out "$work/tokens.bin" \
   --log-level warn >/dev/null
-"$cskv" capture --model "$work/model" --tokens "$work/tokens.bin" --token-dtype u16 \
-  --num-seqs 32 --seq-len 128 --holdout-seqs 4 --batch 4 --out "$work/acts" --log-level warn \
-  >/dev/null
+"$cskv" capture "${capture_flags[@]}" --out "$work/acts" --log-level warn >/dev/null
+mkdir -p "$work/ref" "$work/job"
+cp -r "$work/acts" "$work/ref/acts"
+cp -r "$work/acts" "$work/job/acts"
 
 # 3. The reference: the same pipeline, 1 process, uninterrupted, no Slurm.
 say "reference run (1 process, no Slurm)"
