@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 #include "data/atomic_file.h"
-#include "eval/gnuplot.h"
+#include "common/gnuplot.h"
 
 namespace cskv::eval {
 namespace {

@@ -1,9 +1,5 @@
 // `cskv analyze`: per layer, the spectra of the K and V caches (eigenvalues of W G Wᵀ in float64)
 // and the ranks holding 90/95/99% of their energy, as CSV, a markdown report and gnuplot PNGs.
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +17,7 @@
 
 #include "comm/communicator.h"
 #include "common/error.h"
+#include "common/gnuplot.h"
 #include "data/capture.h"
 #include "data/layer_stats.h"
 #include "launch/cli.h"
@@ -28,8 +25,6 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "trainer/spectrum.h"
-
-extern char** environ;
 
 namespace cskv::cli {
 namespace {
@@ -46,22 +41,6 @@ struct LayerResult {
   std::array<at::Tensor, 2> eigenvalues;          // K, V: [D] float64, descending
   std::array<std::array<int64_t, 3>, 2> ranks{};  // K, V × kEnergyFractions
 };
-
-// The first executable `name` in $PATH, or "" when there is none.
-std::string find_in_path(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path ? path : "");
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    const std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
-    struct stat st {};
-    if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-        ::access(candidate.c_str(), X_OK) == 0) {
-      return candidate;
-    }
-  }
-  return "";
-}
 
 // "%.*g" of a double.
 std::string fmt(double v, int digits) {
@@ -221,35 +200,6 @@ std::string gnuplot_script(const std::vector<LayerResult>& results, int64_t d,
      << " with lines dt 2 lc rgb 'gray' title 'D'\n"
      << "set output\n";
   return gp.str();
-}
-
-// Runs `gnuplot script`; throws with gnuplot's own message (its stderr) when it fails.
-void run_gnuplot(const std::string& gnuplot, const std::string& script,
-                 const std::string& log_path) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  std::vector<char*> argv = {const_cast<char*>(gnuplot.c_str()), const_cast<char*>(script.c_str()),
-                             nullptr};
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, gnuplot.c_str(), &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  CSKV_CHECK(rc == 0, gnuplot << ": cannot start: " << std::strerror(rc));
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  std::ifstream log(log_path);
-  std::string messages((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-  while (!messages.empty() && (messages.back() == '\n' || messages.back() == ' ')) {
-    messages.pop_back();
-  }
-  CSKV_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-             gnuplot << " failed ("
-                     << (WIFEXITED(status) ? "exit " + std::to_string(WEXITSTATUS(status))
-                                           : "signal " + std::to_string(WTERMSIG(status)))
-                     << ") on " << script << ": " << messages);
-  fs::remove(log_path);
 }
 
 }  // namespace

@@ -282,4 +282,17 @@ inline model::ToyModelSpec trainer_toy_spec(uint64_t seed) {
   return spec;
 }
 
+// The smallest toy model the training tests use: hidden 64, 2 layers, 4 heads / 2 KV heads
+// (D 32), intermediate 128, vocabulary 256.
+inline model::ToyModelSpec tiny_toy_spec() {
+  model::ToyModelSpec spec;
+  spec.hidden = 64;
+  spec.layers = 2;
+  spec.heads = 4;
+  spec.kv_heads = 2;
+  spec.intermediate = 128;
+  spec.vocab = 256;
+  return spec;
+}
+
 }  // namespace cskv::data::capture_testing

@@ -10,6 +10,7 @@
 
 #include "model/safetensors.h"
 #include "model/toy_model.h"
+#include "tests/data/capture_test_util.h"
 #include "tests/support/test_support.h"
 
 namespace cskv {
@@ -20,13 +21,7 @@ using test::run_cskv;
 
 TEST(MergeCli, MergesWhatTrainWroteBitwiseAndRecordsTheConfig) {
   test::TempDir dir;
-  model::ToyModelSpec spec;
-  spec.hidden = 64;
-  spec.layers = 2;
-  spec.heads = 4;
-  spec.kv_heads = 2;
-  spec.intermediate = 128;
-  spec.vocab = 256;
+  const model::ToyModelSpec spec = data::capture_testing::tiny_toy_spec();
   model::write_toy_model(spec, dir / "model");
   model::write_tokens(dir / "tokens.bin", model::toy_tokens(256, 5000, 3), 256,
                       model::TokenDType::kU16);

@@ -30,13 +30,7 @@ class RunCli : public ::testing::Test {
   void SetUp() override {
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
-    model::ToyModelSpec spec;
-    spec.hidden = 64;
-    spec.layers = 2;
-    spec.heads = 4;
-    spec.kv_heads = 2;
-    spec.intermediate = 128;
-    spec.vocab = 256;
+    const model::ToyModelSpec spec = data::capture_testing::tiny_toy_spec();
     model::write_toy_model(spec, dir_ / "model");
     model::write_tokens(dir_ / "tokens.bin", model::toy_tokens(256, 20000, 7), 256,
                         model::TokenDType::kU16);

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "model/toy_model.h"
+#include "tests/data/capture_test_util.h"
 #include "tests/support/test_support.h"
 
 namespace cskv {
@@ -14,13 +15,7 @@ TEST(TrainMpi, OneTwoAndThreeRanksGiveIdenticalResults) {
   setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
   setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
   test::TempDir dir;
-  model::ToyModelSpec spec;
-  spec.hidden = 64;
-  spec.layers = 2;
-  spec.heads = 4;
-  spec.kv_heads = 2;
-  spec.intermediate = 128;
-  spec.vocab = 256;
+  const model::ToyModelSpec spec = data::capture_testing::tiny_toy_spec();
   model::write_toy_model(spec, dir / "model");
   model::write_tokens(dir / "tokens.bin", model::toy_tokens(256, 8000, 5), 256,
                       model::TokenDType::kU16);

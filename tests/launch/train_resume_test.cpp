@@ -32,13 +32,7 @@ class TrainResume : public ::testing::Test {
   void SetUp() override {
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
-    model::ToyModelSpec spec;
-    spec.hidden = 64;
-    spec.layers = 2;
-    spec.heads = 4;
-    spec.kv_heads = 2;
-    spec.intermediate = 128;
-    spec.vocab = 256;
+    const model::ToyModelSpec spec = data::capture_testing::tiny_toy_spec();
     model::write_toy_model(spec, dir_ / "model");
     model::write_tokens(dir_ / "tokens.bin", model::toy_tokens(256, 20000, 7), 256,
                         model::TokenDType::kU16);
@@ -66,7 +60,7 @@ class TrainResume : public ::testing::Test {
                                             "--rotate",
                                             "hadamard",
                                             "--batch-tokens",
-                                            "128",
+                                            batch_tokens_,
                                             "--steps",
                                             steps_,
                                             "--lr",
@@ -121,6 +115,7 @@ class TrainResume : public ::testing::Test {
 
   test::TempDir dir_;
   std::string steps_ = "600";
+  std::string batch_tokens_ = "128";
   std::string reference_;
 };
 
@@ -134,6 +129,7 @@ struct KillTrial {
 };
 
 TEST_F(TrainResume, SigkillAtRandomMomentsResumesBitwiseOnAnyWorldSize) {
+  batch_tokens_ = "512";  // ~3x the work per step: a run lasts long enough to be hit mid-way
   const std::string& expected = reference();
   ASSERT_GT(expected.size(), 1000u);
   const std::vector<KillTrial> trials = {
@@ -148,24 +144,30 @@ TEST_F(TrainResume, SigkillAtRandomMomentsResumesBitwiseOnAnyWorldSize) {
   int trial_no = 0;
   for (const auto& t : trials) {
     ++trial_no;
-    const std::string ckpt = dir_ / ("kill" + std::to_string(trial_no));
-    const int delay_ms = std::uniform_int_distribution<int>(0, 900)(rng);
-    if (t.fault) setenv("CSKV_FAULT", t.fault, 1);
+    std::string ckpt;
+    int delay_ms = std::uniform_int_distribution<int>(0, 600)(rng);
     bool killed = false;
     Clock::time_point kill_time;
-    const auto r =
-        test::run_command(train_argv(t.np_kill, ckpt), [&](int, const std::atomic<bool>& exited) {
-          if (t.fault || !wait_for_checkpoint(ckpt, delay_ms, exited)) return;
-          for (const auto& p : test::find_processes("cskv", ckpt)) {
-            if (t.victims[0] == -1 || p.mpi_rank == t.victims[0] ||
-                (t.np_kill == 1 && p.mpi_rank == -1)) {
-              ::kill(p.pid, SIGKILL);
-              killed = true;
-            }
+    test::CommandResult r;
+    // A run this machine finished before the kill proves nothing: retry with half the delay.
+    for (int attempt = 0; attempt < 4; ++attempt, delay_ms /= 2) {
+      ckpt = dir_ / ("kill" + std::to_string(trial_no) + "-" + std::to_string(attempt));
+      if (t.fault) setenv("CSKV_FAULT", t.fault, 1);
+      killed = false;
+      r = test::run_command(train_argv(t.np_kill, ckpt), [&](int, const std::atomic<bool>& exited) {
+        if (t.fault || !wait_for_checkpoint(ckpt, delay_ms, exited)) return;
+        for (const auto& p : test::find_processes("cskv", ckpt)) {
+          if (t.victims[0] == -1 || p.mpi_rank == t.victims[0] ||
+              (t.np_kill == 1 && p.mpi_rank == -1)) {
+            ::kill(p.pid, SIGKILL);
+            killed = true;
           }
-          kill_time = Clock::now();
-        });
-    unsetenv("CSKV_FAULT");
+        }
+        kill_time = Clock::now();
+      });
+      unsetenv("CSKV_FAULT");
+      if (t.fault || (killed && !fs::exists(ckpt + "/compressor.safetensors"))) break;
+    }
     const std::string what = "trial " + std::to_string(trial_no) + " (np " +
                              std::to_string(t.np_kill) + " -> " + std::to_string(t.np_resume) +
                              ", delay " + std::to_string(delay_ms) + " ms)";

@@ -1,5 +1,5 @@
 // gnuplot as a child process (posix_spawn), with its messages captured for error reports.
-#include "eval/gnuplot.h"
+#include "common/gnuplot.h"
 
 #include <fcntl.h>
 #include <spawn.h>
@@ -20,7 +20,7 @@
 
 extern char** environ;
 
-namespace cskv::eval {
+namespace cskv {
 
 std::string find_in_path(const std::string& name) {
   const char* path = std::getenv("PATH");
@@ -65,4 +65,4 @@ void run_gnuplot(const std::string& gnuplot, const std::string& script,
   std::filesystem::remove(log_path);
 }
 
-}  // namespace cskv::eval
+}  // namespace cskv

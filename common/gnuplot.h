@@ -1,10 +1,10 @@
-// Drawing PNG plots with gnuplot (as `cskv analyze` does): find it in $PATH, run a kept script,
+// Drawing PNG plots with gnuplot (cskv analyze, cskv eval): find it in $PATH, run a kept script,
 // report gnuplot's own message when it fails.
 #pragma once
 
 #include <string>
 
-namespace cskv::eval {
+namespace cskv {
 
 // The first executable `name` in $PATH, or "" when there is none.
 std::string find_in_path(const std::string& name);
@@ -14,4 +14,4 @@ std::string find_in_path(const std::string& name);
 void run_gnuplot(const std::string& gnuplot, const std::string& script,
                  const std::string& log_path);
 
-}  // namespace cskv::eval
+}  // namespace cskv
