@@ -62,9 +62,10 @@ cxxopts::Options run_options() {
                                cxxopts::value<bool>()->default_value("false"))(
       "name", "File-name prefix of the exported .ckpt files",
       cxxopts::value<std::string>()->default_value("cskv"));
-  options.add_options("eval")("eval", "Run the evaluation stage (cskv eval) last",
+  options.add_options("eval")("eval",
+                              "Run the evaluation stage (cskv eval) last; --eval=false skips it",
                               cxxopts::value<bool>()->default_value("true"))(
-      "plots", "Write the evaluation's PNG plots (needs gnuplot)",
+      "plots", "Write the evaluation's PNG plots (needs gnuplot); --plots=false: tables only",
       cxxopts::value<bool>()->default_value("true"));
   add_eval_flags(options, "eval-");
   add_runtime_options(options);

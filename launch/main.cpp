@@ -26,8 +26,8 @@ const std::vector<Subcommand>& subcommands() {
        "Evaluate a compressor: per-layer errors, KL/perplexity with the compressed cache, memory",
        run_eval},
       {"run",
-       "The whole compression in one command: capture -> train -> merge, from a JSON job file "
-       "(mpirun/srun-able, resumable)",
+       "The whole compression in one command: capture -> train -> merge -> eval, from a JSON job "
+       "file (mpirun/srun-able, resumable)",
        run_run},
       {"comm-check",
        "Verify broadcast/allreduce/gather on the communicator and print bandwidth (mpirun-able)",
@@ -46,7 +46,9 @@ void print_help() {
     std::cout << "  " << s.name << std::string(14 - std::min<size_t>(13, s.name.size()), ' ')
               << s.summary << "\n";
   }
-  std::cout << "\nExit status: 0 ok, 1 runtime error, 2 usage error.\n";
+  std::cout
+      << "\nExit status: 0 ok, 1 runtime error, 2 usage error, 75 stopped by a signal after a "
+         "checkpoint (rerun to continue).\n";
 }
 }  // namespace
 
