@@ -198,7 +198,7 @@ Placement place_jobs(const std::vector<double>& costs, int requested_dp, int wor
 // same sequence of places within its group (after each step, after init, after evaluation);
 // when a round is over (round_seconds, or a local reason to save), all ranks meet in one
 // allreduce [save wanted, stop signal, unfinished jobs, Σ steps] and save together when anyone
-// asked for it. Idle ranks call point(true) until everything is finished.
+// asked for it. Idle ranks call point(false, true) until everything is finished.
 class Coordinator {
  public:
   Coordinator(const TrainRunOptions& o, comm::Communicator& world, comm::Communicator* group,
@@ -217,10 +217,12 @@ class Coordinator {
         round_start_(Clock::now()) {}
 
   // Returns false once the run must stop (a stop signal reached some rank; state saved).
-  bool point(bool save_wanted = false) {
+  // save_wanted: this rank has a reason to save (a job finished); end_round: meet the others
+  // now without one (an idle rank waiting for the rest).
+  bool point(bool save_wanted = false, bool end_round = false) {
     if (save_wanted) save_wanted_ = true;
     const bool due =
-        save_wanted_ || stop_signal() != 0 ||
+        end_round || save_wanted_ || stop_signal() != 0 ||
         (o_.save_every > 0 && steps_since_save_ >= o_.save_every) ||
         std::chrono::duration<double>(Clock::now() - round_start_).count() >= o_.round_seconds;
     if (!group_decides(due)) return true;
@@ -497,7 +499,7 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
   }
   // Idle (or finished) ranks keep meeting the others until every job is done or a stop.
   while (!stopped && !coord.all_finished()) {
-    if (!coord.point(true)) stopped = true;
+    if (!coord.point(/*save_wanted=*/false, /*end_round=*/true)) stopped = true;
   }
   if (!stopped) progress.finish();
   result.saves = coord.saves();
