@@ -11,8 +11,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -157,10 +159,14 @@ void add_to_manifest(const std::string& dir, const ManifestEntry& entry) {
   write_manifest(dir, entries);
 }
 
-// Global sequence ids of one rank: base + r, base + r + W, ... below base + count.
-std::vector<int64_t> strided_ids(int64_t base, int64_t count, int rank, int world) {
+// Global sequence ids of one rank: the contiguous range [count·r/W, count·(r+1)/W) after base.
+// Shards sort by rank in the manifest, so the concatenated split is in sequence-id order for any
+// number of ranks: training batches and statistics do not depend on W.
+std::vector<int64_t> contiguous_ids(int64_t base, int64_t count, int rank, int world) {
   std::vector<int64_t> ids;
-  for (int64_t i = rank; i < count; i += world) ids.push_back(base + i);
+  for (int64_t i = count * rank / world; i < count * (rank + 1) / world; ++i) {
+    ids.push_back(base + i);
+  }
   return ids;
 }
 
@@ -337,10 +343,10 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
     std::string name, file;
     std::vector<int64_t> ids;
   };
-  std::vector<Split> splits = {{"train", train_file, strided_ids(0, opt.num_seqs, rank, world)}};
+  std::vector<Split> splits = {{"train", train_file, contiguous_ids(0, opt.num_seqs, rank, world)}};
   if (opt.holdout_seqs > 0) {
     splits.push_back(
-        {"holdout", hold_file, strided_ids(opt.num_seqs, opt.holdout_seqs, rank, world)});
+        {"holdout", hold_file, contiguous_ids(opt.num_seqs, opt.holdout_seqs, rank, world)});
   }
   int64_t todo_tokens = 0;
   for (const auto& s : splits) {
@@ -348,14 +354,12 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
   }
   ProgressMeter progress("capture (rank 0)", "tokens", todo_tokens, rank == 0 && todo_tokens > 0);
   int64_t tokens_done = 0;
-  bool train_reused = false;
   bool stopped = false;  // a stop signal: leave the unfinished shard for the rerun
   for (const auto& split : splits) {
     if (stopped) break;
     const std::string path = opt.out_dir + "/" + split.file;
     if (is_complete(split.file)) {
       result.shards_reused.push_back(split.file);
-      train_reused |= split.name == "train";
       continue;
     }
     ShardHeader header;
@@ -369,7 +373,6 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
     header.split = split.name;
     ActivationShardWriter writer(path, header);
     const std::set<int64_t> wanted(opt.layers.begin(), opt.layers.end());
-    const bool is_train = split.name == "train";
     for (size_t b = 0; b < split.ids.size(); b += static_cast<size_t>(opt.batch)) {
       if (stop_signal() != 0) {
         stopped = true;
@@ -396,11 +399,8 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
             const at::Tensor stored = x.to(at::kCPU, to_scalar_type(opt.dtype));
             writer.append(layer, stored);
             const auto h1 = Clock::now();
-            if (is_train) stats.add(layer, stored);
-            const auto h2 = Clock::now();
             result.seconds_write += std::chrono::duration<double>(h1 - h0).count();
-            result.seconds_stats += std::chrono::duration<double>(h2 - h1).count();
-            hook_seconds += std::chrono::duration<double>(h2 - h0).count();
+            hook_seconds += std::chrono::duration<double>(h1 - h0).count();
           },
           fo);
       result.seconds_forward +=
@@ -432,33 +432,35 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
     return result;
   }
 
-  if (train_reused) {
-    // Recompute this rank's sums from its complete shard, in the batches it was written in, so
-    // they are bitwise the sums an uninterrupted run accumulated.
-    const auto entries = read_manifest(opt.out_dir);
-    int64_t row_begin = 0, rows = 0;
-    for (const auto& e : entries) {
-      if (e.split != "train") continue;
-      if (e.file == train_file) {
-        rows = e.token_count;
-        break;
-      }
-      row_begin += e.token_count;
-    }
-    for (const int64_t layer : opt.layers) {
-      ActivationReaderOptions ro;
-      ro.acts_dir = opt.out_dir;
-      ro.layer = layer;
-      ro.split = "train";
-      ro.batch_tokens = opt.batch * opt.seq_len;
-      ro.row_begin = row_begin;
-      ro.row_end = row_begin + rows;
-      ro.expect.model_config_hash = hash;
-      ActivationReader reader(ro);
-      while (auto batch = reader.next()) stats.add(layer, batch->x);
-    }
-  }
   progress.finish();
+  // The statistics, from the stored rows in a fixed order: layer i is summed by rank i mod W,
+  // sequence by sequence in id order (the concatenated training split; one XᵀX of shape
+  // [seq_len, H] per sequence), and the other ranks contribute zeros to the allreduce. So
+  // stats.h5 is bitwise the same for any number of capturing ranks, any --batch and any
+  // interruption (the shards already are).
+  const auto s0 = Clock::now();
+  for (size_t li = 0; li < opt.layers.size(); ++li) {
+    if (static_cast<int>(li % static_cast<size_t>(world)) != rank) continue;
+    ActivationReaderOptions ro;
+    ro.acts_dir = opt.out_dir;
+    ro.layer = opt.layers[li];
+    ro.split = "train";
+    ro.batch_tokens = opt.seq_len;
+    ro.expect.model_config_hash = hash;
+    ActivationReader reader(ro);
+    int64_t sequences = 0;
+    while (auto batch = reader.next()) {
+      CSKV_CHECK(batch->x.size(0) == opt.seq_len,
+                 opt.out_dir << ": layer " << ro.layer << ": a batch of " << batch->x.size(0)
+                             << " rows, expected one sequence of " << opt.seq_len);
+      stats.add(ro.layer, batch->x);
+      ++sequences;
+    }
+    CSKV_CHECK(sequences == opt.num_seqs, opt.out_dir << ": layer " << ro.layer << ": " << sequences
+                                                      << " training sequences, expected "
+                                                      << opt.num_seqs);
+  }
+  result.seconds_stats += std::chrono::duration<double>(Clock::now() - s0).count();
   for (auto& t : stats.reduction_tensors()) comm.allreduce_sum(t);
   if (rank == 0) {
     const auto entries = read_manifest(opt.out_dir);

@@ -58,8 +58,9 @@ std::string capture_config_json(const CaptureOptions& options, const std::string
 
 // Runs the whole stage on every rank of comm (collective). Shards already listed in the manifest
 // are kept (their statistics are recomputed from the file, bit for bit as when they were written);
-// all others are (re)written. Rank r captures training sequences r, r+W, r+2W, ... and the same
-// stride of the held-out ones.
+// all others are (re)written. Rank r captures the contiguous range [N·r/W, N·(r+1)/W) of the N
+// training sequences and likewise of the held-out ones, so the shards concatenate in sequence-id
+// order and the statistics (summed per sequence in that order) do not depend on W.
 CaptureResult run_capture(const CaptureOptions& options, comm::Communicator& comm);
 
 }  // namespace cskv::data

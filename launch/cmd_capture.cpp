@@ -17,8 +17,9 @@ int run_capture(int argc, char** argv) {
   return guarded("capture", [&] {
     auto options = make_options(
         "capture",
-        "Capture calibration activations: rank r of W runs the model on training sequences "
-        "r, r+W, ... and writes <out>/shard-RRRRR-of-WWWWW.h5 (and holdout-*.h5); statistics "
+        "Capture calibration activations: rank r of W runs the model on the r-th contiguous "
+        "W-th of the training sequences and writes <out>/shard-RRRRR-of-WWWWW.h5 (and "
+        "holdout-*.h5); statistics "
         "(X^T X in float64, mean |x|) are reduced into <out>/stats.h5. Rerunning after a kill "
         "redoes only the shards that <out>/manifest.json does not list.");
     options.add_options("input")("model", "HF model directory (config.json + safetensors)",

@@ -1,6 +1,7 @@
 // `cskv run`: job-file validation (exact messages), flags overriding the file, the resolved
 // settings, a second run that does nothing and changes nothing, progress lines with rate and
-// ETA, and an mpirun run stopped by SIGUSR1 that resumes to the uninterrupted run's bits.
+// ETA, an mpirun run stopped by SIGUSR1 that resumes to the uninterrupted 1-process run's bits
+// (capture included), and 3 ranks giving those bits too.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -42,7 +43,7 @@ class RunCli : public ::testing::Test {
               {"tokens", dir_ / "tokens.bin"},
               {"num_seqs", 16},
               {"seq_len", 64},
-              {"holdout_seqs", 2},
+              {"holdout_seqs", 3},
               {"k_bits", 4},
               {"v_bits", 3},
               {"batch_tokens", 128},
@@ -178,11 +179,9 @@ TEST_F(RunCli, MpirunStoppedBySigusrOneResumesToTheUninterruptedBits) {
       std::regex(R"(\[progress\] info: train: 2400 steps in \d+\.\d s \(\d+\.\d steps/s\))")))
       << r.err;
 
-  // The job: the same capture (statistics are float64 sums whose order depends on the number of
-  // capturing ranks), 2 ranks, SIGUSR1 to mpirun (which forwards it) once training checkpointed.
+  // The job, from scratch on 2 ranks (capture included): SIGUSR1 to mpirun (which forwards it)
+  // once training has checkpointed.
   const std::string out = dir_ / "job";
-  fs::create_directories(out);
-  fs::copy(ref + "/acts", out + "/acts", fs::copy_options::recursive);
   const auto stopped = test::run_command(
       run_argv(2, {"--config", job(), "--out", out}), [&](int pid, const std::atomic<bool>& e) {
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -202,6 +201,8 @@ TEST_F(RunCli, MpirunStoppedBySigusrOneResumesToTheUninterruptedBits) {
   EXPECT_NE(resumed.err.find("resuming from " + out + "/ckpt/step-"), std::string::npos)
       << resumed.err;
   EXPECT_NE(resumed.out.find("  capture  -  complete, skipped"), std::string::npos) << resumed.out;
+  EXPECT_TRUE(test::read_file(out + "/acts/stats.h5") == test::read_file(ref + "/acts/stats.h5"))
+      << "the statistics depend on the number of capturing ranks";
   EXPECT_TRUE(test::read_file(out + "/ckpt/compressor.safetensors") ==
               test::read_file(ref + "/ckpt/compressor.safetensors"))
       << "the resumed factors differ from the uninterrupted run";
@@ -209,6 +210,13 @@ TEST_F(RunCli, MpirunStoppedBySigusrOneResumesToTheUninterruptedBits) {
   std::ifstream a(ref + "/eval/report.json"), b(out + "/eval/report.json");
   const json ja = json::parse(a), jb = json::parse(b);
   EXPECT_EQ(ja.at("headline"), jb.at("headline"));
+  // 3 ranks, uninterrupted, from scratch: the same bits again.
+  const std::string three = dir_ / "three";
+  const auto r3 =
+      test::run_command(run_argv(3, {"--config", job(), "--out", three, "--eval=false"}));
+  ASSERT_EQ(r3.exit_code, 0) << r3.err;
+  EXPECT_TRUE(test::read_file(three + "/ckpt/compressor.safetensors") ==
+              test::read_file(ref + "/ckpt/compressor.safetensors"));
 }
 
 }  // namespace
