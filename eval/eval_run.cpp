@@ -321,7 +321,24 @@ EvalReport run_eval(const EvalOptions& o) {
   return run_eval(o, local);
 }
 
+namespace {
+EvalReport run_eval_checked(const EvalOptions& o, comm::Communicator& comm, bool& inputs_ok);
+}  // namespace
+
 EvalReport run_eval(const EvalOptions& o, comm::Communicator& comm) {
+  // Every rank checks the same inputs and fails the same way, so an input error is collective:
+  // printed once, by rank 0 (launch/cli.cpp), instead of by every rank.
+  bool inputs_ok = false;
+  try {
+    return run_eval_checked(o, comm, inputs_ok);
+  } catch (const Error& e) {
+    if (inputs_ok || e.collective()) throw;
+    throw Error(e.kind(), e.message(), e.where(), /*collective=*/true);
+  }
+}
+
+namespace {
+EvalReport run_eval_checked(const EvalOptions& o, comm::Communicator& comm, bool& inputs_ok) {
   const at::NoGradGuard no_grad;
   const auto t0 = Clock::now();
   auto log = log::get("eval");
@@ -376,7 +393,17 @@ EvalReport run_eval(const EvalOptions& o, comm::Communicator& comm) {
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     if (!comp.layers.count(l)) uncompressed.push_back(l);
   }
-  if (root && o.write_files && o.plots) check_plotting();
+  std::string plotting;  // rank 0 draws the plots: its verdict holds for all
+  if (root && o.write_files && o.plots) {
+    try {
+      check_plotting();
+    } catch (const Error& e) {
+      plotting = e.message();
+    }
+  }
+  comm.broadcast_bytes(plotting, 0);
+  CSKV_CHECK(plotting.empty(), plotting);
+  inputs_ok = true;
   if (!uncompressed.empty()) {
     log->warn("{}: no factors for layer(s) {}; they keep a plain fp16 cache", o.compressor_path,
               layer_list(uncompressed));
@@ -472,5 +499,6 @@ EvalReport run_eval(const EvalOptions& o, comm::Communicator& comm) {
   log->info("eval done in {:.1f} s: {}", r.seconds, r.headline());
   return r;
 }
+}  // namespace
 
 }  // namespace cskv::eval
