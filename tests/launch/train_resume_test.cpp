@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <regex>
 #include <thread>
 
 #include "checkpoint/step_manifest.h"
@@ -300,6 +301,25 @@ TEST_F(TrainResume, ChangedFlagsAreRefusedNamingTheKeys) {
   EXPECT_NE(r.err.find("resuming from"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find(": step "), std::string::npos) << "no step may run again:\n" << r.err;
   EXPECT_TRUE(test::read_file(ckpt + "/compressor.safetensors") == before);
+}
+
+// With --save-every 0 a checkpoint is written when a job finishes (and at the end), not once per
+// round while a rank that is done waits for the others: 4 jobs on 3 ranks (rank 0 trains two,
+// the others wait for it for seconds) save at most 4 times.
+TEST_F(TrainResume, IdleRanksDoNotForceCheckpoints) {
+  steps_ = "4000";
+  batch_tokens_ = "512";
+  const std::string ckpt = dir_ / "idle";
+  const auto r = train(3, ckpt, {"--save-every", "0", "--log-level", "info"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::regex line(R"(\[r0\] \[trainer\] info: trained 4 job\(s\) \(2 on this rank of 3, 1 )"
+                        R"(rank\(s\) per job\) in (\d+\.\d) s; (\d+) checkpoint\(s\))");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.err, m, line)) << r.err;
+  std::printf("[ numbers  ] %s s of training, %s checkpoint(s)\n", m[1].str().c_str(),
+              m[2].str().c_str());
+  EXPECT_GT(std::stod(m[1].str()), 2.0) << "too short to tell: rank 0 must train for > 2 rounds";
+  EXPECT_LE(std::stoi(m[2].str()), 4);
 }
 
 // Data parallelism inside a job changes the order of float32 sums (each rank's slice, then the
