@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/train_run.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "checkpoint/train_run.h"
 
 namespace cskv::checkpoint {
 

@@ -41,8 +41,9 @@ RankFileEntry describe_rank_file(const std::string& ckpt_dir, int64_t step, int 
 // "format", "step", "rank", "config" (resolved_config_json, verbatim) and "jobs": a JSON array
 // with each job's layer, kind, rank, step, total_steps, data_position and the doubles floor and
 // last_loss (and the evaluation scalars: train_error_init, holdout_error_init_q, train_error,
-// holdout_error_q, holdout_error, seconds) both as "%.17g" text and as their exact IEEE-754 bits ("floor_bits": 16 hex digits).
-// A rank that owns no job writes a file with no tensors. Input error for an inconsistent state.
+// holdout_error_q, holdout_error, seconds) both as "%.17g" text and as their exact IEEE-754 bits
+// ("floor_bits": 16 hex digits). A rank that owns no job writes a file with no tensors. Input error
+// for an inconsistent state.
 RankFileEntry write_rank_checkpoint(const std::string& ckpt_dir, int64_t step, int rank,
                                     const std::vector<trainer::JobState>& jobs,
                                     const std::string& resolved_config_json);

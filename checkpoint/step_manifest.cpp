@@ -212,9 +212,8 @@ bool same_state(const JobState& a, const JobState& b) {
          std::memcmp(&a.floor, &b.floor, sizeof(double)) == 0 &&
          std::memcmp(&a.last_loss, &b.last_loss, sizeof(double)) == 0 &&
          std::memcmp(&a.holdout_error, &b.holdout_error, sizeof(double)) == 0 &&
-         same_bits(a.A, b.A) &&
-         same_bits(a.B, b.B) && same_bits(a.m_A, b.m_A) && same_bits(a.v_A, b.v_A) &&
-         same_bits(a.m_B, b.m_B) && same_bits(a.v_B, b.v_B) &&
+         same_bits(a.A, b.A) && same_bits(a.B, b.B) && same_bits(a.m_A, b.m_A) &&
+         same_bits(a.v_A, b.v_A) && same_bits(a.m_B, b.m_B) && same_bits(a.v_B, b.v_B) &&
          same_bits(a.eigenvalues, b.eigenvalues);
 }
 }  // namespace

@@ -4,10 +4,10 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/merge.h"
+#include "checkpoint/train_run.h"
 #include "common/error.h"
 #include "model/safetensors.h"
 #include "trainer/metrics.h"
-#include "checkpoint/train_run.h"
 
 namespace cskv::eval {
 namespace {

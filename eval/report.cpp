@@ -9,8 +9,8 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "data/atomic_file.h"
 #include "common/gnuplot.h"
+#include "data/atomic_file.h"
 
 namespace cskv::eval {
 namespace {

@@ -10,9 +10,9 @@
 #include <set>
 
 #include "checkpoint/export_cskv.h"
+#include "checkpoint/train_run.h"
 #include "tests/checkpoint/checkpoint_test_util.h"
 #include "tests/support/test_support.h"
-#include "checkpoint/train_run.h"
 
 namespace cskv::checkpoint {
 namespace {

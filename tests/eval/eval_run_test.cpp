@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/train_run.h"
 #include "comm/local_communicator.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -22,7 +23,6 @@
 #include "tests/data/capture_test_util.h"
 #include "tests/support/test_support.h"
 #include "trainer/layer_trainer.h"
-#include "checkpoint/train_run.h"
 
 namespace cskv::eval {
 namespace {
