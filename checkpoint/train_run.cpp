@@ -288,7 +288,7 @@ class Coordinator {
       std::filesystem::remove(checkpoint::step_manifest_path(o_.ckpt_dir, step), ec);
     }
     const auto entry = checkpoint::write_rank_checkpoint(o_.ckpt_dir, step, me, mine, config_json_);
-    inject_fault("after-rank-file", step);
+    inject_fault("after-rank-file");
     const auto all = world_.gather_bytes(encode_entry(entry), 0);
     if (me == 0) {
       std::vector<checkpoint::RankFileEntry> entries;
@@ -310,7 +310,7 @@ class Coordinator {
   // Test hook (documented in README, "Testing the checkpoints"): CSKV_FAULT=after-rank-file:<n>
   // kills this process with SIGKILL right after it wrote its rank file of the n-th save, before
   // the manifest — a crash in the middle of a checkpoint.
-  void inject_fault(const char* where, int64_t) {
+  void inject_fault(const char* where) {
     static const char* fault = std::getenv("CSKV_FAULT");
     if (!fault) return;
     const std::string spec = fault, prefix = std::string(where) + ":";
@@ -385,9 +385,11 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
   // Every rank computes the same placement; a job's numbers depend only on the job (its data,
   // seed and the fixed thread count), never on which rank or how many ranks (dp = 1).
   std::vector<double> costs;
+  int64_t all_steps = 0;  // of every job: the progress total
   for (const auto& j : jobs) {
-    costs.push_back(
-        job_cost(j, model.hidden_size, model.kv_dim(), trainer.total_steps(j), o.cfg.batch_tokens));
+    const int64_t steps = trainer.total_steps(j);  // reads the capture manifest: once per job
+    all_steps += steps;
+    costs.push_back(job_cost(j, model.hidden_size, model.kv_dim(), steps, o.cfg.batch_tokens));
   }
   const int me = comm.rank();
   const Placement placement = place_jobs(costs, o.dp, comm.size(), me);
@@ -405,7 +407,6 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
   }
 
   TrainRunResult result;
-  result.dp = placement.dp;
   std::map<size_t, JobState> states;  // this group's started jobs
   const int64_t resume_step = find_resume_step(o, config_json, comm);
   if (resume_step >= 0) {
@@ -428,8 +429,6 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
 
   const DataParallelSlice slice{placement.my_index, placement.dp,
                                 [&](at::Tensor& t) { group->allreduce_sum(t); }};
-  int64_t all_steps = 0;
-  for (const auto& j : jobs) all_steps += trainer.total_steps(j);
   ProgressMeter progress("train", "steps", all_steps, me == 0);
   progress.set_start(std::max<int64_t>(0, resume_step));
   Coordinator coord(o, comm, group.get(), placement, states, my_jobs, config_json, resume_step,
@@ -508,9 +507,9 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
   result.train_seconds = std::chrono::duration<double>(Clock::now() - t_run).count();
   if (stopped) {
     result.interrupted = true;
-    result.stop_signal = stop_signal();
+    const int sig = stop_signal();
     log->warn("stopping on {}: checkpoint {} written; rerun the same command to resume",
-              result.stop_signal ? stop_signal_name(result.stop_signal) : "a peer's stop signal",
+              sig ? stop_signal_name(sig) : "a peer's stop signal",
               checkpoint::step_dir(o.ckpt_dir, coord.last_saved()));
     return result;
   }

@@ -53,13 +53,11 @@ struct TrainRunResult {
   RunMetrics metrics;
   std::string factors_path;   // <ckpt_dir>/compressor.safetensors
   bool interrupted = false;   // a stop signal: the state is saved, nothing else written
-  int stop_signal = 0;        // the signal this rank received (0: it came from a peer)
   int64_t resumed_from = -1;  // the checkpoint step this run continued from (-1: none)
   int64_t last_step = -1;     // the newest complete checkpoint step written
   int saves = 0;              // checkpoint saves this run
   double save_seconds = 0;    // wall time in them (this rank)
   double train_seconds = 0;   // wall time of the whole job loop (this rank)
-  int dp = 1;                 // ranks per job used
 };
 
 // Layer-parallel over comm: jobs are assigned to groups of `dp` ranks by cost (LPT,

@@ -107,7 +107,7 @@ int run_run(int argc, char** argv) {
     if (!r) return kExitOk;
     const std::string out = required_setting<std::string>(*r, "out");
     required_setting<std::string>(*r, "model");
-    const std::string resolved = resolved_settings_json(options, *r);
+    const json resolved = json::parse(resolved_settings_json(options, *r));
 
     data::CaptureOptions co = capture_options(*r, "seed");
     co.out_dir = out + "/acts";
@@ -132,14 +132,14 @@ int run_run(int argc, char** argv) {
         std::stringstream ss;
         ss << f.rdbuf();
         log->info("{} exists: the stages check their own settings against it", run_json);
-        const auto diffs = checkpoint::config_differences(ss.str(), resolved);
+        const auto diffs = checkpoint::config_differences(ss.str(), resolved.dump());
         if (!diffs.empty()) {
           std::string joined;
           for (const auto& d : diffs) joined += (joined.empty() ? "" : "; ") + d;
           log->info("settings changed since the last run of {}: {}", out, joined);
         }
       }
-      data::write_file_atomic(run_json, json::parse(resolved).dump(2) + "\n");
+      data::write_file_atomic(run_json, resolved.dump(2) + "\n");
       stages_text = read_stages(out + "/stages.json").dump();
     }
     world->broadcast_bytes(stages_text, 0);
@@ -163,7 +163,7 @@ int run_run(int argc, char** argv) {
     json capture_settings = {{"model_config_hash", model.hash()}};
     for (const char* k : {"tokens", "token_dtype", "text", "tokenizer", "num_seqs", "seq_len",
                           "holdout_seqs", "sampling", "seed", "dtype", "layers"}) {
-      capture_settings[k] = json::parse(resolved).value(k, json());
+      capture_settings[k] = resolved.value(k, json());
     }
     const int64_t tokens = (co.num_seqs + co.holdout_seqs) * co.seq_len;
     auto t0 = Clock::now();

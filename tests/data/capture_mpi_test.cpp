@@ -12,9 +12,7 @@ using namespace capture_testing;
 class CaptureMpiTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    // Root in containers needs OpenMPI's consent (inherited by the spawned mpirun).
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    test::allow_mpirun_as_root();
     dir_ = new test::TempDir();
     make_model_and_tokens(dir_->path(),
                           {"--layers", "2", "--hidden", "48", "--heads", "4", "--kv-heads", "2",

@@ -295,4 +295,12 @@ inline model::ToyModelSpec tiny_toy_spec() {
   return spec;
 }
 
+// tiny_toy_spec()'s model in <dir>/model and 20000 toy tokens (vocabulary 256) in
+// <dir>/tokens.bin.
+inline void write_tiny_model_and_tokens(const std::string& dir) {
+  model::write_toy_model(tiny_toy_spec(), dir + "/model");
+  model::write_tokens(dir + "/tokens.bin", model::toy_tokens(256, 20000, 7), 256,
+                      model::TokenDType::kU16);
+}
+
 }  // namespace cskv::data::capture_testing

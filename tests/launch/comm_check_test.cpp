@@ -39,8 +39,7 @@ TEST(CommCheck, LocalBackendVerifiesEveryCollective) {
 }
 
 TEST(CommCheck, TwoMpiRanksVerifyEveryCollective) {
-  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);  // tests run as root in CI
-  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+  test::allow_mpirun_as_root();
   const auto r = test::run_command({CSKV_MPIEXEC, "--oversubscribe", "-np", "2",
                                     CSKV_BINARY_FOR_TESTS, "comm-check", "--sizes", "5,300000",
                                     "--iters", "2", "--log-level", "warn"});

@@ -2,8 +2,6 @@
 // for each mismatch, and the per-rank start line.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-
 #include "launch/env.h"
 #include "tests/support/test_support.h"
 
@@ -120,8 +118,7 @@ TEST(LauncherEnv, StartLine) {
 // End to end under mpirun: rank 1 is told a wrong local rank; every rank stops with status 1 (none
 // waits for the others) and the message, naming the rank, is printed once.
 TEST(LauncherEnv, MismatchOnOneRankStopsEveryRankUnderMpirun) {
-  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);  // root in containers; a no-op otherwise
-  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+  test::allow_mpirun_as_root();
   const auto t = test::run_command({CSKV_MPIEXEC, "--oversubscribe", "-np", "2", "sh", "-c",
                                     "[ \"$OMPI_COMM_WORLD_RANK\" = 1 ] && export "
                                     "OMPI_COMM_WORLD_LOCAL_RANK=7; exec \"$0\" \"$@\"",

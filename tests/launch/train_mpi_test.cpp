@@ -12,8 +12,7 @@ namespace cskv {
 namespace {
 
 TEST(TrainMpi, OneTwoAndThreeRanksGiveIdenticalResults) {
-  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
-  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+  test::allow_mpirun_as_root();
   test::TempDir dir;
   const model::ToyModelSpec spec = data::capture_testing::tiny_toy_spec();
   model::write_toy_model(spec, dir / "model");

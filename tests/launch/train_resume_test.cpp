@@ -31,12 +31,8 @@ using data::capture_testing::has_line;
 class TrainResume : public ::testing::Test {
  protected:
   void SetUp() override {
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
-    const model::ToyModelSpec spec = data::capture_testing::tiny_toy_spec();
-    model::write_toy_model(spec, dir_ / "model");
-    model::write_tokens(dir_ / "tokens.bin", model::toy_tokens(256, 20000, 7), 256,
-                        model::TokenDType::kU16);
+    test::allow_mpirun_as_root();
+    data::capture_testing::write_tiny_model_and_tokens(dir_.path());
     const auto r = test::run_cskv(
         {"capture", "--model", dir_ / "model", "--tokens", dir_ / "tokens.bin", "--num-seqs", "16",
          "--seq-len", "64", "--holdout-seqs", "2", "--out", dir_ / "acts", "--log-level", "warn"});

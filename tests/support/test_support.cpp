@@ -128,6 +128,11 @@ CommandResult run_cskv(const std::vector<std::string>& args) {
   return run_command(argv);
 }
 
+void allow_mpirun_as_root() {
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+}
+
 std::string python3() { return "/usr/bin/python3"; }
 
 std::string read_file(const std::string& path) {

@@ -53,6 +53,9 @@ std::vector<ProcessInfo> find_processes(const std::string& exe_name, const std::
 // Runs the built `cskv` binary with these arguments.
 CommandResult run_cskv(const std::vector<std::string>& args);
 
+// mpirun as root (CI containers) needs Open MPI's consent; a spawned mpirun inherits it.
+void allow_mpirun_as_root();
+
 // Debian's python3 (/usr/bin/python3), which has python3-torch and python3-h5py.
 std::string python3();
 
