@@ -18,7 +18,7 @@
 
 #include "comm/local_communicator.h"
 #include "data/activation_reader.h"
-#include "data/capture.h"
+#include "pipeline/capture.h"
 #include "data/manifest.h"
 #include "model/config.h"
 #include "model/llama.h"
@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
       (long long)a.batch, a.threads);
 
   // (a) + (b): the capture stage end to end.
-  cskv::data::CaptureOptions o;
+  cskv::pipeline::CaptureOptions o;
   o.model_dir = model_dir;
   o.tokens_path = tokens;
   o.token_dtype = cskv::data::TokenDtype::kU16;
@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
   o.out_dir = a.dir + "/acts";
   o.overwrite = true;
   cskv::comm::LocalCommunicator comm;
-  const auto r = cskv::data::run_capture(o, comm);
+  const auto r = cskv::pipeline::run_capture(o, comm);
   const double tokens_total = double(r.tokens_captured);
   std::printf(
       "capture: %lld tokens in %.3f s = %.0f tokens/s (forward %.3f s, HDF5 write %.3f s, "

@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "checkpoint/train_run.h"
+#include "checkpoint/compressor_file.h"
 #include "common/error.h"
 #include "common/log.h"
 
@@ -33,7 +33,7 @@ bool parse_factor_name(const std::string& name, int64_t& layer, KvKind& kind, ch
   const int64_t l = std::stoll(name.substr(pos, digits_end - pos));
   for (const KvKind k : {KvKind::kKey, KvKind::kValue}) {
     for (const char w : {'a', 'b'}) {
-      if (trainer::factor_name(l, k, w) == name) {
+      if (factor_name(l, k, w) == name) {
         layer = l;
         kind = k;
         which = w;
@@ -66,7 +66,7 @@ FactorMap read_merged_factors(const std::string& path) {
   for (const auto& [key, lf] : out) {
     for (const char w : {'a', 'b'}) {
       CSKV_CHECK_INPUT((w == 'a' ? lf.a : lf.b).defined(),
-                       path << ": tensor '" << trainer::factor_name(key.first, key.second, w)
+                       path << ": tensor '" << factor_name(key.first, key.second, w)
                             << "' is missing (its partner is present)");
     }
     CSKV_CHECK_INPUT(lf.a.size(0) == lf.b.size(1),
@@ -104,8 +104,8 @@ MergeResult merge_checkpoint(const std::string& ckpt_dir, const std::string& out
   model::NamedTensors tensors;
   std::map<int64_t, std::pair<int64_t, int64_t>> ranks;  // layer -> (r_k, r_v)
   for (const auto& [key, lf] : result.factors) {
-    tensors.emplace_back(trainer::factor_name(key.first, key.second, 'a'), lf.a);
-    tensors.emplace_back(trainer::factor_name(key.first, key.second, 'b'), lf.b);
+    tensors.emplace_back(factor_name(key.first, key.second, 'a'), lf.a);
+    tensors.emplace_back(factor_name(key.first, key.second, 'b'), lf.b);
     auto& r = ranks[key.first];
     (key.second == KvKind::kKey ? r.first : r.second) = lf.a.size(0);
   }

@@ -22,7 +22,7 @@ using FactorMap = std::map<JobKey, LinearFactors>;
 // aᵀ/bᵀ of every state (bitwise copies of A and B, transposed).
 FactorMap linear_factors(const std::map<JobKey, trainer::JobState>& states);
 
-// The factors of a merged compressor.safetensors (tensors named trainer::factor_name()); input
+// The factors of a merged compressor.safetensors (tensors named checkpoint::factor_name()); input
 // error naming the file and tensor for a missing partner, a shape mismatch or a non-F32 dtype.
 FactorMap read_merged_factors(const std::string& compressor_path);
 
@@ -36,7 +36,7 @@ struct MergeResult {
 
 // Reads the newest complete step of ckpt_dir (require_latest_complete_step), requires every job
 // to be finished (step == total_steps; otherwise an input error naming the unfinished jobs) and
-// writes out_path (temp → fsync → rename) with trainer::factor_name() tensors in (layer, K, V)
+// writes out_path (temp → fsync → rename) with checkpoint::factor_name() tensors in (layer, K, V)
 // order. __metadata__: "format" = "cskv-1", "cskv_config" (the resolved config JSON),
 // "ckpt_step", "layers", "k_ranks", "v_ranks" (JSON arrays over the merged layers; a missing
 // kind shows as 0), every top-level field of the config that does not collide with those (strings

@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/merge.h"
-#include "checkpoint/train_run.h"
+#include "checkpoint/compressor_file.h"
 #include "common/error.h"
 #include "model/safetensors.h"
 #include "trainer/metrics.h"

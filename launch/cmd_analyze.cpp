@@ -18,7 +18,7 @@
 #include "comm/communicator.h"
 #include "common/error.h"
 #include "common/gnuplot.h"
-#include "data/capture.h"
+#include "pipeline/capture.h"
 #include "data/layer_stats.h"
 #include "launch/cli.h"
 #include "launch/subcommands.h"
@@ -234,7 +234,7 @@ int run_analyze(int argc, char** argv) {
     const auto header = data::read_stats_header(stats_path, config.hash());
     std::vector<int64_t> layers = header.layers;
     if (layer_spec != "all") {
-      layers = data::parse_layer_list(layer_spec, config.num_hidden_layers);
+      layers = pipeline::parse_layer_list(layer_spec, config.num_hidden_layers);
       for (int64_t l : layers) {
         CSKV_CHECK_INPUT(
             std::find(header.layers.begin(), header.layers.end(), l) != header.layers.end(),

@@ -5,7 +5,7 @@
 #include "comm/communicator.h"
 #include "common/error.h"
 #include "common/stop_signal.h"
-#include "data/capture.h"
+#include "pipeline/capture.h"
 #include "launch/cli.h"
 #include "launch/stage_flags.h"
 #include "launch/subcommands.h"
@@ -36,12 +36,12 @@ int run_capture(int argc, char** argv) {
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
 
-    data::CaptureOptions o = capture_options(*r, "seed");
+    pipeline::CaptureOptions o = capture_options(*r, "seed");
     o.out_dir = required<std::string>(*r, "out");
     o.overwrite = r->count("overwrite") > 0;
     install_stop_handlers();  // SIGTERM/SIGUSR1/SIGINT: stop before the next batch, exit 75
     auto world = start_runtime(*r, o.device);
-    const auto result = data::run_capture(o, *world);
+    const auto result = pipeline::run_capture(o, *world);
     if (result.interrupted) return kExitPreempted;
     if (world->rank() == 0) {
       if (result.already_complete) {

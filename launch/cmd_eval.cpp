@@ -5,7 +5,7 @@
 
 #include "comm/communicator.h"
 #include "common/error.h"
-#include "eval/eval_run.h"
+#include "pipeline/eval.h"
 #include "launch/cli.h"
 #include "launch/stage_flags.h"
 #include "launch/subcommands.h"
@@ -37,7 +37,7 @@ int run_eval(int argc, char** argv) {
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
 
-    eval::EvalOptions o;
+    pipeline::EvalOptions o;
     o.model_dir = required<std::string>(*r, "model");
     o.acts_dir = required<std::string>(*r, "acts");
     o.compressor_path = required<std::string>(*r, "compressor");
@@ -45,7 +45,7 @@ int run_eval(int argc, char** argv) {
     eval_options(*r, "", o);
     o.plots = r->count("no-plots") == 0;
     auto world = start_runtime(*r);
-    const eval::EvalReport report = eval::run_eval(o, *world);
+    const eval::EvalReport report = pipeline::run_eval(o, *world);
     if (world->rank() != 0) return kExitOk;
     std::cout << "eval: " << report.layers.size() << " compressed layer(s); held-out error mean K "
               << report.mean_k_error << " (floor " << report.mean_k_floor << "), V "

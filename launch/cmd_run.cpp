@@ -15,14 +15,14 @@
 #include "checkpoint/export_cskv.h"
 #include "checkpoint/merge.h"
 #include "checkpoint/resume_config.h"
-#include "checkpoint/train_run.h"
+#include "pipeline/train.h"
 #include "comm/communicator.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/stop_signal.h"
 #include "data/atomic_file.h"
-#include "data/capture.h"
-#include "eval/eval_run.h"
+#include "pipeline/capture.h"
+#include "pipeline/eval.h"
 #include "launch/cli.h"
 #include "launch/run_config.h"
 #include "launch/stage_flags.h"
@@ -109,9 +109,9 @@ int run_run(int argc, char** argv) {
     required_setting<std::string>(*r, "model");
     const json resolved = json::parse(resolved_settings_json(options, *r));
 
-    data::CaptureOptions co = capture_options(*r, "seed");
+    pipeline::CaptureOptions co = capture_options(*r, "seed");
     co.out_dir = out + "/acts";
-    trainer::TrainRunOptions to = train_options(*r);
+    pipeline::TrainRunOptions to = train_options(*r);
     to.acts_dir = co.out_dir;
     to.ckpt_dir = out + "/ckpt";
     const bool export_cskv = (*r)["export-cskv"].as<bool>();
@@ -171,7 +171,7 @@ int run_run(int argc, char** argv) {
         fs::exists(co.out_dir + "/stats.h5") && fs::exists(co.out_dir + "/manifest.json")) {
       summary.push_back({"capture", "complete, skipped", 0});
     } else {
-      const auto cap = data::run_capture(co, *world);
+      const auto cap = pipeline::run_capture(co, *world);
       if (cap.interrupted) return kExitPreempted;
       if (cap.already_complete) {
         summary.push_back({"capture", "complete, skipped", 0});
@@ -187,7 +187,7 @@ int run_run(int argc, char** argv) {
     if (root) log->info("capture: {}", summary.back().what);
 
     // 2. train: skipped when recorded complete with these settings and its outputs exist.
-    const json train_settings = json::parse(trainer::resolved_config_json(to, model));
+    const json train_settings = json::parse(pipeline::resolved_config_json(to, model));
     const std::string factors = to.ckpt_dir + "/compressor.safetensors";
     trainer::RunMetrics metrics;
     bool have_metrics = false;
@@ -196,7 +196,7 @@ int run_run(int argc, char** argv) {
       summary.push_back({"train", "complete, skipped", 0});
     } else {
       t0 = Clock::now();
-      const auto tr = trainer::run_training(to, *world);
+      const auto tr = pipeline::run_training(to, *world);
       if (tr.interrupted) return kExitPreempted;
       ++ran;
       metrics = tr.metrics;
@@ -239,7 +239,7 @@ int run_run(int argc, char** argv) {
     if (root) log->info("merge: {}", summary.back().what);
 
     // 4. eval (all ranks share the sequences and layers): <out>/eval/report.*.
-    eval::EvalOptions eo;
+    pipeline::EvalOptions eo;
     eo.model_dir = co.model_dir;
     eo.acts_dir = co.out_dir;
     eo.compressor_path = merged;
@@ -265,7 +265,7 @@ int run_run(int argc, char** argv) {
       }
     } else {
       t0 = Clock::now();
-      const eval::EvalReport report = eval::run_eval(eo, *world);
+      const eval::EvalReport report = pipeline::run_eval(eo, *world);
       ++ran;
       headline = report.headline();
       summary.push_back({"eval", eo.out_dir + "/report.md",

@@ -6,11 +6,11 @@
 #include <algorithm>
 #include <iostream>
 
-#include "checkpoint/train_run.h"
+#include "pipeline/train.h"
 #include "comm/communicator.h"
 #include "common/error.h"
 #include "common/stop_signal.h"
-#include "data/capture.h"
+#include "pipeline/capture.h"
 #include "launch/cli.h"
 #include "launch/stage_flags.h"
 #include "launch/subcommands.h"
@@ -42,13 +42,13 @@ int run_train(int argc, char** argv) {
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
 
-    trainer::TrainRunOptions o = train_options(*r);
+    pipeline::TrainRunOptions o = train_options(*r);
     o.acts_dir = required<std::string>(*r, "acts");
     o.ckpt_dir = required<std::string>(*r, "ckpt-dir");
     o.require_resume = r->count("resume") > 0;
     install_stop_handlers();         // SIGTERM/SIGUSR1/SIGINT: finish the step, checkpoint, exit 75
     auto world = start_runtime(*r);  // --threads: ATen + OpenBLAS, part of the resolved config
-    const auto result = trainer::run_training(o, *world);
+    const auto result = pipeline::run_training(o, *world);
     if (result.interrupted) return kExitPreempted;
     if (world->rank() != 0) return kExitOk;
     std::cout << trainer::metrics_markdown(result.metrics) << "factors: " << result.factors_path

@@ -42,7 +42,7 @@ std::vector<int64_t> layers_flag(const cxxopts::ParseResult& r, const std::strin
   const std::string spec = r["layers"].as<std::string>();
   if (spec == "all") return {};
   const auto config = model::load_config(model_dir);
-  return data::parse_layer_list(spec, config.num_hidden_layers);
+  return pipeline::parse_layer_list(spec, config.num_hidden_layers);
 }
 }  // namespace
 
@@ -71,8 +71,8 @@ void add_capture_flags(cxxopts::Options& options) {
       cxxopts::value<std::string>()->default_value("cpu"));
 }
 
-data::CaptureOptions capture_options(const cxxopts::ParseResult& r, const std::string& seed_flag) {
-  data::CaptureOptions o;
+pipeline::CaptureOptions capture_options(const cxxopts::ParseResult& r, const std::string& seed_flag) {
+  pipeline::CaptureOptions o;
   o.model_dir = required<std::string>(r, "model");
   o.tokens_path = r["tokens"].as<std::string>();
   o.text_path = r["text"].as<std::string>();
@@ -87,7 +87,7 @@ data::CaptureOptions capture_options(const cxxopts::ParseResult& r, const std::s
   o.batch = r["batch"].as<int64_t>();
   o.device = r["device"].as<std::string>();
   const auto config = model::load_config(o.model_dir);
-  o.layers = data::parse_layer_list(r["layers"].as<std::string>(), config.num_hidden_layers);
+  o.layers = pipeline::parse_layer_list(r["layers"].as<std::string>(), config.num_hidden_layers);
   return o;
 }
 
@@ -143,9 +143,9 @@ void add_train_flags(cxxopts::Options& options) {
                                 cxxopts::value<int64_t>()->default_value("4096"));
 }
 
-trainer::TrainRunOptions train_options(const cxxopts::ParseResult& r_) {
+pipeline::TrainRunOptions train_options(const cxxopts::ParseResult& r_) {
   const cxxopts::ParseResult* r = &r_;
-  trainer::TrainRunOptions o;
+  pipeline::TrainRunOptions o;
   o.model_dir = required<std::string>(*r, "model");
   o.k_density = (*r)["k-density"].as<double>();
   o.v_density = (*r)["v-density"].as<double>();
@@ -198,7 +198,7 @@ void add_eval_flags(cxxopts::Options& options, const std::string& prefix) {
       cxxopts::value<std::string>()->default_value("1024,2048,4096,8192,16384,32768"));
 }
 
-void eval_options(const cxxopts::ParseResult& r, const std::string& prefix, eval::EvalOptions& o) {
+void eval_options(const cxxopts::ParseResult& r, const std::string& prefix, pipeline::EvalOptions& o) {
   o.context = r[prefix + "context"].as<int64_t>();
   o.decode = r[prefix + "decode"].as<int64_t>();
   o.max_sequences = r[prefix + "sequences"].as<int64_t>();

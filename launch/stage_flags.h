@@ -4,9 +4,9 @@
 
 #include <cxxopts.hpp>
 
-#include "checkpoint/train_run.h"
-#include "data/capture.h"
-#include "eval/eval_run.h"
+#include "pipeline/train.h"
+#include "pipeline/capture.h"
+#include "pipeline/eval.h"
 
 namespace cskv::cli {
 
@@ -15,20 +15,20 @@ namespace cskv::cli {
 void add_capture_flags(cxxopts::Options& options);
 // CaptureOptions from the flags above plus --model, --layers and the given seed flag; out_dir is
 // left to the caller.
-data::CaptureOptions capture_options(const cxxopts::ParseResult& r, const std::string& seed_flag);
+pipeline::CaptureOptions capture_options(const cxxopts::ParseResult& r, const std::string& seed_flag);
 
 // Training flags (ranks, init, quantization, optimizer, checkpoints, context) — not --model,
 // --acts, --layers, --seed, --ckpt-dir, --resume.
 void add_train_flags(cxxopts::Options& options);
 // TrainRunOptions from the flags above plus --model, --layers, --seed and --threads (usage
 // errors name the flag); acts_dir and ckpt_dir are left to the caller.
-trainer::TrainRunOptions train_options(const cxxopts::ParseResult& r);
+pipeline::TrainRunOptions train_options(const cxxopts::ParseResult& r);
 
 // Evaluation flags: <prefix>context, <prefix>decode, <prefix>sequences and memory-contexts
 // (`cskv eval` uses no prefix; `cskv run` uses "eval-", since its --context is the training
 // accounting context).
 void add_eval_flags(cxxopts::Options& options, const std::string& prefix);
 // Fills context, decode, max_sequences and memory_contexts of `o` from those flags.
-void eval_options(const cxxopts::ParseResult& r, const std::string& prefix, eval::EvalOptions& o);
+void eval_options(const cxxopts::ParseResult& r, const std::string& prefix, pipeline::EvalOptions& o);
 
 }  // namespace cskv::cli

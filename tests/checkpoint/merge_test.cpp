@@ -10,7 +10,8 @@
 #include <set>
 
 #include "checkpoint/export_cskv.h"
-#include "checkpoint/train_run.h"
+#include "checkpoint/compressor_file.h"
+#include "pipeline/train.h"
 #include "tests/checkpoint/checkpoint_test_util.h"
 #include "tests/support/test_support.h"
 
@@ -19,7 +20,7 @@ namespace {
 
 using test_util::make_state;
 using test_util::same_bits;
-using trainer::factor_name;
+using checkpoint::factor_name;
 using trainer::KvKind;
 namespace fs = std::filesystem;
 

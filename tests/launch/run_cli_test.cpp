@@ -16,7 +16,7 @@
 #include "checkpoint/step_manifest.h"
 #include "data/checksum.h"
 #include "model/toy_model.h"
-#include "tests/data/capture_test_util.h"
+#include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
 
 namespace cskv {

@@ -5,7 +5,7 @@
 #include <cstdlib>
 
 #include "model/toy_model.h"
-#include "tests/data/capture_test_util.h"
+#include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
 
 namespace cskv {

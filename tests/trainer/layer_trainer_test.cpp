@@ -14,7 +14,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/toy_model.h"
-#include "tests/data/capture_test_util.h"
+#include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
 #include "trainer/rank_allocation.h"
 

@@ -3,14 +3,16 @@
 #include <sys/stat.h>
 
 #include "comm/local_communicator.h"
-#include "data/capture.h"
+#include "pipeline/capture.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/weights.h"
-#include "tests/data/capture_test_util.h"
+#include "tests/pipeline/capture_test_util.h"
 
 namespace cskv::data {
 namespace {
+
+using namespace cskv::pipeline;  // the stage under test
 
 using namespace capture_testing;
 

@@ -2,7 +2,7 @@
 // model reproduces the original's logits over 64 decode steps; the KL grows as density and bits
 // fall; `cskv eval` writes a report.json holding every number report.md shows; bad inputs are
 // refused with messages that name what was expected and found.
-#include "eval/eval_run.h"
+#include "pipeline/eval.h"
 
 #include <gtest/gtest.h>
 
@@ -15,17 +15,20 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/train_run.h"
+#include "checkpoint/compressor_file.h"
+#include "pipeline/train.h"
 #include "comm/local_communicator.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/toy_model.h"
-#include "tests/data/capture_test_util.h"
+#include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
 #include "trainer/layer_trainer.h"
 
 namespace cskv::eval {
 namespace {
+
+using namespace cskv::pipeline;  // the stage under test
 
 namespace fs = std::filesystem;
 using trainer::KvKind;
@@ -61,9 +64,9 @@ class EvalRunTest : public ::testing::Test {
       for (const KvKind kind : {KvKind::kKey, KvKind::kValue}) {
         const at::Tensor w = weights.get(trainer::kv_weight_name(l, kind)).to(at::kDouble);
         const at::Tensor q = std::get<0>(at::linalg_qr(at::randn({64, 64}, at::kDouble)));
-        tensors.emplace_back(trainer::factor_name(l, kind, 'a'),
+        tensors.emplace_back(checkpoint::factor_name(l, kind, 'a'),
                              q.t().mm(w).to(at::kFloat).contiguous());  // (Wᵀ Q)ᵀ
-        tensors.emplace_back(trainer::factor_name(l, kind, 'b'), q.to(at::kFloat).contiguous());
+        tensors.emplace_back(checkpoint::factor_name(l, kind, 'b'), q.to(at::kFloat).contiguous());
       }
     }
     model::write_safetensors(path, tensors,

@@ -2,7 +2,7 @@
 // bitwise independent of the world size and --batch, statistics vs the shards, resume after kill.
 #include <cstdlib>
 
-#include "tests/data/capture_test_util.h"
+#include "tests/pipeline/capture_test_util.h"
 
 namespace cskv::data {
 namespace {

@@ -10,21 +10,21 @@
 #include "data/activation_shard.h"
 #include "data/token_source.h"
 
-namespace cskv::data {
+namespace cskv::pipeline {
 
 struct CaptureOptions {
   std::string model_dir;
   std::string tokens_path;     // flat token file, or
   std::string text_path;       // a UTF-8 text file with
   std::string tokenizer_path;  // a SentencePiece tokenizer.model
-  TokenDtype token_dtype = TokenDtype::kU32;
+  data::TokenDtype token_dtype = data::TokenDtype::kU32;
   int64_t num_seqs = 64;
   int64_t seq_len = 512;
   int64_t holdout_seqs = 8;
   int64_t batch = 4;  // sequences per forward pass
   uint64_t seed = 0;
-  Sampling sampling = Sampling::kRandom;
-  ActivationDtype dtype = ActivationDtype::kFloat16;
+  data::Sampling sampling = data::Sampling::kRandom;
+  data::ActivationDtype dtype = data::ActivationDtype::kFloat16;
   std::vector<int64_t> layers;  // empty: all layers
   std::string out_dir;
   bool overwrite = false;
@@ -63,4 +63,4 @@ std::string capture_config_json(const CaptureOptions& options, const std::string
 // order and the statistics (summed per sequence in that order) do not depend on W.
 CaptureResult run_capture(const CaptureOptions& options, comm::Communicator& comm);
 
-}  // namespace cskv::data
+}  // namespace cskv::pipeline

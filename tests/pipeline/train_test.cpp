@@ -1,6 +1,8 @@
 // run_training / plan_jobs on a captured toy model: the written factors (HF Linear layout) and
 // metrics match the returned states, the budget plan keeps its width, cache bytes by hand.
-#include "checkpoint/train_run.h"
+#include "pipeline/train.h"
+
+#include "checkpoint/compressor_file.h"
 
 #include <gtest/gtest.h>
 
@@ -16,7 +18,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/toy_model.h"
-#include "tests/data/capture_test_util.h"
+#include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
 #include "trainer/metrics.h"
 #include "trainer/rank_allocation.h"
@@ -24,6 +26,8 @@
 
 namespace cskv::trainer {
 namespace {
+
+using namespace cskv::pipeline;  // the stage under test
 
 // Toy model (hidden 128, 2 layers, n_kv 2 × hd 32 → D = 64) and a small capture, built once.
 class TrainRunTest : public ::testing::Test {

@@ -7,7 +7,7 @@
 
 #include "data/sentencepiece.h"
 #include "data/token_source.h"
-#include "tests/data/capture_test_util.h"
+#include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
 
 namespace cskv::data {

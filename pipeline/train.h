@@ -1,7 +1,7 @@
 // A distributed training run: plan the (layer, K|V) jobs and their ranks, place them on groups of
 // ranks, initialise, train and evaluate each job with sharded checkpoints (save, stop on a signal,
 // resume on any world size), and write the factors (HF Linear layout) and the metrics. It lives
-// beside the checkpoint store it drives; the API keeps the trainer namespace.
+// It is the train stage driver of pipeline/.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +12,14 @@
 #include "trainer/layer_trainer.h"
 #include "trainer/metrics.h"
 
-namespace cskv::trainer {
+namespace cskv::pipeline {
+
+using trainer::JobState;
+using trainer::KvKind;
+using trainer::LayerJob;
+using trainer::RunMetrics;
+using trainer::TrainConfig;
+
 
 struct TrainRunOptions {
   std::string model_dir;
@@ -74,7 +81,4 @@ TrainRunResult run_training(const TrainRunOptions& options);
 // and what a resume must match): model hash, ranks rule, init, quantization, optimizer, seed.
 std::string resolved_config_json(const TrainRunOptions& options, const model::ModelConfig& model);
 
-// Tensor names of the merged checkpoint (DESIGN.md §3): a = Aᵀ [r, H], b = Bᵀ [D, r].
-std::string factor_name(int64_t layer, KvKind kind, char which /* 'a' | 'b' */);
-
-}  // namespace cskv::trainer
+}  // namespace cskv::pipeline

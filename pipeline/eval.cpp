@@ -1,6 +1,6 @@
 // `cskv eval`: (a) held-out reconstruction errors per layer next to the 16-bit floor, (b) KL and
 // perplexity of teacher-forced decoding with the bi-branch cache, (c) measured cache memory.
-#include "eval/eval_run.h"
+#include "pipeline/eval.h"
 
 #include <algorithm>
 #include <chrono>
@@ -17,7 +17,10 @@
 #include "trainer/metrics.h"
 #include "trainer/spectrum.h"
 
-namespace cskv::eval {
+namespace cskv::pipeline {
+
+using namespace cskv::eval;  // the stage is built from eval/ throughout
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -501,4 +504,4 @@ EvalReport run_eval_checked(const EvalOptions& o, comm::Communicator& comm, bool
 }
 }  // namespace
 
-}  // namespace cskv::eval
+}  // namespace cskv::pipeline

@@ -1,7 +1,7 @@
 // The training run: job planning (density or budget), placement on rank groups, the job loop
 // with progress, rounds of collective checkpoints and stops, resume, the held-out evaluation and
 // the written factors + metrics.
-#include "checkpoint/train_run.h"
+#include "pipeline/train.h"
 
 #include <chrono>
 #include <cmath>
@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/compressor_file.h"
 #include "checkpoint/rank_checkpoint.h"
 #include "checkpoint/resume_config.h"
 #include "checkpoint/step_manifest.h"
@@ -29,15 +30,12 @@
 #include "trainer/rank_allocation.h"
 #include "trainer/schedule.h"
 
-namespace cskv::trainer {
+namespace cskv::pipeline {
+
+using namespace cskv::trainer;  // the stage is built from trainer/ throughout
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-std::string factor_name(int64_t layer, KvKind kind, char which) {
-  return "model.layers." + std::to_string(layer) + ".self_attn." +
-         (kind == KvKind::kKey ? "k" : "v") + "_proj_" + std::string(1, which) + ".weight";
-}
 
 std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConfig& model,
                                 const model::SafetensorsModel& weights) {
@@ -548,8 +546,8 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
     fs::create_directories(o.ckpt_dir);
     model::NamedTensors tensors;
     for (const auto& s : result.states) {
-      tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'a'), s.A.t().contiguous());
-      tensors.emplace_back(factor_name(s.job.layer, s.job.kind, 'b'), s.B.t().contiguous());
+      tensors.emplace_back(checkpoint::factor_name(s.job.layer, s.job.kind, 'a'), s.A.t().contiguous());
+      tensors.emplace_back(checkpoint::factor_name(s.job.layer, s.job.kind, 'b'), s.B.t().contiguous());
     }
     // The quantization settings travel with the factors (as in a merged file), so `cskv eval`
     // can build the cache they were trained for.
@@ -574,4 +572,4 @@ TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) 
   return result;
 }
 
-}  // namespace cskv::trainer
+}  // namespace cskv::pipeline

@@ -1,6 +1,6 @@
 // The capture stage: sampling, the data-parallel forward with a hook that writes shards and
 // accumulates statistics, crash-safe manifest updates, resume of complete shards, reduction.
-#include "data/capture.h"
+#include "pipeline/capture.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -30,7 +30,9 @@
 #include "model/llama.h"
 #include "model/weights.h"
 
-namespace cskv::data {
+namespace cskv::pipeline {
+
+using namespace cskv::data;  // the stage is built from data/ throughout
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -477,4 +479,4 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
   return result;
 }
 
-}  // namespace cskv::data
+}  // namespace cskv::pipeline

@@ -13,7 +13,13 @@
 #include "eval/report.h"
 #include "model/llama.h"
 
-namespace cskv::eval {
+namespace cskv::pipeline {
+
+using eval::Compressor;
+using eval::EndToEndEval;
+using eval::EvalReport;
+using eval::MemoryRow;
+
 
 struct EvalOptions {
   std::string model_dir;
@@ -65,4 +71,4 @@ std::vector<MemoryRow> measure_memory(const model::LlamaModel& model, const Comp
                                       const std::vector<int64_t>& contexts, at::ScalarType storage,
                                       comm::Communicator& comm);
 
-}  // namespace cskv::eval
+}  // namespace cskv::pipeline
