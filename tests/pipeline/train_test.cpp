@@ -92,8 +92,8 @@ TEST_F(TrainRunTest, WritesTheStatesFactorsAndMetrics) {
     EXPECT_EQ(s.job.rank, want_rank[i % 2]);
     EXPECT_EQ(s.step, 6);
     // HF Linear layout: a = Aᵀ [r, H], b = Bᵀ [D, r], float32, bitwise the trained state.
-    const at::Tensor a = file->get(factor_name(s.job.layer, s.job.kind, 'a'));
-    const at::Tensor b = file->get(factor_name(s.job.layer, s.job.kind, 'b'));
+    const at::Tensor a = file->get(checkpoint::factor_name(s.job.layer, s.job.kind, 'a'));
+    const at::Tensor b = file->get(checkpoint::factor_name(s.job.layer, s.job.kind, 'b'));
     EXPECT_EQ(a.sizes(), at::IntArrayRef({s.job.rank, 128}));
     EXPECT_EQ(b.sizes(), at::IntArrayRef({64, s.job.rank}));
     EXPECT_EQ(a.scalar_type(), at::kFloat);
