@@ -9,6 +9,7 @@
 #include <numeric>
 #include <string>
 
+#include "comm/collectives.h"
 #include "comm/factory.h"
 #include "comm/mpi_communicator.h"
 #include "common/error.h"
@@ -98,6 +99,127 @@ TEST(MpiComm, AllreduceSumFp32AndFp64) {
   auto matrix = rank_values(world().rank(), 12, at::kDouble).reshape({3, 4});
   world().allreduce_sum(matrix);
   EXPECT_TRUE(at::equal(matrix, expected_sum(size, 12, at::kDouble).reshape({3, 4})));
+}
+
+// x[i] of a rank for max/min: the sign alternates with rank + i, so no single rank holds them.
+double signed_rank_value(int rank, std::int64_t i) {
+  const double sign = (rank + i) % 2 == 0 ? 1.0 : -1.0;
+  return sign * static_cast<double>((rank + 1) * (i % 13) + rank);
+}
+
+at::Tensor expected_extreme(int size, std::int64_t n, ReduceOp op, at::ScalarType dtype) {
+  auto i = at::arange(n, at::kLong);
+  std::vector<at::Tensor> per_rank;
+  for (int r = 0; r < size; ++r) {
+    auto sign = at::where((i + r).remainder(2) == 0, 1.0, -1.0);
+    per_rank.push_back(sign * ((r + 1) * i.remainder(13) + r).to(at::kDouble));
+  }
+  auto stacked = at::stack(per_rank);
+  return (op == ReduceOp::kMax ? std::get<0>(stacked.max(0)) : std::get<0>(stacked.min(0)))
+      .to(dtype);
+}
+
+TEST(MpiComm, AllreduceMaxMinAndInt64Sum) {
+  const int rank = world().rank(), size = world().size();
+  for (auto op : {ReduceOp::kMax, ReduceOp::kMin}) {
+    for (auto dtype : {at::kFloat, at::kDouble, at::kLong}) {
+      for (std::int64_t n : {std::int64_t{1}, std::int64_t{4097}}) {
+        auto i = at::arange(n, at::kLong);
+        auto sign = at::where((i + rank).remainder(2) == 0, 1.0, -1.0);
+        auto t = (sign * ((rank + 1) * i.remainder(13) + rank).to(at::kDouble)).to(dtype);
+        EXPECT_EQ(signed_rank_value(rank, n - 1), t[n - 1].item<double>());
+        world().allreduce(t, op);
+        EXPECT_TRUE(at::equal(t, expected_extreme(size, n, op, dtype)))
+            << allreduce_name(op) << " n " << n << " dtype " << dtype_name(dtype);
+      }
+    }
+  }
+  // int64 sums beyond 2^53 stay exact.
+  auto big = at::full({3}, (std::int64_t{1} << 60) + rank, at::kLong);
+  world().allreduce(big, ReduceOp::kSum);
+  const std::int64_t expected = size * (std::int64_t{1} << 60) + size * (size - 1) / 2;
+  EXPECT_TRUE(at::equal(big, at::full({3}, expected, at::kLong)));
+  auto half = at::ones({2}, at::kHalf);
+  EXPECT_CSKV_ERROR(world().allreduce(half, ReduceOp::kMin),
+                    "backend 'mpi' does not support allreduce_min of dtype float16 (expected "
+                    "float32, float64 or int64)");
+}
+
+TEST(MpiComm, ChunkedMaxGivesTheSameValues) {
+  CommOptions options;
+  options.timeout_s = 60;
+  options.max_chunk_elements = 1000;
+  auto chunked = MpiCommunicator::create_world(options);
+  const std::int64_t n = 4500;  // 5 MPI calls, the last one partial
+  auto rank_part = [&](int r) { return at::arange(n, at::kLong) * (r % 2 == 0 ? 1 : -1) + r; };
+  auto t = rank_part(chunked->rank());
+  chunked->allreduce(t, ReduceOp::kMax);
+  auto expected = rank_part(0);
+  for (int r = 1; r < chunked->size(); ++r) expected = at::maximum(expected, rank_part(r));
+  EXPECT_TRUE(at::equal(t, expected));
+}
+
+struct RankReport {
+  std::int64_t rank = 0;
+  double value = 0;
+  std::string note;
+};
+void to_json(nlohmann::json& j, const RankReport& r) {
+  j = {{"rank", r.rank}, {"value", r.value}, {"note", r.note}};
+}
+void from_json(const nlohmann::json& j, RankReport& r) {
+  j.at("rank").get_to(r.rank);
+  j.at("value").get_to(r.value);
+  j.at("note").get_to(r.note);
+}
+
+TEST(MpiComm, TypedCollectivesAgreeOnValuesAndErrors) {
+  const int rank = world().rank(), size = world().size();
+  int calls = 0;
+  const double decided = root_decides<double>(world(), [&] {
+    ++calls;
+    return 1.0 / 3.0 + rank;
+  });
+  EXPECT_EQ(decided, 1.0 / 3.0);  // rank 0's value, bit-exact
+  EXPECT_EQ(calls, rank == 0 ? 1 : 0);
+  try {
+    root_decides<std::int64_t>(world(), [&]() -> std::int64_t {
+      CSKV_FAIL_INPUT("plan: layer " << rank << " has no activations");
+    });
+    FAIL() << "root_decides returned although rank 0 threw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInput);
+    EXPECT_EQ(e.message(), "plan: layer 0 has no activations");
+    EXPECT_NE(e.where().find("on rank 0"), std::string::npos) << e.where();
+    EXPECT_TRUE(e.collective());
+  }
+  EXPECT_TRUE(all_agree(world(), true));
+  EXPECT_FALSE(all_agree(world(), rank != size - 1));
+  EXPECT_TRUE(any_rank(world(), rank == size - 1));
+  EXPECT_FALSE(any_rank(world(), false));
+  EXPECT_EQ(max_over_ranks(world(), std::int64_t{10} * rank - 3),
+            std::int64_t{10} * (size - 1) - 3);
+  EXPECT_EQ(min_over_ranks(world(), 0.5 - rank), 0.5 - (size - 1));
+  EXPECT_EQ(sum_over_ranks(world(), std::int64_t{rank}), size * (size - 1) / 2);
+
+  const auto reports =
+      allgather_values(world(), RankReport{rank, 0.1 * rank, std::to_string(rank)});
+  ASSERT_EQ(reports.size(), static_cast<size_t>(size));
+  for (int r = 0; r < size; ++r) {
+    EXPECT_EQ(reports[static_cast<size_t>(r)].rank, r);
+    EXPECT_EQ(reports[static_cast<size_t>(r)].value, 0.1 * r);
+    EXPECT_EQ(reports[static_cast<size_t>(r)].note, std::to_string(r));
+  }
+  const auto gathered = gather_values(world(), std::int64_t{rank * rank}, size - 1);
+  EXPECT_EQ(gathered.size(), rank == size - 1 ? static_cast<size_t>(size) : 0u);
+  for (size_t r = 0; r < gathered.size(); ++r) {
+    EXPECT_EQ(gathered[r], static_cast<std::int64_t>(r * r));
+  }
+
+  std::optional<Error> mine;
+  if (rank >= 1) mine = Error(ErrorKind::kInput, "input of rank " + std::to_string(rank));
+  EXPECT_CSKV_ERROR(throw_if_any_failed(world(), mine), "input of rank 1");
+  throw_if_any_failed(world(), std::nullopt);
 }
 
 TEST(MpiComm, ChunkedCollectivesGiveTheSameValues) {
