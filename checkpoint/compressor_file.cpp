@@ -1,12 +1,175 @@
-// Tensor names of compressor.safetensors.
+// compressor.safetensors: tensor names, the __metadata__ schema (CompressorSettings), the writer
+// used by training and merge, and the reader used by eval and merge.
 #include "checkpoint/compressor_file.h"
 
-namespace cskv::checkpoint {
+#include <filesystem>
 
-std::string factor_name(int64_t layer, trainer::KvKind kind, char which) {
+#include "common/error.h"
+
+namespace cskv::checkpoint {
+namespace {
+
+using trainer::KvKind;
+
+const std::string& meta_value(const model::Metadata& meta, const std::string& path,
+                              const std::string& key) {
+  const auto it = meta.find(key);
+  CSKV_CHECK_INPUT(it != meta.end(),
+                   path << ": __metadata__ has no '" << key
+                        << "' (the quantization settings the factors were trained with); "
+                           "expected a file written by `cskv merge` or `cskv train`");
+  return it->second;
+}
+
+int64_t meta_int(const model::Metadata& meta, const std::string& path, const std::string& key) {
+  const std::string& text = meta_value(meta, path, key);
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(text, &used);
+    if (used == text.size()) return v;
+  } catch (const std::exception&) {
+  }
+  CSKV_FAIL_INPUT(path << ": __metadata__ '" << key << "' is '" << text
+                       << "', expected an integer");
+  return 0;  // not reached
+}
+
+// Both factors present and a [r, H], b [D, r] with the same r.
+void check_factor_pair(const JobKey& key, const LinearFactors& lf, const std::string& path) {
+  for (const char w : {'a', 'b'}) {
+    CSKV_CHECK_INPUT((w == 'a' ? lf.a : lf.b).defined(),
+                     path << ": tensor '" << factor_name(key.first, key.second, w)
+                          << "' is missing (its partner is present)");
+  }
+  CSKV_CHECK_INPUT(lf.a.size(0) == lf.b.size(1),
+                   path << ": layer " << key.first << " " << trainer::kv_kind_name(key.second)
+                        << ": a is " << lf.a.sizes() << " and b is " << lf.b.sizes()
+                        << ", expected a [r, H] and b [D, r] with the same r");
+}
+
+void create_parent_directory(const std::string& path) {
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (parent.empty()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(parent, ec);
+  CSKV_CHECK(!ec, parent.string() << ": cannot create the directory: " << ec.message());
+}
+
+}  // namespace
+
+std::string factor_name(int64_t layer, KvKind kind, char which) {
   return "model.layers." + std::to_string(layer) + ".self_attn." +
-         (kind == trainer::KvKind::kKey ? "k" : "v") + "_proj_" + std::string(1, which) +
-         ".weight";
+         (kind == KvKind::kKey ? "k" : "v") + "_proj_" + std::string(1, which) + ".weight";
+}
+
+bool parse_factor_name(const std::string& name, int64_t& layer, KvKind& kind, char& which) {
+  const std::string prefix = "model.layers.";
+  if (name.compare(0, prefix.size(), prefix) != 0) return false;
+  size_t pos = prefix.size();
+  const size_t digits_end = name.find_first_not_of("0123456789", pos);
+  if (digits_end == std::string::npos || digits_end == pos || digits_end - pos > 9) return false;
+  const int64_t l = std::stoll(name.substr(pos, digits_end - pos));
+  for (const KvKind k : {KvKind::kKey, KvKind::kValue}) {
+    for (const char w : {'a', 'b'}) {
+      if (factor_name(l, k, w) == name) {
+        layer = l;
+        kind = k;
+        which = w;
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+bool CompressorSettings::operator==(const CompressorSettings& o) const {
+  return model_config_hash == o.model_config_hash && k_bits == o.k_bits && v_bits == o.v_bits &&
+         group_size == o.group_size && window == o.window &&
+         quant_compat_cskv == o.quant_compat_cskv;
+}
+
+CompressorSettings compressor_settings(const std::string& model_config_hash,
+                                       const trainer::TrainConfig& cfg) {
+  return {model_config_hash, cfg.k_bits, cfg.v_bits,
+          cfg.group_size,    cfg.window, cfg.quant_compat_cskv};
+}
+
+model::Metadata compressor_metadata(const CompressorSettings& s) {
+  return {{"model_config_hash", s.model_config_hash},
+          {"format", kCompressorFormat},
+          {"k_bits", std::to_string(s.k_bits)},
+          {"v_bits", std::to_string(s.v_bits)},
+          {"group_size", std::to_string(s.group_size)},
+          {"window", std::to_string(s.window)},
+          {"quant_compat", s.quant_compat_cskv ? "cskv" : "none"}};
+}
+
+CompressorSettings parse_compressor_settings(const model::Metadata& meta, const std::string& path) {
+  CompressorSettings s;
+  s.model_config_hash = meta_value(meta, path, "model_config_hash");
+  s.k_bits = static_cast<int>(meta_int(meta, path, "k_bits"));
+  s.v_bits = static_cast<int>(meta_int(meta, path, "v_bits"));
+  s.group_size = meta_int(meta, path, "group_size");
+  s.window = meta_int(meta, path, "window");
+  const std::string compat = meta_value(meta, path, "quant_compat");
+  CSKV_CHECK_INPUT(
+      compat == "none" || compat == "cskv",
+      path << ": __metadata__ 'quant_compat' is '" << compat << "', expected none or cskv");
+  s.quant_compat_cskv = compat == "cskv";
+  return s;
+}
+
+void write_compressor_file(const std::string& path, const FactorList& factors,
+                           const model::Metadata& metadata) {
+  model::NamedTensors tensors;
+  for (const auto& [key, lf] : factors) {
+    tensors.emplace_back(factor_name(key.first, key.second, 'a'), lf.a);
+    tensors.emplace_back(factor_name(key.first, key.second, 'b'), lf.b);
+  }
+  create_parent_directory(path);
+  model::write_safetensors(path, tensors, metadata);
+}
+
+void write_trained_compressor(const std::string& path, const std::vector<trainer::JobState>& states,
+                              const std::string& model_config_hash,
+                              const trainer::TrainConfig& cfg) {
+  FactorList factors;
+  for (const auto& s : states) {
+    factors.push_back({{s.job.layer, s.job.kind}, {s.A.t().contiguous(), s.B.t().contiguous()}});
+  }
+  // The quantization settings travel with the factors (as in a merged file), so `cskv eval`
+  // can build the cache they were trained for.
+  write_compressor_file(path, factors,
+                        compressor_metadata(compressor_settings(model_config_hash, cfg)));
+}
+
+FactorMap read_compressor_factors(const model::SafetensorsFile& f, const std::string& path) {
+  FactorMap out;
+  for (const auto& [name, e] : f.header().tensors) {
+    int64_t layer = 0;
+    KvKind kind = KvKind::kKey;
+    char which = 'a';
+    if (!parse_factor_name(name, layer, kind, which)) continue;
+    CSKV_CHECK_INPUT(e.dtype == model::StDType::kF32 && e.shape.size() == 2,
+                     path << ": tensor '" << name << "' is " << model::dtype_name(e.dtype) << " "
+                          << at::IntArrayRef(e.shape) << ", expected a 2-D F32 tensor");
+    LinearFactors& lf = out[{layer, kind}];
+    (which == 'a' ? lf.a : lf.b) = f.get(name).clone();
+  }
+  CSKV_CHECK_INPUT(!out.empty(), path << ": holds no cskv factors "
+                                      << "(model.layers.<l>.self_attn.{k,v}_proj_{a,b}.weight)");
+  for (const auto& [key, lf] : out) check_factor_pair(key, lf, path);
+  return out;
+}
+
+CompressorFile read_compressor_file(const std::string& path) {
+  const auto file = model::SafetensorsFile::open(path);
+  CompressorFile c;
+  c.path = path;
+  c.metadata = file->header().metadata;
+  c.settings = parse_compressor_settings(c.metadata, path);
+  c.factors = read_compressor_factors(*file, path);
+  return c;
 }
 
 }  // namespace cskv::checkpoint

@@ -2,8 +2,6 @@
 // b.state_dict()) via torch::pickle_save, written atomically. The only <torch/serialize.h> user.
 #include "checkpoint/export_cskv.h"
 
-#include "data/atomic_file.h"
-
 #include <ATen/core/Dict.h>
 #include <ATen/core/ivalue.h>
 #include <torch/serialize.h>
@@ -15,8 +13,8 @@
 #include <fstream>
 
 #include "common/error.h"
+#include "common/fs.h"
 #include "common/log.h"
-#include "data/activation_shard.h"
 
 namespace cskv::checkpoint {
 
@@ -77,8 +75,8 @@ ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir,
       list.push_back(c10::ivalue::Tuple::create(state_dict(lf.a), state_dict(lf.b)));
     }
     const std::vector<char> bytes = torch::pickle_save(c10::IValue(list));
-    data::write_file_atomic(kind == KvKind::kKey ? out.k_path : out.v_path,
-                            std::string(bytes.begin(), bytes.end()));
+    files::write_file_atomic(kind == KvKind::kKey ? out.k_path : out.v_path,
+                             std::string(bytes.begin(), bytes.end()));
   }
   log::get("checkpoint")->info("exported {} layer(s) to {} and {}", n, out.k_path, out.v_path);
   return out;

@@ -8,22 +8,17 @@
 #include <map>
 #include <string>
 
+#include "checkpoint/compressor_file.h"
 #include "checkpoint/step_manifest.h"
 #include "model/safetensors.h"
 
 namespace cskv::checkpoint {
 
-// One job's factors as HF Linear weights: a = Aᵀ [r, H] (the down projection), b = Bᵀ [D, r].
-struct LinearFactors {
-  at::Tensor a, b;  // float32, contiguous
-};
-using FactorMap = std::map<JobKey, LinearFactors>;
-
 // aᵀ/bᵀ of every state (bitwise copies of A and B, transposed).
 FactorMap linear_factors(const std::map<JobKey, trainer::JobState>& states);
 
-// The factors of a merged compressor.safetensors (tensors named checkpoint::factor_name()); input
-// error naming the file and tensor for a missing partner, a shape mismatch or a non-F32 dtype.
+// The factors of a merged compressor.safetensors (read_compressor_factors); input error naming the
+// file and tensor for a missing partner, a shape mismatch or a non-F32 dtype.
 FactorMap read_merged_factors(const std::string& compressor_path);
 
 struct MergeResult {
@@ -36,12 +31,13 @@ struct MergeResult {
 
 // Reads the newest complete step of ckpt_dir (require_latest_complete_step), requires every job
 // to be finished (step == total_steps; otherwise an input error naming the unfinished jobs) and
-// writes out_path (temp → fsync → rename) with checkpoint::factor_name() tensors in (layer, K, V)
-// order. __metadata__: "format" = "cskv-1", "cskv_config" (the resolved config JSON),
+// writes out_path through write_compressor_file, tensors in (layer, K, V) order. __metadata__:
+// "format" = "cskv-1", "cskv_config" (the resolved config JSON),
 // "ckpt_step", "layers", "k_ranks", "v_ranks" (JSON arrays over the merged layers; a missing
 // kind shows as 0), every top-level field of the config that does not collide with those (strings
 // verbatim, other values as JSON: bits, window, group size, init, rotation, model_config_hash …)
-// and finally `extra`, which overrides.
+// and finally `extra`, which overrides. When the config holds every CompressorSettings field,
+// those keys are written by compressor_metadata(), exactly as training writes them.
 MergeResult merge_checkpoint(const std::string& ckpt_dir, const std::string& out_path,
                              const model::Metadata& extra = {});
 

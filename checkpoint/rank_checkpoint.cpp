@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
-#include "data/activation_shard.h"
+#include "common/fs.h"
 #include "data/checksum.h"
 #include "model/safetensors.h"
 
@@ -194,7 +194,7 @@ RankFileEntry write_rank_checkpoint(const std::string& ckpt_dir, int64_t step, i
   std::error_code ec;
   fs::create_directories(dir, ec);
   CSKV_CHECK(!ec, dir << ": cannot create the checkpoint directory: " << ec.message());
-  data::fsync_directory(ckpt_dir);  // the step directory's entry survives a crash
+  files::fsync_directory(ckpt_dir);  // the step directory's entry survives a crash
   model::write_safetensors(path, tensors, metadata);
   return describe_rank_file(ckpt_dir, step, rank);
 }

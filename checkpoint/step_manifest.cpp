@@ -2,8 +2,6 @@
 // union of a step's rank files, and pruning of old steps.
 #include "checkpoint/step_manifest.h"
 
-#include "data/atomic_file.h"
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -15,8 +13,8 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/fs.h"
 #include "common/log.h"
-#include "data/activation_shard.h"
 #include "data/checksum.h"
 
 namespace cskv::checkpoint {
@@ -59,7 +57,7 @@ void write_step_manifest(const std::string& ckpt_dir, int64_t step, int world_si
   doc["world_size"] = world_size;
   doc["files"] = list;
   doc["config"] = config;
-  data::write_file_atomic(path, doc.dump(2) + "\n");
+  files::write_file_atomic(path, doc.dump(2) + "\n");
 }
 
 namespace {
@@ -79,12 +77,10 @@ T manifest_field(const nlohmann::json& obj, const char* key, const std::string& 
 
 StepManifest read_step_manifest(const std::string& ckpt_dir, int64_t step) {
   const std::string path = step_manifest_path(ckpt_dir, step);
-  std::ifstream in(path, std::ios::binary);
-  CSKV_CHECK_INPUT(in.good(), step_dir(ckpt_dir, step)
-                                  << ": no manifest.json (the save did not complete)");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  const nlohmann::json doc = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  const auto text = files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "manifest");
+  CSKV_CHECK_INPUT(text, step_dir(ckpt_dir, step)
+                             << ": no manifest.json (the save did not complete)");
+  const nlohmann::json doc = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   CSKV_CHECK_INPUT(!doc.is_discarded() && doc.is_object(), path << ": not a valid JSON object");
   const auto version = manifest_field<int64_t>(doc, "format_version", path, "the manifest");
   CSKV_CHECK_INPUT(version == kStepManifestFormatVersion, path << ": format_version is " << version
@@ -268,7 +264,7 @@ std::vector<int64_t> prune_steps(const std::string& ckpt_dir, int64_t keep, bool
     CSKV_CHECK(!ec, dir << ": cannot remove an old checkpoint: " << ec.message());
     log->debug("removed old checkpoint {}", dir);
   }
-  if (!remove.empty()) data::fsync_directory(ckpt_dir);
+  if (!remove.empty()) files::fsync_directory(ckpt_dir);
   return remove;
 }
 

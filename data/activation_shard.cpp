@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "common/fs.h"
 #include "data/checksum.h"
 
 namespace cskv::data {
@@ -49,24 +50,6 @@ std::string shard_file_name(int rank, int world_size, const std::string& split) 
   std::snprintf(buf, sizeof buf, "%s-%05d-of-%05d.h5", split == "train" ? "shard" : "holdout", rank,
                 world_size);
   return buf;
-}
-
-void fsync_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  CSKV_CHECK(fd >= 0, path << ": cannot open for fsync: " << std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  CSKV_CHECK(rc == 0, path << ": fsync failed: " << std::strerror(err));
-}
-
-void fsync_directory(const std::string& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  CSKV_CHECK(fd >= 0, dir << ": cannot open directory for fsync: " << std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  CSKV_CHECK(rc == 0, dir << ": directory fsync failed: " << std::strerror(err));
 }
 
 namespace {
@@ -259,11 +242,8 @@ ShardSummary ActivationShardWriter::finish() {
     tokens_.close(tmp, "/tokens");
     file_.close(tmp, "file");
   }
-  fsync_file(tmp);
-  CSKV_CHECK(std::rename(tmp.c_str(), path_.c_str()) == 0,
-             tmp << ": cannot rename to " << path_ << ": " << std::strerror(errno));
+  files::commit_temp_file(tmp, path_);
   finished_ = true;
-  fsync_directory(fs::path(path_).parent_path().string());
 
   ShardSummary s;
   s.path = path_;

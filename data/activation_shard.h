@@ -114,8 +114,4 @@ class ActivationShardWriter {
   bool finished_ = false;
 };
 
-// fsync(path) and fsync of its directory (after a rename), throwing on failure.
-void fsync_file(const std::string& path);
-void fsync_directory(const std::string& dir);
-
 }  // namespace cskv::data

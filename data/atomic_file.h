@@ -1,12 +1,12 @@
-// Crash-safe small-file writes: the content goes to "<path>.tmp", is fsynced, renamed over path
-// and the directory entry fsynced, so a reader sees the old file or the new one, never a torn one.
+// Deprecated forwarder: cskv::data::write_file_atomic now lives in common/fs.h as
+// cskv::fs::write_file_atomic (kept until every branch has switched; the integrator removes it).
 #pragma once
 
 #include <string>
 
 namespace cskv::data {
 
-// Throws cskv::Error naming the temp file and the system's message on any failure.
+// Forwards to cskv::fs::write_file_atomic (temp → fsync → rename → fsync of the directory).
 void write_file_atomic(const std::string& path, const std::string& content);
 
 }  // namespace cskv::data

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "common/fs.h"
 
 namespace cskv::data {
 
@@ -175,10 +176,7 @@ void write_stats(const std::string& path, const LayerStats& stats,
     fs::remove(tmp, ec);
     throw;
   }
-  fsync_file(tmp);
-  CSKV_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
-             tmp << ": cannot rename to " << path << ": " << std::strerror(errno));
-  fsync_directory(parent.string());
+  files::commit_temp_file(tmp, path);
 }
 
 StatsFile read_stats_header(const std::string& path, const std::string& expected_hash) {

@@ -2,8 +2,6 @@
 // expected model; every message names the manifest or shard concerned.
 #include "data/manifest.h"
 
-#include "data/atomic_file.h"
-
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -13,6 +11,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/fs.h"
 #include "data/checksum.h"
 
 namespace cskv::data {
@@ -46,7 +45,7 @@ void write_manifest(const std::string& acts_dir, const std::vector<ManifestEntry
   const nlohmann::json doc = {{"format_version", kManifestFormatVersion}, {"shards", shards}};
   const std::string path = manifest_path(acts_dir);
   fs::create_directories(acts_dir);
-  write_file_atomic(path, doc.dump(2) + "\n");
+  files::write_file_atomic(path, doc.dump(2) + "\n");
 }
 
 namespace {
@@ -65,13 +64,11 @@ T field(const nlohmann::json& obj, const char* key, const std::string& path, siz
 
 std::vector<ManifestEntry> read_manifest(const std::string& acts_dir) {
   const std::string path = manifest_path(acts_dir);
-  std::ifstream in(path, std::ios::binary);
-  CSKV_CHECK_INPUT(in.good(), path << ": no manifest (capture has not completed)");
-  std::ostringstream ss;
-  ss << in.rdbuf();
+  const auto text = files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "manifest");
+  CSKV_CHECK_INPUT(text, path << ": no manifest (capture has not completed)");
   nlohmann::json doc;
   try {
-    doc = nlohmann::json::parse(ss.str());
+    doc = nlohmann::json::parse(*text);
   } catch (const nlohmann::json::exception& e) {
     CSKV_FAIL_INPUT(path << ": not valid JSON: " << e.what());
   }

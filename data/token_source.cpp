@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/fs.h"
 #include "data/sentencepiece.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -211,14 +212,14 @@ std::vector<uint32_t> TokenFile::gather(const std::vector<int64_t>& starts, int6
   return out;
 }
 
+// A corpus read whole for tokenization may be large; the bound only stops runaway inputs.
+constexpr std::uint64_t kMaxTextFileBytes = std::uint64_t{8} << 30;  // 8 GiB
+
 std::vector<uint32_t> tokenize_text_file(const std::string& text_path,
                                          const std::string& tokenizer_model_path, bool add_bos) {
-  std::ifstream in(text_path, std::ios::binary);
-  CSKV_CHECK_INPUT(in.good(), text_path << ": cannot open text file: " << std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  CSKV_CHECK_INPUT(!in.bad(), text_path << ": read failed");
-  const std::string text = ss.str();
+  const auto contents = files::read_whole_file_if_exists(text_path, kMaxTextFileBytes, "text file");
+  CSKV_CHECK_INPUT(contents, text_path << ": cannot open text file: " << std::strerror(ENOENT));
+  const std::string& text = *contents;
 
   const SentencePieceInfo info = sentencepiece_info(tokenizer_model_path);
   std::vector<uint32_t> ids = sentencepiece_encode(tokenizer_model_path, text);

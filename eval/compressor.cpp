@@ -1,72 +1,38 @@
-// Loading and validating compressor.safetensors, and building the per-layer caches from it.
+// Validating a compressor file (read by checkpoint/compressor_file) against the model, and
+// building the per-layer caches from it.
 #include "eval/compressor.h"
 
-#include <nlohmann/json.hpp>
-
-#include "checkpoint/merge.h"
 #include "checkpoint/compressor_file.h"
 #include "common/error.h"
-#include "model/safetensors.h"
 #include "trainer/metrics.h"
 
 namespace cskv::eval {
-namespace {
 
 using trainer::KvKind;
-
-const std::string& meta_value(const model::Metadata& meta, const std::string& path,
-                              const std::string& key) {
-  const auto it = meta.find(key);
-  CSKV_CHECK_INPUT(it != meta.end(),
-                   path << ": __metadata__ has no '" << key
-                        << "' (the quantization settings the factors were trained with); "
-                           "expected a file written by `cskv merge` or `cskv train`");
-  return it->second;
-}
-
-int64_t meta_int(const model::Metadata& meta, const std::string& path, const std::string& key) {
-  const std::string& text = meta_value(meta, path, key);
-  try {
-    size_t used = 0;
-    const long long v = std::stoll(text, &used);
-    if (used == text.size()) return v;
-  } catch (const std::exception&) {
-  }
-  CSKV_FAIL_INPUT(path << ": __metadata__ '" << key << "' is '" << text
-                       << "', expected an integer");
-  return 0;  // not reached
-}
-
-}  // namespace
 
 Compressor load_compressor(const std::string& path, const model::ModelConfig& model) {
   Compressor c;
   c.path = path;
-  const auto file = model::SafetensorsFile::open(path);
-  const model::Metadata& meta = file->header().metadata;
-  c.model_config_hash = meta_value(meta, path, "model_config_hash");
+  const checkpoint::CompressorFile file = checkpoint::read_compressor_file(path);
+  const checkpoint::CompressorSettings& s = file.settings;
+  c.model_config_hash = s.model_config_hash;
   CSKV_CHECK_INPUT(c.model_config_hash == model.hash(),
                    path << ": trained for a model with config hash " << c.model_config_hash
                         << ", but the model's config hash is " << model.hash()
                         << " (a different model or config.json)");
-  c.quant.k_bits = static_cast<int>(meta_int(meta, path, "k_bits"));
-  c.quant.v_bits = static_cast<int>(meta_int(meta, path, "v_bits"));
+  c.quant.k_bits = s.k_bits;
+  c.quant.v_bits = s.v_bits;
   trainer::check_quant_bits(c.quant.k_bits, path + ": k_bits");
   trainer::check_quant_bits(c.quant.v_bits, path + ": v_bits");
-  c.quant.group_size = meta_int(meta, path, "group_size");
-  c.quant.window = meta_int(meta, path, "window");
+  c.quant.group_size = s.group_size;
+  c.quant.window = s.window;
   CSKV_CHECK_INPUT(c.quant.window >= 0 && c.quant.group_size >= 0,
                    path << ": window " << c.quant.window << " and group_size " << c.quant.group_size
                         << ", expected both >= 0");
-  const std::string compat = meta_value(meta, path, "quant_compat");
-  CSKV_CHECK_INPUT(
-      compat == "none" || compat == "cskv",
-      path << ": __metadata__ 'quant_compat' is '" << compat << "', expected none or cskv");
-  c.quant.quant_compat_cskv = compat == "cskv";
+  c.quant.quant_compat_cskv = s.quant_compat_cskv;
 
-  const checkpoint::FactorMap factors = checkpoint::read_merged_factors(path);
   const int64_t H = model.hidden_size, D = model.kv_dim();
-  for (const auto& [key, lf] : factors) {
+  for (const auto& [key, lf] : file.factors) {
     const auto [layer, kind] = key;
     const std::string name = "layer " + std::to_string(layer) + " " + trainer::kv_kind_name(kind);
     CSKV_CHECK_INPUT(layer < model.num_hidden_layers, path << ": holds factors for layer " << layer

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/fs.h"
 
 namespace cskv::model {
 namespace {
@@ -267,12 +268,9 @@ ModelConfig parse_config_json(const std::string& json_text, const std::string& p
 
 ModelConfig load_config(const std::string& model_dir) {
   const std::string path = model_dir + "/config.json";
-  std::ifstream in(path, std::ios::binary);
-  CSKV_CHECK_INPUT(in.good(), path << ": cannot open file (expected a Hugging Face config.json)");
-  std::ostringstream text;
-  text << in.rdbuf();
-  CSKV_CHECK_INPUT(!in.bad(), path << ": read error");
-  return parse_config_json(text.str(), path);
+  const auto text = files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "config");
+  CSKV_CHECK_INPUT(text, path << ": cannot open file (expected a Hugging Face config.json)");
+  return parse_config_json(*text, path);
 }
 
 std::string ModelConfig::canonical_json() const {

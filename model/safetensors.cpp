@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/fs.h"
 
 namespace cskv::model {
 namespace {
@@ -30,59 +31,7 @@ constexpr const char* kIndexFile = "model.safetensors.index.json";
 
 std::string errno_str() { return std::strerror(errno); }
 
-// Writes all bytes, retrying short writes and EINTR.
-void write_all(int fd, const void* data, size_t size, const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, std::min<size_t>(size, size_t{1} << 30));
-    if (n < 0 && errno == EINTR) continue;
-    CSKV_CHECK(n > 0, path << ": write failed: " << errno_str());
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-}
-
-// Creates a temp file next to `path`, lets `fill` write it, then fsync + rename + fsync(dir), so
-// readers see either the old file or the complete new one.
-template <typename Fill>
-void write_atomically(const std::string& path, Fill&& fill) {
-  const fs::path target(path);
-  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  std::string tmpl = (dir / ("." + target.filename().string() + ".tmp-XXXXXX")).string();
-  const int fd = ::mkstemp(tmpl.data());
-  CSKV_CHECK(fd >= 0,
-             path << ": cannot create a temporary file in " << dir.string() << ": " << errno_str());
-  try {
-    fill(fd, tmpl);
-    CSKV_CHECK(::fchmod(fd, 0644) == 0, tmpl << ": fchmod failed: " << errno_str());
-    CSKV_CHECK(::fsync(fd) == 0, tmpl << ": fsync failed: " << errno_str());
-    CSKV_CHECK(::close(fd) == 0, tmpl << ": close failed: " << errno_str());
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmpl.c_str());
-    throw;
-  }
-  if (::rename(tmpl.c_str(), path.c_str()) != 0) {
-    const std::string err = errno_str();
-    ::unlink(tmpl.c_str());
-    CSKV_FAIL(path << ": cannot rename " << tmpl << " into place: " << err);
-  }
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);  // best effort: makes the rename durable
-    ::close(dfd);
-  }
-}
-
 std::string dtype_list() { return "float32, float16, bfloat16"; }
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  CSKV_CHECK_INPUT(in, path << ": cannot open: " << errno_str());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // The checked contiguous CPU bytes of one tensor to write.
 struct PreparedTensor {
@@ -137,10 +86,10 @@ void write_prepared(const std::string& path, const std::vector<PreparedTensor>& 
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(text.size() >> (8 * i));
 
-  write_atomically(path, [&](int fd, const std::string& tmp) {
-    write_all(fd, len, sizeof len, tmp);
-    write_all(fd, text.data(), text.size(), tmp);
-    for (const auto& t : tensors) write_all(fd, t.data.data_ptr(), t.nbytes, tmp);
+  files::write_file_atomic_with(path, [&](int fd, const std::string& tmp) {
+    files::write_all(fd, len, sizeof len, tmp);
+    files::write_all(fd, text.data(), text.size(), tmp);
+    for (const auto& t : tensors) files::write_all(fd, t.data.data_ptr(), t.nbytes, tmp);
   });
 }
 
@@ -257,7 +206,8 @@ SafetensorsModel SafetensorsModel::open_dir(const std::string& model_dir) {
   std::error_code ec;
   if (fs::exists(index_path, ec)) {
     const std::string ip = index_path.string();
-    const std::string text = read_text_file(ip);
+    const std::string text =
+        files::read_whole_file(ip, files::kDefaultMaxReadBytes, "safetensors index");
     nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     CSKV_CHECK_INPUT(!j.is_discarded(), ip << ": not valid JSON");
     CSKV_CHECK_INPUT(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
@@ -381,8 +331,8 @@ std::vector<std::string> write_safetensors_sharded(const std::string& dir,
   index["weight_map"] = weight_map;
   const std::string text = index.dump(2) + "\n";
   const std::string index_path = (d / kIndexFile).string();
-  write_atomically(index_path, [&](int fd, const std::string& tmp) {
-    write_all(fd, text.data(), text.size(), tmp);
+  files::write_file_atomic_with(index_path, [&](int fd, const std::string& tmp) {
+    files::write_all(fd, text.data(), text.size(), tmp);
   });
   written.push_back(kIndexFile);
   return written;

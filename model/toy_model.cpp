@@ -14,6 +14,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "common/fs.h"
 #include "common/log.h"
 
 namespace cskv::model {
@@ -149,20 +150,6 @@ std::string shard_name(int64_t k, int64_t n) {
   return buf;
 }
 
-void write_text_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    CSKV_CHECK(out.good(), tmp << ": cannot create file");
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    out.flush();
-    CSKV_CHECK(out.good(), tmp << ": write failed");
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  CSKV_CHECK(!ec, path << ": cannot rename " << tmp << " into place: " << ec.message());
-}
-
 uint64_t nbytes(const at::Tensor& t) { return static_cast<uint64_t>(t.numel() * t.element_size()); }
 
 }  // namespace
@@ -265,10 +252,10 @@ std::vector<std::string> write_toy_model(const ToyModelSpec& spec, const std::st
     nlohmann::json index;
     index["metadata"] = {{"total_size", total}};
     index["weight_map"] = weight_map;
-    write_text_atomically(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+    files::write_file_atomic(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
     files.push_back("model.safetensors.index.json");
   }
-  write_text_atomically(dir + "/config.json", config.to_json());
+  files::write_file_atomic(dir + "/config.json", config.to_json());
   files.push_back("config.json");
   log::get("model")->debug("toy model written to {} ({} files)", dir, files.size());
   return files;
@@ -363,7 +350,7 @@ void write_tokens(const std::string& path, const std::vector<uint32_t>& tokens, 
     CSKV_CHECK(!ec, target.parent_path().string()
                         << ": cannot create the directory: " << ec.message());
   }
-  write_text_atomically(path, bytes);
+  files::write_file_atomic(path, bytes);
 }
 
 }  // namespace cskv::model
