@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -22,11 +21,11 @@
 
 #include "comm/collectives.h"
 #include "common/error.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/stop_signal.h"
 #include "data/activation_reader.h"
-#include "data/atomic_file.h"
 #include "data/layer_stats.h"
 #include "data/manifest.h"
 #include "model/config.h"
@@ -108,13 +107,6 @@ double seconds_since(Clock::time_point t0) {
 
 std::string capture_json_path(const std::string& dir) { return dir + "/capture.json"; }
 std::string stats_path(const std::string& dir) { return dir + "/stats.h5"; }
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // "key: old → new" for every top-level key whose value differs.
 std::string config_difference(const nlohmann::json& old_cfg, const nlohmann::json& new_cfg) {
@@ -317,7 +309,7 @@ OutDirVerdict refused(std::string message) {
 std::optional<OutDirVerdict> verdict_on_earlier_settings(const CaptureOptions& opt,
                                                          const std::string& cfg_text) {
   const nlohmann::json old_cfg =
-      nlohmann::json::parse(read_text(capture_json_path(opt.out_dir)), nullptr, false);
+      nlohmann::json::parse(files::read_whole_file(capture_json_path(opt.out_dir)), nullptr, false);
   const auto diff = config_difference(old_cfg, nlohmann::json::parse(cfg_text));
   if (diff.empty()) return std::nullopt;
   // A complete capture made on another number of ranks is as good as ours: nothing to do.
@@ -354,8 +346,8 @@ OutDirVerdict judge_out_dir(const CaptureOptions& opt, const CaptureInputs& in,
                       /*verify_checksums=*/false);
   }
   // Written only when it changes, so a rerun that finds the capture complete touches nothing.
-  if (!fs::exists(cpath) || read_text(cpath) != cfg_text + "\n") {
-    write_file_atomic(cpath, cfg_text + "\n");
+  if (files::read_whole_file_if_exists(cpath) != cfg_text + "\n") {
+    files::write_file_atomic(cpath, cfg_text + "\n");
   }
   return {listed ? OutDirVerdict::Kind::kResume : OutDirVerdict::Kind::kFresh, ""};
 }
