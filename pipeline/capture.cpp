@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "comm/collectives.h"
+#include "common/config_diff.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -107,22 +108,6 @@ double seconds_since(Clock::time_point t0) {
 
 std::string capture_json_path(const std::string& dir) { return dir + "/capture.json"; }
 std::string stats_path(const std::string& dir) { return dir + "/stats.h5"; }
-
-// "key: old → new" for every top-level key whose value differs.
-std::string config_difference(const nlohmann::json& old_cfg, const nlohmann::json& new_cfg) {
-  std::vector<std::string> diffs;
-  std::set<std::string> keys;
-  for (auto it = old_cfg.begin(); it != old_cfg.end(); ++it) keys.insert(it.key());
-  for (auto it = new_cfg.begin(); it != new_cfg.end(); ++it) keys.insert(it.key());
-  for (const auto& k : keys) {
-    const auto a = old_cfg.contains(k) ? old_cfg.at(k).dump() : "(absent)";
-    const auto b = new_cfg.contains(k) ? new_cfg.at(k).dump() : "(absent)";
-    if (a != b) diffs.push_back(k + ": " + a + " -> " + b);
-  }
-  std::string out;
-  for (size_t i = 0; i < diffs.size(); ++i) out += (i ? "; " : "") + diffs[i];
-  return out;
-}
 
 // Removes everything a capture writes (shards, manifest, stats, capture.json) from dir.
 void remove_capture_outputs(const std::string& dir) {
@@ -310,15 +295,17 @@ std::optional<OutDirVerdict> verdict_on_earlier_settings(const CaptureOptions& o
                                                          const std::string& cfg_text) {
   const nlohmann::json old_cfg =
       nlohmann::json::parse(files::read_whole_file(capture_json_path(opt.out_dir)), nullptr, false);
-  const auto diff = config_difference(old_cfg, nlohmann::json::parse(cfg_text));
-  if (diff.empty()) return std::nullopt;
+  // Top-level keys, compared and shown as compact JSON text: "seed: 0 -> 1".
+  const auto diffs = config_differences(old_cfg, nlohmann::json::parse(cfg_text),
+                                        ConfigKeys::kTopLevel, ConfigEquality::kJsonText);
+  if (diffs.empty()) return std::nullopt;
   // A complete capture made on another number of ranks is as good as ours: nothing to do.
-  const bool only_world =
-      diff.rfind("world_size: ", 0) == 0 && diff.find("; ") == std::string::npos;
+  const bool only_world = diffs.size() == 1 && diffs.front().key == "world_size";
   if (only_world &&
       complete_on(opt.out_dir, old_cfg.value("world_size", 0), opt.holdout_seqs > 0)) {
     return OutDirVerdict{OutDirVerdict::Kind::kCompleteOnOtherWorld, ""};
   }
+  const std::string diff = format_config_differences(diffs, ConfigValueText::kJson);
   return refused(opt.out_dir + " holds a capture with other settings (" + diff +
                  "); use another --out or --overwrite");
 }
