@@ -1,5 +1,5 @@
-// The capture stage: sampling, the data-parallel forward with a hook that writes shards and
-// accumulates statistics, crash-safe manifest updates, resume of complete shards, reduction.
+// The capture stage in named phases: validate → plan (rank 0's verdict on --out) → resume →
+// work (the forward; a hook writes this rank's shards) → share (statistics) → write (stats.h5).
 #include "pipeline/capture.h"
 
 #include <fcntl.h>
@@ -10,20 +10,23 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <utility>
 
 #include <nlohmann/json.hpp>
 
+#include "comm/collectives.h"
+#include "common/config_diff.h"
 #include "common/error.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/stop_signal.h"
 #include "data/activation_reader.h"
-#include "data/atomic_file.h"
 #include "data/layer_stats.h"
 #include "data/manifest.h"
 #include "model/config.h"
@@ -99,31 +102,12 @@ std::string capture_config_json(const CaptureOptions& o, const std::string& mode
 
 namespace {
 
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
 std::string capture_json_path(const std::string& dir) { return dir + "/capture.json"; }
 std::string stats_path(const std::string& dir) { return dir + "/stats.h5"; }
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// "key: old → new" for every top-level key whose value differs.
-std::string config_difference(const nlohmann::json& old_cfg, const nlohmann::json& new_cfg) {
-  std::vector<std::string> diffs;
-  std::set<std::string> keys;
-  for (auto it = old_cfg.begin(); it != old_cfg.end(); ++it) keys.insert(it.key());
-  for (auto it = new_cfg.begin(); it != new_cfg.end(); ++it) keys.insert(it.key());
-  for (const auto& k : keys) {
-    const auto a = old_cfg.contains(k) ? old_cfg.at(k).dump() : "(absent)";
-    const auto b = new_cfg.contains(k) ? new_cfg.at(k).dump() : "(absent)";
-    if (a != b) diffs.push_back(k + ": " + a + " -> " + b);
-  }
-  std::string out;
-  for (size_t i = 0; i < diffs.size(); ++i) out += (i ? "; " : "") + diffs[i];
-  return out;
-}
 
 // Removes everything a capture writes (shards, manifest, stats, capture.json) from dir.
 void remove_capture_outputs(const std::string& dir) {
@@ -172,10 +156,42 @@ std::vector<int64_t> contiguous_ids(int64_t base, int64_t count, int rank, int w
   return ids;
 }
 
-}  // namespace
+// The shard files a capture on `world` ranks writes, in manifest order per rank.
+std::vector<std::string> expected_shard_files(int world, bool holdout) {
+  std::vector<std::string> files;
+  for (int r = 0; r < world; ++r) {
+    files.push_back(shard_file_name(r, world, "train"));
+    if (holdout) files.push_back(shard_file_name(r, world, "holdout"));
+  }
+  return files;
+}
 
-namespace {
-constexpr const char* kCompleteOnOtherWorld = "\x01complete-on-other-world";
+// The shards a manifest lists: a listed shard counts as complete when its file is there with
+// the recorded size.
+class ShardLedger {
+ public:
+  ShardLedger(const std::string& out_dir, bool read_listed) : out_dir_(out_dir) {
+    if (!read_listed) return;
+    for (auto& e : read_manifest(out_dir_)) listed_[e.file] = e;
+  }
+  bool is_complete(const std::string& file) const {
+    const auto it = listed_.find(file);
+    if (it == listed_.end()) return false;
+    std::error_code ec;
+    const auto size = fs::file_size(out_dir_ + "/" + file, ec);
+    return !ec && size == it->second.bytes;
+  }
+  // stats.h5 is there and every one of files is complete.
+  bool capture_complete(const std::vector<std::string>& files) const {
+    if (!fs::exists(stats_path(out_dir_))) return false;
+    return std::all_of(files.begin(), files.end(),
+                       [&](const std::string& f) { return is_complete(f); });
+  }
+
+ private:
+  std::string out_dir_;
+  std::map<std::string, ManifestEntry> listed_;
+};
 
 // Whether out_dir holds stats.h5 and every shard a capture on `world` ranks writes, listed in
 // the manifest with its recorded size.
@@ -183,27 +199,13 @@ bool complete_on(const std::string& out_dir, int world, bool holdout) {
   if (world < 1 || !fs::exists(stats_path(out_dir)) || !fs::exists(manifest_path(out_dir))) {
     return false;
   }
-  std::map<std::string, uint64_t> listed;
-  for (const auto& e : read_manifest(out_dir)) listed[e.file] = e.bytes;
-  for (int r = 0; r < world; ++r) {
-    for (const char* split : {"train", "holdout"}) {
-      if (std::string(split) == "holdout" && !holdout) continue;
-      const std::string file = shard_file_name(r, world, split);
-      std::error_code ec;
-      const auto it = listed.find(file);
-      if (it == listed.end() || fs::file_size(out_dir + "/" + file, ec) != it->second || ec) {
-        return false;
-      }
-    }
-  }
-  return true;
+  return ShardLedger(out_dir, /*read_listed=*/true)
+      .capture_complete(expected_shard_files(world, holdout));
 }
-}  // namespace
 
-CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm) {
-  const auto t0 = Clock::now();
-  CaptureOptions opt = opt_in;
-  auto logger = log::get("data");
+// ---- validate ------------------------------------------------------------------------------
+
+void validate_options(const CaptureOptions& opt, int world) {
   CSKV_CHECK_USAGE(!opt.out_dir.empty(), "missing required option --out");
   CSKV_CHECK_USAGE(opt.tokens_path.empty() != opt.text_path.empty(),
                    "give exactly one of --tokens or --text");
@@ -214,269 +216,392 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
   CSKV_CHECK_USAGE(opt.holdout_seqs >= 0,
                    "--holdout-seqs: expected >= 0, found " << opt.holdout_seqs);
   CSKV_CHECK_USAGE(opt.batch >= 1, "--batch: expected >= 1, found " << opt.batch);
-
-  const int rank = comm.rank(), world = comm.size();
   CSKV_CHECK_USAGE(opt.num_seqs >= world, "--num-seqs " << opt.num_seqs
                                                         << " is smaller than the number of ranks "
                                                         << world << " (every rank writes a shard)");
   CSKV_CHECK_USAGE(opt.holdout_seqs == 0 || opt.holdout_seqs >= world,
                    "--holdout-seqs " << opt.holdout_seqs << " is smaller than the number of ranks "
                                      << world << " (use 0 or at least " << world << ")");
+}
+
+// What the stage reads: the model (config, weights, compute device) and the token stream.
+struct CaptureInputs {
+  at::Device device;
+  model::ModelConfig config;
+  std::shared_ptr<model::SafetensorsModel> weights;
+  std::string hash;  // config.hash()
+  TokenFile tokens;
+};
+
+// Empty layers become all of the model's; each must exist.
+std::vector<int64_t> resolve_layers(const std::vector<int64_t>& layers, int64_t num_layers) {
+  const auto out = layers.empty() ? parse_layer_list("all", num_layers) : layers;
+  for (const int64_t l : out) {
+    CSKV_CHECK_USAGE(l >= 0 && l < num_layers, "--layers: layer "
+                                                   << l << " does not exist (the model has "
+                                                   << num_layers << " layers)");
+  }
+  return out;
+}
+
+TokenFile open_tokens(const CaptureOptions& opt, const model::ModelConfig& config) {
+  if (opt.text_path.empty()) return TokenFile(opt.tokens_path, opt.token_dtype, config.vocab_size);
+  return TokenFile::from_tokens(
+      tokenize_text_file(opt.text_path, opt.tokenizer_path, config.bos_token_id >= 0),
+      opt.text_path, config.vocab_size);
+}
+
+// Loads and checks the inputs; resolves opt.layers against the model.
+CaptureInputs load_inputs(CaptureOptions& opt, const comm::Communicator& comm) {
   const at::Device device = model::select_device(opt.device, comm.local_rank());
-  const model::ModelConfig config = model::load_config(opt.model_dir);
+  model::ModelConfig config = model::load_config(opt.model_dir);
   auto weights =
       std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(opt.model_dir));
   model::validate_weights(config, *weights, opt.model_dir);
-  opt.layers = opt.layers.empty() ? parse_layer_list("all", config.num_hidden_layers) : opt.layers;
-  for (const int64_t l : opt.layers) {
-    CSKV_CHECK_USAGE(l >= 0 && l < config.num_hidden_layers,
-                     "--layers: layer " << l << " does not exist (the model has "
-                                        << config.num_hidden_layers << " layers)");
+  opt.layers = resolve_layers(opt.layers, config.num_hidden_layers);
+  std::string hash = config.hash();
+  TokenFile tokens = open_tokens(opt, config);
+  return CaptureInputs{device, std::move(config), std::move(weights), std::move(hash),
+                       std::move(tokens)};
+}
+
+// ---- plan: rank 0's verdict on --out -------------------------------------------------------
+
+// What every rank does with the output directory, as rank 0 found it.
+struct OutDirVerdict {
+  enum class Kind {
+    kFresh,                 // no manifest: every shard is written
+    kResume,                // the manifest lists intact shards of these settings: they are kept
+    kCompleteOnOtherWorld,  // a complete capture on another number of ranks: nothing to do
+    kRefused,               // error: the message every rank raises
+  };
+  Kind kind = Kind::kFresh;
+  std::string error;
+};
+
+NLOHMANN_JSON_SERIALIZE_ENUM(OutDirVerdict::Kind, {{OutDirVerdict::Kind::kFresh, "fresh"},
+                                                   {OutDirVerdict::Kind::kResume, "resume"},
+                                                   {OutDirVerdict::Kind::kCompleteOnOtherWorld,
+                                                    "complete_on_other_world"},
+                                                   {OutDirVerdict::Kind::kRefused, "refused"}})
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(OutDirVerdict, kind, error)
+
+OutDirVerdict refused(std::string message) {
+  return {OutDirVerdict::Kind::kRefused, std::move(message)};
+}
+
+// The verdict on an earlier capture.json in out_dir, or nullopt when it has these settings.
+std::optional<OutDirVerdict> verdict_on_earlier_settings(const CaptureOptions& opt,
+                                                         const std::string& cfg_text) {
+  const nlohmann::json old_cfg =
+      nlohmann::json::parse(files::read_whole_file(capture_json_path(opt.out_dir)), nullptr, false);
+  // Top-level keys, compared and shown as compact JSON text: "seed: 0 -> 1".
+  const auto diffs = config_differences(old_cfg, nlohmann::json::parse(cfg_text),
+                                        ConfigKeys::kTopLevel, ConfigEquality::kJsonText);
+  if (diffs.empty()) return std::nullopt;
+  // A complete capture made on another number of ranks is as good as ours: nothing to do.
+  const bool only_world = diffs.size() == 1 && diffs.front().key == "world_size";
+  if (only_world &&
+      complete_on(opt.out_dir, old_cfg.value("world_size", 0), opt.holdout_seqs > 0)) {
+    return OutDirVerdict{OutDirVerdict::Kind::kCompleteOnOtherWorld, ""};
   }
-  const std::string hash = config.hash();
+  const std::string diff = format_config_differences(diffs, ConfigValueText::kJson);
+  return refused(opt.out_dir + " holds a capture with other settings (" + diff +
+                 "); use another --out or --overwrite");
+}
 
-  const TokenFile tokens =
-      opt.text_path.empty()
-          ? TokenFile(opt.tokens_path, opt.token_dtype, config.vocab_size)
-          : TokenFile::from_tokens(
-                tokenize_text_file(opt.text_path, opt.tokenizer_path, config.bos_token_id >= 0),
-                opt.text_path, config.vocab_size);
+// Rank 0's look at out_dir (it creates it; --overwrite clears it). Throws on a listed shard that
+// is missing, truncated or from another model: nothing is overwritten, not silently redone.
+OutDirVerdict judge_out_dir(const CaptureOptions& opt, const CaptureInputs& in,
+                            const std::string& cfg_text) {
+  fs::create_directories(opt.out_dir);
+  const std::string cpath = capture_json_path(opt.out_dir);
+  if (opt.overwrite) {
+    log::get("data")->warn("--overwrite: removing any earlier capture in {}", opt.out_dir);
+    remove_capture_outputs(opt.out_dir);
+  } else if (fs::exists(cpath)) {
+    if (auto verdict = verdict_on_earlier_settings(opt, cfg_text)) return *verdict;
+  }
+  const bool listed = fs::exists(manifest_path(opt.out_dir));
+  if (listed) {
+    ShardExpectation expect;
+    expect.model_config_hash = in.hash;
+    expect.hidden_size = in.config.hidden_size;
+    expect.seq_len = opt.seq_len;
+    expect.dtype = activation_dtype_name(opt.dtype);
+    validate_manifest(opt.out_dir, read_manifest(opt.out_dir), expect,
+                      /*verify_checksums=*/false);
+  }
+  // Written only when it changes, so a rerun that finds the capture complete touches nothing.
+  if (files::read_whole_file_if_exists(cpath) != cfg_text + "\n") {
+    files::write_file_atomic(cpath, cfg_text + "\n");
+  }
+  return {listed ? OutDirVerdict::Kind::kResume : OutDirVerdict::Kind::kFresh, ""};
+}
 
-  // Rank 0 decides whether the output directory may be used; everyone learns the verdict.
-  const std::string cfg_text = capture_config_json(opt, hash, tokens.size(), world);
-  std::string verdict;
-  if (rank == 0) {
+// Every rank gets rank 0's verdict. Rank 0's errors become a refusal (an input error, raised on
+// every rank with the message alone), as the stage has always reported them.
+OutDirVerdict decide_out_dir(comm::Communicator& comm, const CaptureOptions& opt,
+                             const CaptureInputs& in) {
+  const std::string cfg_text = capture_config_json(opt, in.hash, in.tokens.size(), comm.size());
+  return comm::root_decides<OutDirVerdict>(comm, [&] {
     try {
-      fs::create_directories(opt.out_dir);
-      const std::string cpath = capture_json_path(opt.out_dir);
-      if (opt.overwrite) {
-        logger->warn("--overwrite: removing any earlier capture in {}", opt.out_dir);
-        remove_capture_outputs(opt.out_dir);
-      } else if (fs::exists(cpath)) {
-        const nlohmann::json old_cfg = nlohmann::json::parse(read_text(cpath), nullptr, false);
-        const auto diff = config_difference(old_cfg, nlohmann::json::parse(cfg_text));
-        // A complete capture made on another number of ranks is as good as ours: nothing to do.
-        const bool only_world = !diff.empty() && diff.rfind("world_size: ", 0) == 0 &&
-                                diff.find("; ") == std::string::npos;
-        if (only_world &&
-            complete_on(opt.out_dir, old_cfg.value("world_size", 0), opt.holdout_seqs > 0)) {
-          verdict = kCompleteOnOtherWorld;
-        } else if (!diff.empty()) {
-          verdict = opt.out_dir + " holds a capture with other settings (" + diff +
-                    "); use another --out or --overwrite";
-        }
-      }
-      // Shards the manifest lists must be intact: a listed shard that is missing, truncated or
-      // from another model is an error (nothing is overwritten), not silently redone.
-      if (verdict.empty() && fs::exists(manifest_path(opt.out_dir))) {
-        ShardExpectation expect;
-        expect.model_config_hash = hash;
-        expect.hidden_size = config.hidden_size;
-        expect.seq_len = opt.seq_len;
-        expect.dtype = activation_dtype_name(opt.dtype);
-        validate_manifest(opt.out_dir, read_manifest(opt.out_dir), expect,
-                          /*verify_checksums=*/false);
-      }
-      // Written only when it changes, so a rerun that finds the capture complete touches nothing.
-      if (verdict.empty() && (!fs::exists(cpath) || read_text(cpath) != cfg_text + "\n")) {
-        write_file_atomic(cpath, cfg_text + "\n");
-      }
+      return judge_out_dir(opt, in, cfg_text);
     } catch (const Error& e) {
-      verdict = e.message();
+      return refused(e.message());
     } catch (const std::exception& e) {
-      verdict = e.what();
+      return refused(e.what());
     }
+  });
+}
+
+// ---- work: this rank's shards --------------------------------------------------------------
+
+constexpr int64_t kNoBos = -1;  // token files hold the model's own tokens; no BOS is inserted
+
+struct Split {
+  std::string name, file;
+  std::vector<int64_t> ids;
+};
+
+std::vector<Split> plan_splits(const CaptureOptions& opt, int rank, int world) {
+  std::vector<Split> splits = {{"train", shard_file_name(rank, world, "train"),
+                                contiguous_ids(0, opt.num_seqs, rank, world)}};
+  if (opt.holdout_seqs > 0) {
+    splits.push_back({"holdout", shard_file_name(rank, world, "holdout"),
+                      contiguous_ids(opt.num_seqs, opt.holdout_seqs, rank, world)});
   }
-  comm.broadcast_bytes(verdict, 0);
+  return splits;
+}
+
+int64_t tokens_to_capture(const std::vector<Split>& splits, const ShardLedger& ledger,
+                          int64_t seq_len) {
+  int64_t todo = 0;
+  for (const auto& s : splits) {
+    if (!ledger.is_complete(s.file)) todo += static_cast<int64_t>(s.ids.size()) * seq_len;
+  }
+  return todo;
+}
+
+// Runs the model over this rank's sequences and writes the shards: the hook stores the rows of
+// the wanted layers, rounded once to the storage dtype; each finished shard is listed at once.
+class ShardCapturer {
+ public:
+  ShardCapturer(const CaptureOptions& opt, const CaptureInputs& in, CaptureResult& result)
+      : opt_(opt),
+        in_(in),
+        starts_(in.tokens.sample(opt.num_seqs + opt.holdout_seqs, opt.seq_len, opt.seed,
+                                 opt.sampling, kNoBos)),
+        llama_(in.config, in.weights, model::default_compute_dtype(in.device), in.device),
+        wanted_(opt.layers.begin(), opt.layers.end()),
+        result_(result) {}
+
+  // Reuses the complete splits and captures the others; false when a stop signal came first
+  // (the unfinished shard is left unlisted for the rerun).
+  bool capture_all(const std::vector<Split>& splits, const ShardLedger& ledger,
+                   ProgressMeter& progress) {
+    for (const auto& split : splits) {
+      if (ledger.is_complete(split.file)) {
+        result_.shards_reused.push_back(split.file);
+        continue;
+      }
+      if (!capture(split, progress)) return false;
+      result_.shards_written.push_back(split.file);
+    }
+    return true;
+  }
+
+ private:
+  bool capture(const Split& split, ProgressMeter& progress) {
+    ActivationShardWriter writer(opt_.out_dir + "/" + split.file, header_for(split));
+    const auto batch = static_cast<size_t>(opt_.batch);
+    for (size_t b = 0; b < split.ids.size(); b += batch) {
+      if (stop_signal() != 0) return false;
+      const size_t n = std::min(split.ids.size() - b, batch);
+      capture_batch(writer, {split.ids.begin() + b, split.ids.begin() + b + n});
+      progress.update(tokens_done_);
+    }
+    const auto w0 = Clock::now();
+    const ShardSummary summary = writer.finish();
+    add_to_manifest(opt_.out_dir, manifest_entry(summary));
+    result_.seconds_write += seconds_since(w0);
+    return true;
+  }
+
+  ShardHeader header_for(const Split& split) const {
+    ShardHeader header;
+    header.model_config_hash = in_.hash;
+    header.hidden_size = in_.config.hidden_size;
+    header.num_layers = in_.config.num_hidden_layers;
+    header.layers = opt_.layers;
+    header.seq_len = opt_.seq_len;
+    header.dtype = opt_.dtype;
+    header.seed = opt_.seed;
+    header.split = split.name;
+    return header;
+  }
+
+  // The token ids of these sequences, [ids.size(), seq_len].
+  at::Tensor batch_tokens(const std::vector<int64_t>& ids) const {
+    std::vector<int64_t> batch_starts;
+    for (const int64_t id : ids) batch_starts.push_back(starts_[id]);
+    const auto flat = in_.tokens.gather(batch_starts, opt_.seq_len, kNoBos);
+    at::Tensor tok = at::empty({static_cast<int64_t>(ids.size()), opt_.seq_len}, at::kLong);
+    auto* p = tok.data_ptr<int64_t>();
+    for (size_t i = 0; i < flat.size(); ++i) p[i] = flat[i];
+    return tok;
+  }
+
+  void capture_batch(ActivationShardWriter& writer, const std::vector<int64_t>& ids) {
+    const at::Tensor tok = batch_tokens(ids);
+    model::ForwardOptions fo;
+    fo.last_layer = opt_.layers.back();
+    double hook_seconds = 0;
+    const auto f0 = Clock::now();
+    llama_.forward(
+        tok,
+        [&](int64_t layer, const at::Tensor& x) {
+          if (!wanted_.count(layer)) return;
+          const auto h0 = Clock::now();
+          // Rounded to the storage dtype once; the shard and the statistics share the copy.
+          writer.append(layer, x.to(at::kCPU, to_scalar_type(opt_.dtype)));
+          const double s = seconds_since(h0);
+          result_.seconds_write += s;
+          hook_seconds += s;
+        },
+        fo);
+    result_.seconds_forward += seconds_since(f0) - hook_seconds;
+    const auto w0 = Clock::now();
+    writer.append_tokens(ids, tok);
+    result_.seconds_write += seconds_since(w0);
+    const int64_t tokens = static_cast<int64_t>(ids.size()) * opt_.seq_len;
+    result_.tokens_captured += tokens;
+    tokens_done_ += tokens;
+  }
+
+  const CaptureOptions& opt_;
+  const CaptureInputs& in_;
+  const std::vector<int64_t> starts_;
+  const model::LlamaModel llama_;
+  const std::set<int64_t> wanted_;
+  CaptureResult& result_;
+  int64_t tokens_done_ = 0;
+};
+
+// ---- share: the statistics -----------------------------------------------------------------
+
+// Adds one layer's statistics from the stored training rows, sequence by sequence in id order.
+void add_layer_stats(const CaptureOptions& opt, const std::string& hash, int64_t layer,
+                     LayerStats& stats) {
+  ActivationReaderOptions ro;
+  ro.acts_dir = opt.out_dir;
+  ro.layer = layer;
+  ro.split = "train";
+  ro.batch_tokens = opt.seq_len;
+  ro.expect.model_config_hash = hash;
+  ActivationReader reader(ro);
+  int64_t sequences = 0;
+  while (auto batch = reader.next()) {
+    CSKV_CHECK(batch->x.size(0) == opt.seq_len,
+               opt.out_dir << ": layer " << ro.layer << ": a batch of " << batch->x.size(0)
+                           << " rows, expected one sequence of " << opt.seq_len);
+    stats.add(ro.layer, batch->x);
+    ++sequences;
+  }
+  CSKV_CHECK(sequences == opt.num_seqs, opt.out_dir << ": layer " << ro.layer << ": " << sequences
+                                                    << " training sequences, expected "
+                                                    << opt.num_seqs);
+}
+
+// The statistics, from the stored rows in a fixed order: layer i is summed by rank i mod W,
+// sequence by sequence in id order (the concatenated training split; one XᵀX of shape
+// [seq_len, H] per sequence), and the other ranks contribute zeros to the allreduce. So
+// stats.h5 is bitwise the same for any number of capturing ranks, any --batch and any
+// interruption (the shards already are).
+void share_stats(const CaptureOptions& opt, const std::string& hash, comm::Communicator& comm,
+                 LayerStats& stats, CaptureResult& result) {
+  const auto s0 = Clock::now();
+  for (size_t li = 0; li < opt.layers.size(); ++li) {
+    if (static_cast<int>(li % static_cast<size_t>(comm.size())) != comm.rank()) continue;
+    add_layer_stats(opt, hash, opt.layers[li], stats);
+  }
+  result.seconds_stats += seconds_since(s0);
+  for (auto& t : stats.reduction_tensors()) comm.allreduce_sum(t);
+}
+
+// ---- write: stats.h5 (rank 0) --------------------------------------------------------------
+
+void write_stats_file(const CaptureOptions& opt, const std::vector<std::string>& expected_files,
+                      const LayerStats& stats, const std::string& hash) {
+  std::set<std::string> have;
+  for (const auto& e : read_manifest(opt.out_dir)) have.insert(e.file);
+  for (const auto& f : expected_files) {
+    CSKV_CHECK(have.count(f), manifest_path(opt.out_dir)
+                                  << " does not list " << f << " after every rank finished");
+  }
+  write_stats(stats_path(opt.out_dir), stats, hash);
+}
+
+CaptureResult finished(CaptureResult result, Clock::time_point t0) {
+  result.seconds = seconds_since(t0);
+  return result;
+}
+
+}  // namespace
+
+CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm) {
+  const auto t0 = Clock::now();
+  auto logger = log::get("data");
+  const int rank = comm.rank(), world = comm.size();
+  // validate
+  CaptureOptions opt = opt_in;
+  validate_options(opt, world);
+  const CaptureInputs in = load_inputs(opt, comm);
+  // plan
+  const OutDirVerdict verdict = decide_out_dir(comm, opt, in);
   CaptureResult result;
-  if (verdict == kCompleteOnOtherWorld) {
+  if (verdict.kind == OutDirVerdict::Kind::kRefused) {
+    throw Error(ErrorKind::kInput, verdict.error, {}, /*collective=*/true);
+  }
+  if (verdict.kind == OutDirVerdict::Kind::kCompleteOnOtherWorld) {
     result.already_complete = true;
-    result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     if (rank == 0) {
       logger->info(
           "capture: {} is complete already (captured on another number of ranks); "
           "nothing to do",
           opt.out_dir);
     }
-    return result;
+    return finished(result, t0);
   }
-  if (!verdict.empty()) throw Error(ErrorKind::kInput, verdict, {}, /*collective=*/true);
-
-  const std::string train_file = shard_file_name(rank, world, "train");
-  const std::string hold_file = shard_file_name(rank, world, "holdout");
-  std::vector<std::string> expected_files;
-  for (int r = 0; r < world; ++r) {
-    expected_files.push_back(shard_file_name(r, world, "train"));
-    if (opt.holdout_seqs > 0) expected_files.push_back(shard_file_name(r, world, "holdout"));
+  // resume
+  const ShardLedger ledger(opt.out_dir, verdict.kind == OutDirVerdict::Kind::kResume);
+  const auto expected_files = expected_shard_files(world, opt.holdout_seqs > 0);
+  if (comm::all_agree(comm, ledger.capture_complete(expected_files))) {
+    result.already_complete = true;
+    if (rank == 0) logger->info("capture: {} is complete already; nothing to do", opt.out_dir);
+    return finished(result, t0);
   }
-  std::map<std::string, ManifestEntry> listed;
-  if (fs::exists(manifest_path(opt.out_dir))) {
-    for (auto& e : read_manifest(opt.out_dir)) listed[e.file] = e;
-  }
-  // A listed shard counts when its file is there with the recorded size.
-  auto is_complete = [&](const std::string& file) {
-    auto it = listed.find(file);
-    if (it == listed.end()) return false;
-    std::error_code ec;
-    const auto size = fs::file_size(opt.out_dir + "/" + file, ec);
-    return !ec && size == it->second.bytes;
-  };
-  {
-    int all_done = fs::exists(stats_path(opt.out_dir)) ? 1 : 0;
-    for (const auto& f : expected_files) all_done &= is_complete(f) ? 1 : 0;
-    at::Tensor flag = at::full({1}, static_cast<double>(all_done), at::kDouble);
-    comm.allreduce_sum(flag);
-    if (flag.item<double>() == world) {
-      result.already_complete = true;
-      result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-      if (rank == 0) logger->info("capture: {} is complete already; nothing to do", opt.out_dir);
-      return result;
-    }
-  }
-
-  const int64_t bos = -1;  // token files hold the model's own tokens; no BOS is inserted
-  const auto starts =
-      tokens.sample(opt.num_seqs + opt.holdout_seqs, opt.seq_len, opt.seed, opt.sampling, bos);
-  const model::LlamaModel llama(config, weights, model::default_compute_dtype(device), device);
-  const int64_t last_layer = opt.layers.back();
-  LayerStats stats(opt.layers, config.hidden_size, opt.dtype);
-
-  struct Split {
-    std::string name, file;
-    std::vector<int64_t> ids;
-  };
-  std::vector<Split> splits = {{"train", train_file, contiguous_ids(0, opt.num_seqs, rank, world)}};
-  if (opt.holdout_seqs > 0) {
-    splits.push_back(
-        {"holdout", hold_file, contiguous_ids(opt.num_seqs, opt.holdout_seqs, rank, world)});
-  }
-  int64_t todo_tokens = 0;
-  for (const auto& s : splits) {
-    if (!is_complete(s.file)) todo_tokens += static_cast<int64_t>(s.ids.size()) * opt.seq_len;
-  }
-  ProgressMeter progress("capture (rank 0)", "tokens", todo_tokens, rank == 0 && todo_tokens > 0);
-  int64_t tokens_done = 0;
-  bool stopped = false;  // a stop signal: leave the unfinished shard for the rerun
-  for (const auto& split : splits) {
-    if (stopped) break;
-    const std::string path = opt.out_dir + "/" + split.file;
-    if (is_complete(split.file)) {
-      result.shards_reused.push_back(split.file);
-      continue;
-    }
-    ShardHeader header;
-    header.model_config_hash = hash;
-    header.hidden_size = config.hidden_size;
-    header.num_layers = config.num_hidden_layers;
-    header.layers = opt.layers;
-    header.seq_len = opt.seq_len;
-    header.dtype = opt.dtype;
-    header.seed = opt.seed;
-    header.split = split.name;
-    ActivationShardWriter writer(path, header);
-    const std::set<int64_t> wanted(opt.layers.begin(), opt.layers.end());
-    for (size_t b = 0; b < split.ids.size(); b += static_cast<size_t>(opt.batch)) {
-      if (stop_signal() != 0) {
-        stopped = true;
-        break;
-      }
-      const size_t n = std::min(split.ids.size() - b, static_cast<size_t>(opt.batch));
-      std::vector<int64_t> ids(split.ids.begin() + b, split.ids.begin() + b + n);
-      std::vector<int64_t> batch_starts;
-      for (const int64_t id : ids) batch_starts.push_back(starts[id]);
-      const auto flat = tokens.gather(batch_starts, opt.seq_len, bos);
-      at::Tensor tok = at::empty({static_cast<int64_t>(n), opt.seq_len}, at::kLong);
-      auto* p = tok.data_ptr<int64_t>();
-      for (size_t i = 0; i < flat.size(); ++i) p[i] = flat[i];
-      model::ForwardOptions fo;
-      fo.last_layer = last_layer;
-      double hook_seconds = 0;
-      const auto f0 = Clock::now();
-      llama.forward(
-          tok,
-          [&](int64_t layer, const at::Tensor& x) {
-            if (!wanted.count(layer)) return;
-            const auto h0 = Clock::now();
-            // Rounded to the storage dtype once; the shard and the statistics share the copy.
-            const at::Tensor stored = x.to(at::kCPU, to_scalar_type(opt.dtype));
-            writer.append(layer, stored);
-            const auto h1 = Clock::now();
-            result.seconds_write += std::chrono::duration<double>(h1 - h0).count();
-            hook_seconds += std::chrono::duration<double>(h1 - h0).count();
-          },
-          fo);
-      result.seconds_forward +=
-          std::chrono::duration<double>(Clock::now() - f0).count() - hook_seconds;
-      const auto w0 = Clock::now();
-      writer.append_tokens(ids, tok);
-      result.seconds_write += std::chrono::duration<double>(Clock::now() - w0).count();
-      result.tokens_captured += static_cast<int64_t>(n) * opt.seq_len;
-      tokens_done += static_cast<int64_t>(n) * opt.seq_len;
-      progress.update(tokens_done);
-    }
-    if (stopped) break;
-    const auto w0 = Clock::now();
-    const ShardSummary summary = writer.finish();
-    add_to_manifest(opt.out_dir, manifest_entry(summary));
-    result.seconds_write += std::chrono::duration<double>(Clock::now() - w0).count();
-    result.shards_written.push_back(split.file);
-  }
+  // work
+  ShardCapturer capturer(opt, in, result);
+  LayerStats stats(opt.layers, in.config.hidden_size, opt.dtype);
+  const auto splits = plan_splits(opt, rank, world);
+  const int64_t todo = tokens_to_capture(splits, ledger, opt.seq_len);
+  ProgressMeter progress("capture (rank 0)", "tokens", todo, rank == 0 && todo > 0);
+  const bool done = capturer.capture_all(splits, ledger, progress);
   // Every shard is complete and listed from here on, unless some rank was stopped by a signal:
   // then all return interrupted (the rerun redoes the unfinished shards).
-  at::Tensor any_stopped =
-      at::full({1}, stopped ? 1.0 : 0.0, at::TensorOptions().dtype(at::kDouble));
-  comm.allreduce_sum(any_stopped);
-  if (any_stopped.item<double>() > 0) {
+  if (comm::any_rank(comm, !done)) {
     result.interrupted = true;
-    result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     logger->warn("capture stopped by {}; finished shards are kept, rerun to continue",
                  stop_signal() ? stop_signal_name(stop_signal()) : "a peer's stop signal");
-    return result;
+    return finished(result, t0);
   }
-
   progress.finish();
-  // The statistics, from the stored rows in a fixed order: layer i is summed by rank i mod W,
-  // sequence by sequence in id order (the concatenated training split; one XᵀX of shape
-  // [seq_len, H] per sequence), and the other ranks contribute zeros to the allreduce. So
-  // stats.h5 is bitwise the same for any number of capturing ranks, any --batch and any
-  // interruption (the shards already are).
-  const auto s0 = Clock::now();
-  for (size_t li = 0; li < opt.layers.size(); ++li) {
-    if (static_cast<int>(li % static_cast<size_t>(world)) != rank) continue;
-    ActivationReaderOptions ro;
-    ro.acts_dir = opt.out_dir;
-    ro.layer = opt.layers[li];
-    ro.split = "train";
-    ro.batch_tokens = opt.seq_len;
-    ro.expect.model_config_hash = hash;
-    ActivationReader reader(ro);
-    int64_t sequences = 0;
-    while (auto batch = reader.next()) {
-      CSKV_CHECK(batch->x.size(0) == opt.seq_len,
-                 opt.out_dir << ": layer " << ro.layer << ": a batch of " << batch->x.size(0)
-                             << " rows, expected one sequence of " << opt.seq_len);
-      stats.add(ro.layer, batch->x);
-      ++sequences;
-    }
-    CSKV_CHECK(sequences == opt.num_seqs, opt.out_dir << ": layer " << ro.layer << ": " << sequences
-                                                      << " training sequences, expected "
-                                                      << opt.num_seqs);
-  }
-  result.seconds_stats += std::chrono::duration<double>(Clock::now() - s0).count();
-  for (auto& t : stats.reduction_tensors()) comm.allreduce_sum(t);
-  if (rank == 0) {
-    const auto entries = read_manifest(opt.out_dir);
-    std::set<std::string> have;
-    for (const auto& e : entries) have.insert(e.file);
-    for (const auto& f : expected_files) {
-      CSKV_CHECK(have.count(f), manifest_path(opt.out_dir)
-                                    << " does not list " << f << " after every rank finished");
-    }
-    write_stats(stats_path(opt.out_dir), stats, hash);
-  }
+  // share, write
+  share_stats(opt, in.hash, comm, stats, result);
+  if (rank == 0) write_stats_file(opt, expected_files, stats, in.hash);
   comm.barrier();
-  result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  return result;
+  return finished(result, t0);
 }
 
 }  // namespace cskv::pipeline
