@@ -12,8 +12,8 @@
 
 #include "comm/collectives.h"
 #include "common/error.h"
+#include "common/fs.h"
 #include "common/gnuplot.h"
-#include "data/atomic_file.h"
 #include "data/layer_stats.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -257,14 +257,14 @@ void write(const AnalyzeOptions& o, const AnalyzeInputs& in, const AnalyzeReport
   const std::string& out_dir = o.out_dir;
   const int64_t d = report.kv_dim;
   fs::create_directories(out_dir);
-  data::write_file_atomic(out_dir + "/spectrum.csv", spectrum_csv(report.layers));
-  data::write_file_atomic(out_dir + "/ranks.csv", ranks_csv(report.layers, d));
-  data::write_file_atomic(
+  files::write_file_atomic(out_dir + "/spectrum.csv", spectrum_csv(report.layers));
+  files::write_file_atomic(out_dir + "/ranks.csv", ranks_csv(report.layers, d));
+  files::write_file_atomic(
       out_dir + "/analyze.md",
       markdown(report.layers, in.config, o.model_dir, in.stats_path, report.token_count, o.plots));
   if (!o.plots) return;
   const std::string script = out_dir + "/plots.gp";
-  data::write_file_atomic(script, gnuplot_script(report.layers, d, out_dir));
+  files::write_file_atomic(script, gnuplot_script(report.layers, d, out_dir));
   run_gnuplot(in.gnuplot, script, out_dir + "/plots.log");
   for (const char* png : kPlotFiles) {
     const std::string path = out_dir + "/" + png;
