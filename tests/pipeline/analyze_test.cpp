@@ -29,6 +29,10 @@ namespace cskv {
 namespace {
 
 namespace fs = std::filesystem;
+
+// Generous: the ranks share two busy cores.
+constexpr double kRankTimeoutS = 300.0;
+
 using test::run_cskv;
 
 constexpr const char* kPngSignature = "\x89PNG\r\n\x1a\n";
@@ -255,9 +259,12 @@ TEST_F(Analyze, RanksShareTheLayersAndAgreeOnGnuplot) {
   // Two ranks: the layers are shared, rank 0 alone writes the same bytes and reports.
   o.out_dir = two.path();
   std::vector<size_t> reported(2, 99);
-  test::run_ranks(2, [&](comm::Communicator& comm) {
-    reported[static_cast<size_t>(comm.rank())] = pipeline::run_analyze(o, comm).layers.size();
-  });
+  test::run_ranks(
+      2,
+      [&](comm::Communicator& comm) {
+        reported[static_cast<size_t>(comm.rank())] = pipeline::run_analyze(o, comm).layers.size();
+      },
+      {}, kRankTimeoutS);
   EXPECT_EQ(reported, (std::vector<size_t>{3, 0}));
   for (const char* f : {"spectrum.csv", "ranks.csv", "analyze.md"}) {
     EXPECT_EQ(test::read_file(two / f), test::read_file(one / f)) << f;
@@ -275,13 +282,16 @@ TEST_F(Analyze, RanksShareTheLayersAndAgreeOnGnuplot) {
   o.plots = true;
   o.out_dir = two / "plots";
   std::vector<std::string> errors(2);
-  test::run_ranks(2, [&](comm::Communicator& comm) {
-    try {
-      pipeline::run_analyze(o, comm);
-    } catch (const Error& e) {
-      errors[static_cast<size_t>(comm.rank())] = e.message();
-    }
-  });
+  test::run_ranks(
+      2,
+      [&](comm::Communicator& comm) {
+        try {
+          pipeline::run_analyze(o, comm);
+        } catch (const Error& e) {
+          errors[static_cast<size_t>(comm.rank())] = e.message();
+        }
+      },
+      {}, kRankTimeoutS);
   ::setenv("PATH", saved.c_str(), 1);
   EXPECT_EQ(errors[0], "gnuplot not found: install gnuplot-nox or pass --no-plots");
   EXPECT_EQ(errors[1], errors[0]);

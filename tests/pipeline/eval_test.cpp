@@ -31,6 +31,10 @@ namespace cskv::eval {
 namespace {
 
 namespace fs = std::filesystem;
+
+// Generous: the ranks share two busy cores.
+constexpr double kRankTimeoutS = 300.0;
+
 using trainer::KvKind;
 
 // Toy model (hidden 128, 2 layers, n_kv 2 × hd 32 → D = 64) and a capture with 4 held-out
@@ -330,9 +334,12 @@ TEST_F(EvalRunTest, TwoRanksReportWhatOneRankReports) {
   EvalReport alone = pipeline::run_eval(o);
   alone.seconds = 0;
   std::vector<EvalReport> reports(2);
-  test::run_ranks(2, [&](comm::Communicator& comm) {
-    reports[static_cast<size_t>(comm.rank())] = pipeline::run_eval(o, comm);
-  });
+  test::run_ranks(
+      2,
+      [&](comm::Communicator& comm) {
+        reports[static_cast<size_t>(comm.rank())] = pipeline::run_eval(o, comm);
+      },
+      {}, kRankTimeoutS);
   for (EvalReport& r : reports) {
     r.seconds = 0;
     EXPECT_EQ(report_json(r), report_json(alone));
