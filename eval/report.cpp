@@ -9,8 +9,8 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/fs.h"
 #include "common/gnuplot.h"
-#include "data/atomic_file.h"
 
 namespace cskv::eval {
 namespace {
@@ -268,13 +268,13 @@ void check_plotting() {
 
 void write_report(const EvalReport& r, const std::string& out_dir, bool plots) {
   fs::create_directories(out_dir);
-  data::write_file_atomic(out_dir + "/report.json", report_json(r) + "\n");
-  data::write_file_atomic(out_dir + "/report.md", report_markdown(r, plots));
+  files::write_file_atomic(out_dir + "/report.json", report_json(r) + "\n");
+  files::write_file_atomic(out_dir + "/report.md", report_markdown(r, plots));
   if (!plots) return;
   const std::string gnuplot = find_in_path("gnuplot");
   CSKV_CHECK(!gnuplot.empty(), "gnuplot not found: install gnuplot-nox or pass --no-plots");
   const std::string script = out_dir + "/plots.gp";
-  data::write_file_atomic(script, report_gnuplot(r, out_dir));
+  files::write_file_atomic(script, report_gnuplot(r, out_dir));
   run_gnuplot(gnuplot, script, out_dir + "/plots.log");
   for (const char* png : kReportPlots) {
     const std::string path = out_dir + "/" + png;

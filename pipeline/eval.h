@@ -9,17 +9,9 @@
 #include <vector>
 
 #include "comm/communicator.h"
-#include "eval/compressor.h"
 #include "eval/report.h"
-#include "model/llama.h"
 
 namespace cskv::pipeline {
-
-using eval::Compressor;
-using eval::EndToEndEval;
-using eval::EvalReport;
-using eval::MemoryRow;
-
 
 struct EvalOptions {
   std::string model_dir;
@@ -37,38 +29,14 @@ struct EvalOptions {
   bool write_files = true;  // rank 0 writes the report into out_dir
 };
 
+// The measurements themselves are library calls in eval/evaluation.h; this is the stage driver.
 // Runs the three parts (sequences and layers are shared among the ranks of comm; every rank
 // returns the whole report) and, on rank 0, writes <out_dir>/report.json, report.md and, with
 // plots, plots.gp + errors.png, spectrum_k.png, spectrum_v.png, memory.png. Input errors (before
 // any work) for: a compressor trained for another model (both hashes named), acts captured from
 // another model, no held-out split, held-out sequences shorter than context + decode + 1 tokens,
 // compressed layers missing from the held-out activations or stats.h5.
-EvalReport run_eval(const EvalOptions& options, comm::Communicator& comm);
-EvalReport run_eval(const EvalOptions& options);
-
-// The held-out token sequences of a capture, int64 [sequences, seq_len] in manifest order
-// (shards checked against the manifest and the model hash).
-at::Tensor read_holdout_tokens(const std::string& acts_dir, const std::string& model_config_hash);
-
-// (b) For each sequence (rank r takes r, r + W, ...): the original model's logits over the first
-// context + decode tokens (LlamaModel::forward), against a prefill of `context` tokens followed
-// by `decode` teacher-forced steps with the compressor's caches (`storage`) and with plain fp16
-// caches. sequences: int64 [N, L] with L >= context + decode + 1. KL and NLL in float64.
-EndToEndEval evaluate_end_to_end(const model::LlamaModel& model, const Compressor& compressor,
-                                 const at::Tensor& sequences, int64_t context, int64_t decode,
-                                 at::ScalarType storage, comm::Communicator& comm);
-
-// Logits [steps, vocab] of `steps` teacher-forced decode steps after prefilling
-// tokens[0, context) into `caches` (empty on entry): step i feeds token context + i.
-at::Tensor decode_logits(const model::LlamaModel& model, const std::vector<model::KvCache*>& caches,
-                         const at::Tensor& tokens, int64_t context, int64_t steps);
-
-// (c) Every layer's cache filled to each context (ascending) with the held-out activations of
-// the layer repeated (their k/v projections, no RoPE: contents do not change sizes), measured
-// (KvCache::bytes) and by the formula, for the compressor's caches and plain fp16 caches.
-std::vector<MemoryRow> measure_memory(const model::LlamaModel& model, const Compressor& compressor,
-                                      const std::string& acts_dir,
-                                      const std::vector<int64_t>& contexts, at::ScalarType storage,
-                                      comm::Communicator& comm);
+eval::EvalReport run_eval(const EvalOptions& options, comm::Communicator& comm);
+eval::EvalReport run_eval(const EvalOptions& options);
 
 }  // namespace cskv::pipeline

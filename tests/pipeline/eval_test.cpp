@@ -3,6 +3,7 @@
 // fall; `cskv eval` writes a report.json holding every number report.md shows; bad inputs are
 // refused with messages that name what was expected and found.
 #include "pipeline/eval.h"
+#include "eval/evaluation.h"
 
 #include <gtest/gtest.h>
 
@@ -16,21 +17,24 @@
 #include <vector>
 
 #include "checkpoint/compressor_file.h"
-#include "pipeline/train.h"
 #include "comm/local_communicator.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/toy_model.h"
+#include "pipeline/train.h"
 #include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
+#include "tests/support/thread_communicator.h"
 #include "trainer/layer_trainer.h"
 
 namespace cskv::eval {
 namespace {
 
-using namespace cskv::pipeline;  // the stage under test
-
 namespace fs = std::filesystem;
+
+// Generous: the ranks share two busy cores.
+constexpr double kRankTimeoutS = 300.0;
+
 using trainer::KvKind;
 
 // Toy model (hidden 128, 2 layers, n_kv 2 × hd 32 → D = 64) and a capture with 4 held-out
@@ -314,6 +318,34 @@ TEST_F(EvalRunTest, BadInputsAreRefusedNamingWhatDiffers) {
   EXPECT_CSKV_ERROR(load_compressor(out / "half.safetensors", mine),
                     out / "half.safetensors" +
                         ": layer 0 has K factors but no V factors; a compressed layer needs both");
+}
+
+TEST_F(EvalRunTest, TwoRanksReportWhatOneRankReports) {
+  pipeline::EvalOptions o;
+  o.model_dir = model_dir();
+  o.acts_dir = acts_dir();
+  o.compressor_path = write_exact_compressor(*dir_ / "exact-ranks.safetensors");
+  o.context = 40;
+  o.decode = 8;
+  o.max_sequences = 2;  // one per rank: the sums add in the same order
+  o.memory_contexts = {64, 128};
+  o.plots = false;
+  o.write_files = false;
+  EvalReport alone = pipeline::run_eval(o);
+  alone.seconds = 0;
+  std::vector<EvalReport> reports(2);
+  test::run_ranks(
+      2,
+      [&](comm::Communicator& comm) {
+        reports[static_cast<size_t>(comm.rank())] = pipeline::run_eval(o, comm);
+      },
+      {}, kRankTimeoutS);
+  for (EvalReport& r : reports) {
+    r.seconds = 0;
+    EXPECT_EQ(report_json(r), report_json(alone));
+  }
+  EXPECT_GT(alone.end_to_end.kl_max, 0.0);
+  EXPECT_EQ(alone.end_to_end.sequences, 2);
 }
 
 }  // namespace

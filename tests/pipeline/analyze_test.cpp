@@ -1,5 +1,6 @@
 // End-to-end tests of `cskv analyze`: toy model → `cskv capture` → `cskv analyze`, checked against
-// spectra and ranks recomputed here from stats.h5 with trainer/spectrum, plus its refusals.
+// spectra and ranks recomputed here from stats.h5 with trainer/spectrum, its refusals, and
+// pipeline::run_analyze on in-process ranks.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -13,17 +14,25 @@
 #include <string>
 #include <vector>
 
+#include "comm/local_communicator.h"
+#include "common/error.h"
 #include "data/layer_stats.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/toy_model.h"
+#include "pipeline/analyze.h"
 #include "tests/support/test_support.h"
+#include "tests/support/thread_communicator.h"
 #include "trainer/spectrum.h"
 
 namespace cskv {
 namespace {
 
 namespace fs = std::filesystem;
+
+// Generous: the ranks share two busy cores.
+constexpr double kRankTimeoutS = 300.0;
+
 using test::run_cskv;
 
 constexpr const char* kPngSignature = "\x89PNG\r\n\x1a\n";
@@ -232,6 +241,61 @@ TEST_F(Analyze, MissingGnuplotIsNamedUnlessNoPlots) {
   EXPECT_FALSE(fs::exists(out / "plots"));
   EXPECT_EQ(no_plots.exit_code, 0) << no_plots.err;
   EXPECT_TRUE(fs::exists(out / "no-plots/ranks.csv"));
+}
+
+TEST_F(Analyze, RanksShareTheLayersAndAgreeOnGnuplot) {
+  test::TempDir one, two;
+  pipeline::AnalyzeOptions o;
+  o.model_dir = model_dir();
+  o.acts_dir = acts_dir();
+  o.plots = false;
+  o.out_dir = one.path();
+  comm::LocalCommunicator local;
+  const pipeline::AnalyzeReport alone = pipeline::run_analyze(o, local);
+  ASSERT_EQ(alone.layers.size(), 3u);
+  EXPECT_EQ(alone.kv_dim, 32);
+  EXPECT_EQ(alone.token_count, 4 * 16);
+
+  // Two ranks: the layers are shared, rank 0 alone writes the same bytes and reports.
+  o.out_dir = two.path();
+  std::vector<size_t> reported(2, 99);
+  test::run_ranks(
+      2,
+      [&](comm::Communicator& comm) {
+        reported[static_cast<size_t>(comm.rank())] = pipeline::run_analyze(o, comm).layers.size();
+      },
+      {}, kRankTimeoutS);
+  EXPECT_EQ(reported, (std::vector<size_t>{3, 0}));
+  for (const char* f : {"spectrum.csv", "ranks.csv", "analyze.md"}) {
+    EXPECT_EQ(test::read_file(two / f), test::read_file(one / f)) << f;
+  }
+  const std::string summary = pipeline::analyze_summary(o, alone);
+  const std::string last = "\nwrote " + two.path() + "/{spectrum.csv, ranks.csv, analyze.md}";
+  EXPECT_EQ(summary.substr(0, 9), "analyze: ");
+  ASSERT_GT(summary.size(), last.size());
+  EXPECT_EQ(summary.substr(summary.size() - last.size()), last);
+
+  // No gnuplot on rank 0: every rank fails with its message, before any file is written.
+  test::TempDir empty_bin;
+  const std::string saved = std::getenv("PATH") ? std::getenv("PATH") : "";
+  ::setenv("PATH", empty_bin.path().c_str(), 1);
+  o.plots = true;
+  o.out_dir = two / "plots";
+  std::vector<std::string> errors(2);
+  test::run_ranks(
+      2,
+      [&](comm::Communicator& comm) {
+        try {
+          pipeline::run_analyze(o, comm);
+        } catch (const Error& e) {
+          errors[static_cast<size_t>(comm.rank())] = e.message();
+        }
+      },
+      {}, kRankTimeoutS);
+  ::setenv("PATH", saved.c_str(), 1);
+  EXPECT_EQ(errors[0], "gnuplot not found: install gnuplot-nox or pass --no-plots");
+  EXPECT_EQ(errors[1], errors[0]);
+  EXPECT_FALSE(fs::exists(two / "plots"));
 }
 
 }  // namespace
