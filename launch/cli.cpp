@@ -7,11 +7,13 @@
 #include <filesystem>
 #include <iostream>
 
+#include "comm/collectives.h"
 #include "comm/factory.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/threads.h"
 #include "launch/env.h"
+#include "launch/settings.h"
 #include "model/llama.h"
 
 namespace cskv::cli {
@@ -19,9 +21,8 @@ namespace cskv::cli {
 cxxopts::Options make_options(const std::string& sub, const std::string& description) {
   cxxopts::Options o("cskv " + sub, description);
   o.set_width(100);
-  o.add_options("general")("h,help", "Show this help and exit")(
-      "log-level", "Log verbosity: trace|debug|info|warn|error|off",
-      cxxopts::value<std::string>()->default_value("info"));
+  o.add_options("general")("h,help", "Show this help and exit");
+  add_settings(o, general_settings());
   return o;
 }
 
@@ -77,34 +78,22 @@ int guarded(const std::string& sub, const std::function<int()>& body) {
   }
 }
 
-void add_runtime_options(cxxopts::Options& options) {
-  options.add_options("runtime")(
-      "backend", "Communicator: auto (MPI under mpirun/srun, else single process)|local|mpi|nccl",
-      cxxopts::value<std::string>()->default_value("auto"))(
-      "threads",
-      "Intra-op CPU threads per rank; part of the results' identity (fixed, not derived from the "
-      "number of ranks)",
-      cxxopts::value<int>()->default_value("1"))(
-      "log-dir", "Also write every rank's log to <dir>/rank-<R>.log",
-      cxxopts::value<std::string>()->default_value(""));
-}
+void add_runtime_options(cxxopts::Options& options) { add_settings(options, runtime_settings()); }
 
 namespace {
 
 // Every rank learns every rank's verdict, so a mismatch stops all of them with the same message
 // (printed once, by rank 0) instead of leaving the good ranks waiting in their next collective.
 void require_on_all_ranks(comm::Communicator& world, const std::string& my_error) {
-  const auto errors = world.allgather_bytes(my_error);
-  int failed = 0, first = -1;
-  for (int i = 0; i < static_cast<int>(errors.size()); ++i) {
-    if (errors[i].empty()) continue;
-    ++failed;
-    if (first < 0) first = i;
-  }
+  const int64_t failed = comm::sum_over_ranks(world, int64_t{my_error.empty() ? 0 : 1});
   if (failed == 0) return;
-  std::string message = "rank " + std::to_string(first) + ": " + errors[first];
-  if (failed > 1) message += " (and " + std::to_string(failed - 1) + " more rank(s))";
-  throw Error(ErrorKind::kRuntime, message, {}, /*collective=*/true);
+  std::optional<Error> mine;
+  if (!my_error.empty()) {
+    std::string message = "rank " + std::to_string(world.rank()) + ": " + my_error;
+    if (failed > 1) message += " (and " + std::to_string(failed - 1) + " more rank(s))";
+    mine = Error(ErrorKind::kRuntime, message, {}, /*collective=*/true);
+  }
+  comm::throw_if_any_failed(world, mine);
 }
 
 std::string device_label(const std::string& device, const comm::Communicator& world) {

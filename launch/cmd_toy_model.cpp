@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "launch/cli.h"
+#include "launch/settings.h"
 #include "launch/subcommands.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -22,11 +23,18 @@ model::Arch parse_arch(const std::string& s) {
   CSKV_FAIL_USAGE("--arch: expected llama|mistral|qwen2, found '" << s << "'");
 }
 
+// Every usual spelling (launch/settings.h): f32|fp32|float32|float, f16|..., bf16|bfloat16.
 model::StDType parse_dtype(const std::string& s) {
-  if (s == "f32") return model::StDType::kF32;
-  if (s == "f16") return model::StDType::kF16;
-  if (s == "bf16") return model::StDType::kBF16;
-  CSKV_FAIL_USAGE("--dtype: expected f32|f16|bf16, found '" << s << "'");
+  switch (
+      float_dtype_setting("dtype", s, {FloatDtype::kF32, FloatDtype::kF16, FloatDtype::kBF16})) {
+    case FloatDtype::kF32:
+      return model::StDType::kF32;
+    case FloatDtype::kF16:
+      return model::StDType::kF16;
+    case FloatDtype::kBF16:
+      break;
+  }
+  return model::StDType::kBF16;
 }
 
 }  // namespace

@@ -1,10 +1,8 @@
-// Job-file parsing for `cskv run`: flag lookup, type probing through cxxopts itself, and the
-// resolved settings.
+// Job-file parsing for `cskv run`: keys looked up and type-checked in the settings table, the
+// resolved settings (run.json) and the capture identity derived from the same table.
 #include "launch/run_config.h"
 
 #include <fstream>
-#include <map>
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 
@@ -14,108 +12,39 @@ namespace {
 
 using json = nlohmann::json;
 
-enum class Kind { kBool, kString, kDouble, kInt, kUnsigned };
-
-std::string flag_of(const std::string& key) {
-  std::string f = key;
-  for (auto& c : f) c = c == '_' ? '-' : c;
-  return f;
-}
-
-std::string key_of(const std::string& flag) {
-  std::string k = flag;
-  for (auto& c : k) c = c == '-' ? '_' : c;
-  return k;
-}
-
-bool parses(const cxxopts::Options& options, const std::string& flag, const std::string& text) {
-  const std::string arg = "--" + flag + "=" + text;
-  const char* argv[] = {"probe", arg.c_str()};
-  try {
-    (void)const_cast<cxxopts::Options&>(options).parse(2, argv);
-    return true;
-  } catch (const cxxopts::exceptions::exception&) {
-    return false;
+const Setting* find_setting(const SettingTable& table, const std::string& flag) {
+  for (const Setting& s : table) {
+    if (s.flag == flag) return &s;
   }
+  return nullptr;
 }
 
-// The flags (long names) of every option, with their value kind, found by asking cxxopts which
-// texts each accepts: a word → string; 0.5 → double; -1 → signed integer; else unsigned.
-std::map<std::string, Kind> option_kinds(const cxxopts::Options& options) {
-  std::map<std::string, Kind> kinds;
-  for (const auto& group : options.groups()) {
-    for (const auto& o : options.group_help(group).options) {
-      if (o.l.empty()) continue;
-      const std::string& flag = o.l.front();
-      if (flag == "help" || flag == "config") continue;
-      Kind k;
-      if (o.is_boolean) {
-        k = Kind::kBool;
-      } else if (parses(options, flag, "word")) {
-        k = Kind::kString;
-      } else if (parses(options, flag, "0.5")) {
-        k = Kind::kDouble;
-      } else if (parses(options, flag, "-1")) {
-        k = Kind::kInt;
-      } else {
-        k = Kind::kUnsigned;
-      }
-      kinds[flag] = k;
-    }
-  }
-  return kinds;
-}
-
-const char* kind_name(Kind k) {
-  switch (k) {
-    case Kind::kBool:
-      return "true or false";
-    case Kind::kString:
-      return "a string";
-    case Kind::kDouble:
-      return "a number";
-    case Kind::kInt:
-      return "an integer";
-    case Kind::kUnsigned:
-      return "a non-negative integer";
-  }
-  return "?";
+// The argument text of a JSON value of the right type.
+std::string argument_text(const json& value) {
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_boolean()) return value.get<bool>() ? "true" : "false";
+  return value.dump();  // shortest round-trip form of the number
 }
 
 }  // namespace
 
-std::vector<std::string> config_file_arguments(const cxxopts::Options& options,
-                                               const std::string& path) {
+std::vector<std::string> config_file_arguments(const SettingTable& table, const std::string& path) {
   std::ifstream f(path);
   CSKV_CHECK_INPUT(f.good(), path << ": cannot read the job file");
   const json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
   CSKV_CHECK_INPUT(!j.is_discarded(), path << ": not valid JSON");
   CSKV_CHECK_INPUT(j.is_object(),
                    path << ": expected a JSON object of settings, found " << j.type_name());
-  const auto kinds = option_kinds(options);
   std::vector<std::string> args;
   for (const auto& [key, value] : j.items()) {
-    const auto it = kinds.find(flag_of(key));
-    CSKV_CHECK_INPUT(it != kinds.end() && key == key_of(flag_of(key)),
+    const Setting* s = find_setting(table, flag_of(key));
+    CSKV_CHECK_INPUT(s != nullptr && key == key_of(flag_of(key)),
                      path << ": unknown key \"" << key << "\" (the keys are the flags of 'cskv run "
                           << "--help' with '_' for '-')");
-    const Kind kind = it->second;
-    const bool ok = (kind == Kind::kBool && value.is_boolean()) ||
-                    (kind == Kind::kString && value.is_string()) ||
-                    (kind == Kind::kDouble && value.is_number()) ||
-                    (kind == Kind::kInt && value.is_number_integer()) ||
-                    (kind == Kind::kUnsigned && value.is_number_unsigned());
-    CSKV_CHECK_INPUT(ok, path << ": \"" << key << "\" must be " << kind_name(kind) << ", found "
-                              << value.dump());
-    std::string text;
-    if (value.is_string()) {
-      text = value.get<std::string>();
-    } else if (value.is_boolean()) {
-      text = value.get<bool>() ? "true" : "false";
-    } else {
-      text = value.dump();  // shortest round-trip form of the number
-    }
-    args.push_back("--" + it->first + "=" + text);
+    CSKV_CHECK_INPUT(json_value_fits(s->type, value), path << ": \"" << key << "\" must be "
+                                                           << json_type_name(s->type) << ", found "
+                                                           << value.dump());
+    args.push_back("--" + s->flag + "=" + argument_text(value));
   }
   return args;
 }
@@ -131,34 +60,21 @@ T required_setting(const cxxopts::ParseResult& r, const std::string& flag) {
 }
 template std::string required_setting<std::string>(const cxxopts::ParseResult&, const std::string&);
 
-std::string resolved_settings_json(const cxxopts::Options& options, const cxxopts::ParseResult& r) {
+json resolved_settings(const SettingTable& table, const cxxopts::ParseResult& r) {
   json j = json::object();
-  for (const auto& [flag, kind] : option_kinds(options)) {
-    if (!r.count(flag) && !r[flag].has_default()) continue;
-    const std::string key = key_of(flag);
-    switch (kind) {
-      case Kind::kBool:
-        j[key] = r[flag].as<bool>();
-        break;
-      case Kind::kString:
-        j[key] = r[flag].as<std::string>();
-        break;
-      case Kind::kDouble:
-        j[key] = r[flag].as<double>();
-        break;
-      case Kind::kInt:
-        try {
-          j[key] = r[flag].as<int64_t>();
-        } catch (const std::exception&) {
-          j[key] = r[flag].as<int>();
-        }
-        break;
-      case Kind::kUnsigned:
-        j[key] = r[flag].as<uint64_t>();
-        break;
-    }
+  for (const Setting& s : table) {
+    json v = resolved_value(r, s);
+    if (!v.is_null()) j[key_of(s.flag)] = std::move(v);
   }
-  return j.dump();
+  return j;
+}
+
+json capture_identity(const SettingTable& table, const json& resolved) {
+  json j = json::object();
+  for (const Setting& s : table) {
+    if (s.capture_identity) j[key_of(s.flag)] = resolved.value(key_of(s.flag), json());
+  }
+  return j;
 }
 
 }  // namespace cskv::cli

@@ -4,9 +4,9 @@
 
 #include <cxxopts.hpp>
 
-#include "pipeline/train.h"
 #include "pipeline/capture.h"
 #include "pipeline/eval.h"
+#include "pipeline/train.h"
 
 namespace cskv::cli {
 
@@ -15,7 +15,8 @@ namespace cskv::cli {
 void add_capture_flags(cxxopts::Options& options);
 // CaptureOptions from the flags above plus --model, --layers and the given seed flag; out_dir is
 // left to the caller.
-pipeline::CaptureOptions capture_options(const cxxopts::ParseResult& r, const std::string& seed_flag);
+pipeline::CaptureOptions capture_options(const cxxopts::ParseResult& r,
+                                         const std::string& seed_flag);
 
 // Training flags (ranks, init, quantization, optimizer, checkpoints, context) — not --model,
 // --acts, --layers, --seed, --ckpt-dir, --resume.
@@ -29,6 +30,7 @@ pipeline::TrainRunOptions train_options(const cxxopts::ParseResult& r);
 // accounting context).
 void add_eval_flags(cxxopts::Options& options, const std::string& prefix);
 // Fills context, decode, max_sequences and memory_contexts of `o` from those flags.
-void eval_options(const cxxopts::ParseResult& r, const std::string& prefix, pipeline::EvalOptions& o);
+void eval_options(const cxxopts::ParseResult& r, const std::string& prefix,
+                  pipeline::EvalOptions& o);
 
 }  // namespace cskv::cli
