@@ -14,7 +14,7 @@
 #include "checkpoint/resume_config.h"
 #include "comm/collectives.h"
 #include "common/log.h"
-#include "data/atomic_file.h"
+#include "common/fs.h"
 #include "model/config.h"
 
 namespace cskv::pipeline {
@@ -57,7 +57,7 @@ struct RunState {
 
   void mark_done(const std::string& stage, const json& settings) {
     stages[stage] = settings;
-    if (root) data::write_file_atomic(o.out + "/stages.json", stages.dump(2) + "\n");
+    if (root) files::write_file_atomic(o.out + "/stages.json", stages.dump(2) + "\n");
   }
   void add(const std::string& stage, const std::string& what, double seconds) {
     summary.push_back({stage, what, seconds});
@@ -106,7 +106,7 @@ json read_completed_stages(const RunOptions& o, comm::Communicator& comm) {
         log->info("settings changed since the last run of {}: {}", o.out, joined);
       }
     }
-    data::write_file_atomic(run_json, o.resolved.dump(2) + "\n");
+    files::write_file_atomic(run_json, o.resolved.dump(2) + "\n");
     return read_stages(o.out + "/stages.json");
   });
 }
@@ -267,7 +267,7 @@ void write_summary_json(const RunState& s, const SummaryNumbers& n) {
   js["mean_holdout_error_v"] = n.mean_v;
   js["seconds"] = n.total_s;
   if (!s.headline.empty()) js["eval_headline"] = s.headline;
-  data::write_file_atomic(s.o.out + "/summary.json", js.dump(2) + "\n");
+  files::write_file_atomic(s.o.out + "/summary.json", js.dump(2) + "\n");
 }
 
 std::string summary_text(const RunState& s, const SummaryNumbers& n) {
