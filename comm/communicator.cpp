@@ -71,6 +71,25 @@ std::string dtype_name(at::ScalarType type) {
   }
 }
 
+const char* allreduce_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return "allreduce_sum";
+    case ReduceOp::kMax:
+      return "allreduce_max";
+    case ReduceOp::kMin:
+      return "allreduce_min";
+  }
+  return "allreduce";
+}
+
+void Communicator::allreduce_sum(at::Tensor& tensor) {
+  // The layout check first, as the backends do, so a bad tensor fails the same way as before.
+  detail::check_dense_contiguous(*this, "allreduce_sum", tensor);
+  detail::check_allreduce_sum_dtype(*this, tensor);
+  allreduce(tensor, ReduceOp::kSum);
+}
+
 namespace detail {
 
 void check_root(const Communicator& comm, const char* op, int root) {
@@ -95,7 +114,15 @@ void check_cpu_tensor(const Communicator& comm, const char* op, const at::Tensor
                                                    << " got a tensor on " << tensor.device());
 }
 
-void check_allreduce_dtype(const Communicator& comm, const at::Tensor& tensor) {
+void check_allreduce_dtype(const Communicator& comm, const at::Tensor& tensor, ReduceOp op) {
+  const auto type = tensor.scalar_type();
+  CSKV_CHECK(type == at::kFloat || type == at::kDouble || type == at::kLong,
+             "backend '" << comm.backend_name() << "' does not support " << allreduce_name(op)
+                         << " of dtype " << dtype_name(type)
+                         << " (expected float32, float64 or int64)");
+}
+
+void check_allreduce_sum_dtype(const Communicator& comm, const at::Tensor& tensor) {
   const auto type = tensor.scalar_type();
   CSKV_CHECK(type == at::kFloat || type == at::kDouble,
              "backend '" << comm.backend_name() << "' does not support allreduce_sum of dtype "

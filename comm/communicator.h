@@ -37,6 +37,12 @@ std::string format_seconds(double seconds);
 // "float32", "float64", "int64", ... (PyTorch's names, used in error messages).
 std::string dtype_name(at::ScalarType type);
 
+// How allreduce combines the ranks' elements.
+enum class ReduceOp { kSum, kMax, kMin };
+
+// The operation's name in messages: "allreduce_sum", "allreduce_max", "allreduce_min".
+const char* allreduce_name(ReduceOp op);
+
 // A group of processes that run collectives together. Non-copyable: a communicator owns
 // library handles (an MPI communicator, a NCCL communicator) that must be freed exactly once.
 //
@@ -68,8 +74,12 @@ class Communicator {
   // Copies root's tensor into every rank's tensor (same shape and dtype on all ranks;
   // contiguous, on a device this backend handles).
   virtual void broadcast(at::Tensor& tensor, int root) = 0;
-  // Element-wise sum over ranks, in place; float32 and float64 only.
-  virtual void allreduce_sum(at::Tensor& tensor) = 0;
+  // Element-wise reduction over ranks, in place: float32, float64 or int64, any op.
+  // Messages name the operation as allreduce_name(op).
+  virtual void allreduce(at::Tensor& tensor, ReduceOp op) = 0;
+  // allreduce(tensor, ReduceOp::kSum) for float32 and float64 (the dtypes of gradients and
+  // statistics); an integer tensor is an error here, so integer sums are asked for explicitly.
+  void allreduce_sum(at::Tensor& tensor);
 
   // Small byte blobs (metadata, JSON, file lists); each rank's blob may have its own length.
   // gather_bytes: root receives all blobs indexed by rank; other ranks receive an empty vector.
@@ -92,7 +102,9 @@ namespace detail {
 void check_root(const Communicator& comm, const char* op, int root);
 void check_dense_contiguous(const Communicator& comm, const char* op, const at::Tensor& tensor);
 void check_cpu_tensor(const Communicator& comm, const char* op, const at::Tensor& tensor);
-void check_allreduce_dtype(const Communicator& comm, const at::Tensor& tensor);
+// allreduce: float32, float64 or int64; allreduce_sum(): float32 or float64.
+void check_allreduce_dtype(const Communicator& comm, const at::Tensor& tensor, ReduceOp op);
+void check_allreduce_sum_dtype(const Communicator& comm, const at::Tensor& tensor);
 void check_split_color(const Communicator& comm, int color);
 }  // namespace detail
 

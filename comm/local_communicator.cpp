@@ -15,9 +15,9 @@ void LocalCommunicator::broadcast(at::Tensor& tensor, int root) {
   detail::check_cpu_tensor(*this, "broadcast", tensor);
 }
 
-void LocalCommunicator::allreduce_sum(at::Tensor& tensor) {
-  detail::check_cpu_tensor(*this, "allreduce_sum", tensor);
-  detail::check_allreduce_dtype(*this, tensor);
+void LocalCommunicator::allreduce(at::Tensor& tensor, ReduceOp op) {
+  detail::check_cpu_tensor(*this, allreduce_name(op), tensor);
+  detail::check_allreduce_dtype(*this, tensor, op);
 }
 
 std::vector<std::string> LocalCommunicator::gather_bytes(const std::string& mine, int root) {

@@ -272,19 +272,23 @@ void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
   });
 }
 
-void MpiCommunicator::allreduce_sum(at::Tensor& tensor) {
-  detail::check_cpu_tensor(*this, "allreduce_sum", tensor);
-  detail::check_allreduce_dtype(*this, tensor);
-  const MPI_Datatype type = tensor.scalar_type() == at::kFloat ? MPI_FLOAT : MPI_DOUBLE;
-  run_collective("allreduce_sum", [&](Clock::time_point deadline) {
+void MpiCommunicator::allreduce(at::Tensor& tensor, ReduceOp op) {
+  const char* name = allreduce_name(op);
+  detail::check_cpu_tensor(*this, name, tensor);
+  detail::check_allreduce_dtype(*this, tensor, op);
+  const auto dtype = tensor.scalar_type();
+  const MPI_Datatype type =
+      dtype == at::kFloat ? MPI_FLOAT : (dtype == at::kDouble ? MPI_DOUBLE : MPI_INT64_T);
+  const MPI_Op mpi_op = op == ReduceOp::kSum ? MPI_SUM : (op == ReduceOp::kMax ? MPI_MAX : MPI_MIN);
+  run_collective(name, [&](Clock::time_point deadline) {
     const std::int64_t item = static_cast<std::int64_t>(tensor.element_size());
     const std::int64_t max_elements = std::min<std::int64_t>(max_chunk_elements_, INT_MAX);
     char* base = static_cast<char*>(tensor.data_ptr());
     for_each_chunk(tensor.numel(), max_elements, [&](std::int64_t offset, int count) {
       MPI_Request request = MPI_REQUEST_NULL;
-      MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, base + offset * item, count, type, MPI_SUM, comm_,
-                               &request));
-      wait(request, "allreduce_sum", deadline);
+      MPI_CHECK(
+          MPI_Iallreduce(MPI_IN_PLACE, base + offset * item, count, type, mpi_op, comm_, &request));
+      wait(request, name, deadline);
     });
   });
 }

@@ -64,7 +64,7 @@ class MpiCommunicator final : public Communicator {
 
   void barrier() override;
   void broadcast(at::Tensor& tensor, int root) override;
-  void allreduce_sum(at::Tensor& tensor) override;
+  void allreduce(at::Tensor& tensor, ReduceOp op) override;
   std::vector<std::string> gather_bytes(const std::string& mine, int root) override;
   std::vector<std::string> allgather_bytes(const std::string& mine) override;
   void broadcast_bytes(std::string& bytes, int root) override;

@@ -126,16 +126,21 @@ class NcclCommunicator final : public Communicator {
     });
   }
 
-  void allreduce_sum(at::Tensor& tensor) override {
-    detail::check_dense_contiguous(*this, "allreduce_sum", tensor);
-    detail::check_allreduce_dtype(*this, tensor);
-    if (!tensor.is_cuda()) return mpi_->allreduce_sum(tensor);
-    check_device("allreduce_sum", tensor);
-    const ncclDataType_t type = tensor.scalar_type() == at::kFloat ? ncclFloat32 : ncclFloat64;
-    run_collective("allreduce_sum", [&](Clock::time_point deadline) {
+  void allreduce(at::Tensor& tensor, ReduceOp op) override {
+    const char* name = allreduce_name(op);
+    detail::check_dense_contiguous(*this, name, tensor);
+    detail::check_allreduce_dtype(*this, tensor, op);
+    if (!tensor.is_cuda()) return mpi_->allreduce(tensor, op);
+    check_device(name, tensor);
+    const auto dtype = tensor.scalar_type();
+    const ncclDataType_t type =
+        dtype == at::kFloat ? ncclFloat32 : (dtype == at::kDouble ? ncclFloat64 : ncclInt64);
+    const ncclRedOp_t nccl_op =
+        op == ReduceOp::kSum ? ncclSum : (op == ReduceOp::kMax ? ncclMax : ncclMin);
+    run_collective(name, [&](Clock::time_point deadline) {
       NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(),
-                               static_cast<size_t>(tensor.numel()), type, ncclSum, comm_, stream_));
-      wait_for_stream("allreduce_sum", deadline);
+                               static_cast<size_t>(tensor.numel()), type, nccl_op, comm_, stream_));
+      wait_for_stream(name, deadline);
     });
   }
 
