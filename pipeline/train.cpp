@@ -1,32 +1,29 @@
-// The training run: job planning (density or budget), placement on rank groups, the job loop
-// with progress, rounds of collective checkpoints and stops, resume, the held-out evaluation and
-// the written factors + metrics.
+// The train stage driver: validate → plan (jobs, ranks, placement) → resume → work (the job loop
+// under the coordinator) → share (every state to every rank) → write (factors and metrics).
 #include "pipeline/train.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <csignal>
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
+#include <memory>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/compressor_file.h"
 #include "checkpoint/rank_checkpoint.h"
-#include "checkpoint/resume_config.h"
-#include "checkpoint/step_manifest.h"
+#include "comm/collectives.h"
 #include "comm/local_communicator.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/stop_signal.h"
-#include "data/atomic_file.h"
+#include "common/fs.h"
 #include "data/layer_stats.h"
 #include "model/safetensors.h"
+#include "pipeline/coordinator.h"
 #include "trainer/rank_allocation.h"
 #include "trainer/schedule.h"
 
@@ -114,29 +111,6 @@ std::string resolved_config_json(const TrainRunOptions& o, const model::ModelCon
 
 namespace {
 
-// The scalars of a job, as exact text (hex floats) for broadcasting.
-std::string encode_job(const JobState& s) {
-  char buf[1024];
-  std::snprintf(buf, sizeof buf, "%lld %lld %lld %a %a %a %a %a %a %a %a",
-                static_cast<long long>(s.step), static_cast<long long>(s.total_steps),
-                static_cast<long long>(s.data_position), s.floor, s.last_loss, s.train_error_init,
-                s.holdout_error_init_q, s.train_error, s.holdout_error_q, s.holdout_error,
-                s.seconds);
-  return buf;
-}
-
-void decode_job(const std::string& text, JobState& s) {
-  long long step = 0, total = 0, pos = 0;
-  const int n =
-      std::sscanf(text.c_str(), "%lld %lld %lld %la %la %la %la %la %la %la %la", &step, &total,
-                  &pos, &s.floor, &s.last_loss, &s.train_error_init, &s.holdout_error_init_q,
-                  &s.train_error, &s.holdout_error_q, &s.holdout_error, &s.seconds);
-  CSKV_CHECK(n == 11, "train: malformed job summary from its owner rank: '" << text << "'");
-  s.step = step;
-  s.total_steps = total;
-  s.data_position = pos;
-}
-
 JobMetrics metrics_of(const JobState& s, const TrainConfig& cfg) {
   JobMetrics m;
   m.job = s.job;
@@ -152,216 +126,377 @@ JobMetrics metrics_of(const JobState& s, const TrainConfig& cfg) {
   return m;
 }
 
-std::string encode_entry(const checkpoint::RankFileEntry& e) {
-  return std::to_string(e.rank) + " " + std::to_string(e.bytes) + " " + e.checksum + " " + e.file;
+// ---- validate
+
+void validate_options(const TrainRunOptions& o) {
+  CSKV_CHECK_USAGE(o.save_every >= 0, "--save-every: expected >= 0, found " << o.save_every);
+  CSKV_CHECK_USAGE(o.keep >= 1, "--keep: expected >= 1, found " << o.keep);
 }
 
-checkpoint::RankFileEntry decode_entry(const std::string& text) {
-  checkpoint::RankFileEntry e;
-  std::istringstream in(text);
-  in >> e.rank >> e.bytes >> e.checksum >> e.file;
-  CSKV_CHECK(!in.fail(), "train: malformed checkpoint entry from a rank: '" << text << "'");
-  return e;
-}
+// ---- plan
 
-// How the ranks share the jobs: groups of `dp` consecutive ranks; job i belongs to group
-// owner_group[i] (LPT by cost); ranks past groups * dp have no group (they only take part in the
-// collectives).
-struct Placement {
-  int dp = 1;
-  int groups = 1;
-  std::vector<int> owner_group;
-  int my_group = -1;
-  int my_index = 0;  // rank within its group; 0 = the leader, who writes the group's jobs
-  int leader_of(size_t job) const { return owner_group[job] * dp; }
-};
-
-Placement place_jobs(const std::vector<double>& costs, int requested_dp, int world, int rank) {
-  Placement p;
-  const int jobs = static_cast<int>(costs.size());
-  CSKV_CHECK_USAGE(requested_dp >= 0 && requested_dp <= world,
-                   "--dp: expected 0 (auto) or 1.." << world << " (the number of ranks), found "
-                                                    << requested_dp);
-  p.dp = requested_dp > 0 ? requested_dp : (world > jobs && jobs > 0 ? world / jobs : 1);
-  p.groups = world / p.dp;
-  p.owner_group = assign_jobs_lpt(costs, p.groups);
-  if (rank < p.groups * p.dp) {
-    p.my_group = rank / p.dp;
-    p.my_index = rank % p.dp;
-  }
+CheckpointPolicy checkpoint_policy(const TrainRunOptions& o, std::string config_json) {
+  CheckpointPolicy p;
+  p.ckpt_dir = o.ckpt_dir;
+  p.save_every = o.save_every;
+  p.keep = o.keep;
+  p.round_seconds = o.round_seconds;
+  p.require_resume = o.require_resume;
+  p.config_json = std::move(config_json);
   return p;
 }
 
-// The collective part of the job loop: rounds, saves and stops. Every rank calls point() at the
-// same sequence of places within its group (after each step, after init, after evaluation);
-// when a round is over (round_seconds, or a local reason to save), all ranks meet in one
-// allreduce [save wanted, stop signal, unfinished jobs, Σ steps] and save together when anyone
-// asked for it. Idle ranks call point(false, true) until everything is finished.
-class Coordinator {
- public:
-  Coordinator(const TrainRunOptions& o, comm::Communicator& world, comm::Communicator* group,
-              const Placement& placement, std::map<size_t, JobState>& states,
-              const std::vector<size_t>& my_jobs, std::string config_json, int64_t last_saved,
-              ProgressMeter& progress)
-      : o_(o),
-        progress_(progress),
-        world_(world),
-        group_(group),
-        placement_(placement),
-        states_(states),
-        my_jobs_(my_jobs),
-        config_json_(std::move(config_json)),
-        last_saved_(last_saved),
-        round_start_(Clock::now()) {}
-
-  // Returns false once the run must stop (a stop signal reached some rank; state saved).
-  // save_wanted: this rank has a reason to save (a job finished); end_round: meet the others
-  // now without one (an idle rank waiting for the rest).
-  bool point(bool save_wanted = false, bool end_round = false) {
-    if (save_wanted) save_wanted_ = true;
-    const bool due =
-        end_round || save_wanted_ || stop_signal() != 0 ||
-        (o_.save_every > 0 && steps_since_save_ >= o_.save_every) ||
-        std::chrono::duration<double>(Clock::now() - round_start_).count() >= o_.round_seconds;
-    if (!group_decides(due)) return true;
-    at::Tensor v = at::zeros({4}, at::TensorOptions().dtype(at::kDouble));
-    auto* d = v.data_ptr<double>();
-    const bool leader = placement_.my_group >= 0 && placement_.my_index == 0;
-    d[0] = (save_wanted_ || (o_.save_every > 0 && steps_since_save_ >= o_.save_every)) ? 1 : 0;
-    d[1] = stop_signal() != 0 ? 1 : 0;
-    if (leader) {
-      for (const size_t i : my_jobs_) {
-        const auto it = states_.find(i);
-        d[2] += (it == states_.end() || !it->second.finished()) ? 1 : 0;
-        if (it != states_.end()) d[3] += static_cast<double>(it->second.step);
-      }
-    }
-    world_.allreduce_sum(v);
-    round_start_ = Clock::now();
-    save_wanted_ = false;
-    unfinished_ = static_cast<int64_t>(d[2]);
-    const int64_t step_sum = static_cast<int64_t>(d[3]);
-    progress_.update(step_sum);
-    if (d[1] > 0) {
-      stopped_ = true;
-      save(step_sum);
-      return false;
-    }
-    if (d[0] > 0 || unfinished_ == 0) save(step_sum);
-    return true;
-  }
-
-  void count_step() { ++steps_since_save_; }
-  bool all_finished() const { return unfinished_ == 0; }
-  bool stopped() const { return stopped_; }
-  int64_t last_saved() const { return last_saved_; }
-  int saves() const { return saves_; }
-  double save_seconds() const { return save_seconds_; }
-
- private:
-  // In a data-parallel group the leader's clock decides; the members follow (one broadcast).
-  bool group_decides(bool due) {
-    if (!group_ || group_->size() == 1) return due;
-    at::Tensor flag = at::full({1}, due ? 1.0f : 0.0f, at::TensorOptions().dtype(at::kFloat));
-    group_->broadcast(flag, 0);
-    return flag.item<float>() > 0;
-  }
-
-  // Checkpoint step `step` (= Σ steps of all jobs): every rank writes its file (group leaders
-  // hold their jobs, everyone else an empty file), rank 0 gathers the entries and writes the
-  // manifest last, then prunes.
-  void save(int64_t step) {
-    if (step == last_saved_) return;  // nothing changed since the last save
-    const auto t0 = Clock::now();
-    std::vector<JobState> mine;
-    if (placement_.my_group >= 0 && placement_.my_index == 0) {
-      for (const size_t i : my_jobs_) {
-        const auto it = states_.find(i);
-        if (it != states_.end()) mine.push_back(it->second);
-      }
-    }
-    const int me = world_.rank();
-    if (me == 0) {  // a stale manifest of a step this run passes again (after a fallback)
-      std::error_code ec;
-      std::filesystem::remove(checkpoint::step_manifest_path(o_.ckpt_dir, step), ec);
-    }
-    const auto entry = checkpoint::write_rank_checkpoint(o_.ckpt_dir, step, me, mine, config_json_);
-    inject_fault("after-rank-file");
-    const auto all = world_.gather_bytes(encode_entry(entry), 0);
-    if (me == 0) {
-      std::vector<checkpoint::RankFileEntry> entries;
-      for (const auto& text : all) entries.push_back(decode_entry(text));
-      checkpoint::write_step_manifest(o_.ckpt_dir, step, world_.size(), entries, config_json_);
-      checkpoint::prune_steps(o_.ckpt_dir, o_.keep, /*verify_checksums=*/false);
-    }
-    // Nobody goes on (or exits, e.g. with 75 after a stop: mpirun would kill the rest) before the
-    // step is complete on disk.
-    world_.barrier();
-    last_saved_ = step;
-    steps_since_save_ = 0;
-    ++saves_;
-    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    save_seconds_ += seconds;
-    log::get("trainer")->debug("checkpoint step {} written in {:.3f} s", step, seconds);
-  }
-
-  // Test hook (documented in README, "Testing the checkpoints"): CSKV_FAULT=after-rank-file:<n>
-  // kills this process with SIGKILL right after it wrote its rank file of the n-th save, before
-  // the manifest — a crash in the middle of a checkpoint.
-  void inject_fault(const char* where) {
-    static const char* fault = std::getenv("CSKV_FAULT");
-    if (!fault) return;
-    const std::string spec = fault, prefix = std::string(where) + ":";
-    if (spec.rfind(prefix, 0) != 0) return;
-    if (std::stoi(spec.substr(prefix.size())) == saves_ + 1) {
-      log::get("trainer")->warn("CSKV_FAULT={}: killing this process", spec);
-      std::raise(SIGKILL);
-    }
-  }
-
-  const TrainRunOptions& o_;
-  ProgressMeter& progress_;
-  comm::Communicator& world_;
-  comm::Communicator* group_;
-  const Placement& placement_;
-  std::map<size_t, JobState>& states_;
-  const std::vector<size_t>& my_jobs_;
-  std::string config_json_;
-  int64_t last_saved_;
-  Clock::time_point round_start_;
-  int64_t steps_since_save_ = 0;
-  bool save_wanted_ = false;
-  bool stopped_ = false;
-  int64_t unfinished_ = -1;
-  int saves_ = 0;
-  double save_seconds_ = 0;
+// The placement costs of the jobs and their steps in all (the progress total).
+struct JobCosts {
+  std::vector<double> costs;
+  int64_t all_steps = 0;
 };
 
-// Rank 0 looks for the newest complete step and checks its config; every rank learns the
-// verdict (a step, none, or the error everyone throws).
-int64_t find_resume_step(const TrainRunOptions& o, const std::string& config_json,
-                         comm::Communicator& comm) {
-  std::string verdict;
-  if (comm.rank() == 0) {
-    try {
-      const auto search = checkpoint::search_latest_complete_step(o.ckpt_dir);
-      if (search.step) {
-        const auto manifest = checkpoint::read_step_manifest(o.ckpt_dir, *search.step);
-        checkpoint::check_resume_config(manifest.config_json, config_json, o.ckpt_dir);
-        verdict = "S" + std::to_string(*search.step);
-      } else if (o.require_resume) {
-        verdict = "E" + checkpoint::no_complete_checkpoint_message(o.ckpt_dir);
-      } else {
-        verdict = "N";
-      }
-    } catch (const Error& e) {
-      verdict = "E" + e.message();
+JobCosts job_costs(const std::vector<LayerJob>& jobs, const LayerTrainer& trainer,
+                   const model::ModelConfig& model, const TrainConfig& cfg) {
+  JobCosts c;
+  for (const auto& j : jobs) {
+    const int64_t steps = trainer.total_steps(j);  // reads the capture manifest: once per job
+    c.all_steps += steps;
+    c.costs.push_back(job_cost(j, model.hidden_size, model.kv_dim(), steps, cfg.batch_tokens));
+  }
+  return c;
+}
+
+// This rank's part of the plan: the placement, its data-parallel group and its group's jobs.
+struct RankAssignment {
+  Placement placement;
+  std::unique_ptr<comm::Communicator> group;  // only when dp > 1
+  std::vector<size_t> my_jobs;
+};
+
+RankAssignment assign_ranks(const std::vector<double>& costs, int dp, comm::Communicator& comm) {
+  const int me = comm.rank();
+  RankAssignment a;
+  a.placement = place_jobs(costs, dp, comm.size(), me);
+  const Placement& p = a.placement;
+  if (p.dp > 1) a.group = comm.split(p.my_group >= 0 ? p.my_group : p.groups + me, me);
+  if (me == 0 && p.groups * p.dp < comm.size()) {
+    log::get("trainer")->warn("{} rank(s) idle: {} ranks do not divide into groups of {}",
+                              comm.size() - p.groups * p.dp, comm.size(), p.dp);
+  }
+  a.my_jobs = p.my_jobs();
+  return a;
+}
+
+// ---- work
+
+// This rank's jobs in order (init → train → evaluate), meeting the other ranks at the
+// coordinator's points, then rounds with them until every job is done or a stop.
+class JobLoop {
+ public:
+  JobLoop(LayerTrainer& trainer, const std::vector<LayerJob>& jobs,
+          const std::vector<size_t>& my_jobs, std::map<size_t, JobState>& states,
+          Coordinator& coord, const DataParallelSlice& slice, Clock::time_point run_start)
+      : trainer_(trainer),
+        jobs_(jobs),
+        my_jobs_(my_jobs),
+        states_(states),
+        coord_(coord),
+        slice_(slice),
+        run_start_(run_start) {}
+
+  void run() {
+    for (size_t n = 0; n < my_jobs_.size() && !coord_.stopped(); ++n) run_job(my_jobs_[n], n + 1);
+    while (!coord_.stopped() && !coord_.all_finished()) {
+      coord_.point(/*save_wanted=*/false, /*end_round=*/true);
     }
   }
-  comm.broadcast_bytes(verdict, 0);
-  if (verdict[0] == 'E') throw Error(ErrorKind::kInput, verdict.substr(1), {}, true);
-  return verdict[0] == 'S' ? std::stoll(verdict.substr(1)) : -1;
+
+ private:
+  // Job i, the done-th of this rank's jobs: whatever is left of it.
+  void run_job(size_t i, size_t done) {
+    auto it = states_.find(i);
+    if (it != states_.end() && it->second.finished()) return;
+    job_clock_ = Clock::now();
+    if (it == states_.end()) {
+      it = states_.emplace(i, start_job(jobs_[i])).first;
+      if (!coord_.point()) return;
+    } else if (it->second.step > 0) {
+      log::get("trainer")->info("{}: continuing at step {}/{}", jobs_[i].name(), it->second.step,
+                                it->second.total_steps);
+    }
+    JobState& s = it->second;
+    train_job(s, i, done);
+    if (coord_.stopped()) return;
+    if (s.step == s.total_steps && std::isnan(s.holdout_error)) {
+      evaluate_job(s, i);
+      coord_.point(/*save_wanted=*/true);
+    }
+  }
+
+  JobState start_job(const LayerJob& job) {
+    JobState s = trainer_.init(job);
+    s.train_error_init = trainer_.relative_error(s, "train", false);
+    s.holdout_error_init_q = trainer_.relative_error(s, "holdout", true);
+    log::get("trainer")->info("{} (rank {}): 16-bit floor {:.6g}, init train error {:.6g}",
+                              job.name(), job.rank, s.floor, s.train_error_init);
+    return s;
+  }
+
+  void train_job(JobState& s, size_t i, size_t done) {
+    const int64_t start_step = s.step;
+    auto last_log = Clock::now();
+    trainer_.train(
+        s, s.total_steps,
+        [&](const JobState& st) {
+          coord_.count_step();
+          const auto now = Clock::now();
+          if (std::chrono::duration<double>(now - last_log).count() >= 2.0 ||
+              st.step == st.total_steps) {
+            last_log = now;
+            log_step(st, i, start_step, done, now);
+          }
+          add_time(s);
+          return coord_.point();
+        },
+        slice_);
+  }
+
+  void log_step(const JobState& st, size_t i, int64_t start_step, size_t done,
+                Clock::time_point now) const {
+    const double el = std::chrono::duration<double>(now - run_start_).count();
+    const double rate = static_cast<double>(st.step - start_step) / std::max(el, 1e-9);
+    log::get("trainer")->debug(
+        "{}: step {}/{} loss {:.6g} ({:.1f} steps/s, ETA {:.0f} s; job {}/{} here)",
+        jobs_[i].name(), st.step, st.total_steps, st.last_loss, rate,
+        static_cast<double>(st.total_steps - st.step) / std::max(rate, 1e-9), done,
+        my_jobs_.size());
+  }
+
+  void evaluate_job(JobState& s, size_t i) {
+    s.train_error = trainer_.relative_error(s, "train", false);
+    s.holdout_error_q = trainer_.relative_error(s, "holdout", true);
+    s.holdout_error = trainer_.relative_error(s, "holdout", false);
+    add_time(s);
+    log::get("trainer")->info("{}: done, held-out error {:.6g} (quantized {:.6g})", jobs_[i].name(),
+                              s.holdout_error, s.holdout_error_q);
+  }
+
+  // The wall time since the last call (or the job's start here) goes to the job.
+  void add_time(JobState& s) {
+    const auto now = Clock::now();
+    s.seconds += std::chrono::duration<double>(now - job_clock_).count();
+    job_clock_ = now;
+  }
+
+  LayerTrainer& trainer_;
+  const std::vector<LayerJob>& jobs_;
+  const std::vector<size_t>& my_jobs_;
+  std::map<size_t, JobState>& states_;
+  Coordinator& coord_;
+  const DataParallelSlice& slice_;
+  const Clock::time_point run_start_;
+  Clock::time_point job_clock_;
+};
+
+// ---- share
+
+// The scalars of a finished job, as the typed value its owner sends every rank (CBOR: every
+// double arrives bit for bit).
+struct JobSummary {
+  size_t job = 0;  // index in the plan
+  int64_t step = 0, total_steps = 0, data_position = 0;
+  double floor = 0, last_loss = 0, train_error_init = 0, holdout_error_init_q = 0, train_error = 0,
+         holdout_error_q = 0, holdout_error = 0, seconds = 0;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(JobSummary, job, step, total_steps, data_position, floor,
+                                   last_loss, train_error_init, holdout_error_init_q, train_error,
+                                   holdout_error_q, holdout_error, seconds)
+
+JobSummary summary_of(size_t job, const JobState& s) {
+  return {job,
+          s.step,
+          s.total_steps,
+          s.data_position,
+          s.floor,
+          s.last_loss,
+          s.train_error_init,
+          s.holdout_error_init_q,
+          s.train_error,
+          s.holdout_error_q,
+          s.holdout_error,
+          s.seconds};
 }
+
+void apply_summary(const JobSummary& m, JobState& s) {
+  s.step = m.step;
+  s.total_steps = m.total_steps;
+  s.data_position = m.data_position;
+  s.floor = m.floor;
+  s.last_loss = m.last_loss;
+  s.train_error_init = m.train_error_init;
+  s.holdout_error_init_q = m.holdout_error_init_q;
+  s.train_error = m.train_error;
+  s.holdout_error_q = m.holdout_error_q;
+  s.holdout_error = m.holdout_error;
+  s.seconds = m.seconds;
+}
+
+// Every rank learns the scalars of the jobs it does not own (one allgather of the owners'
+// summaries) and gets zero tensors of the right shapes for their factors.
+void receive_summaries(const std::vector<LayerJob>& jobs, const Placement& placement,
+                       const model::ModelConfig& model, comm::Communicator& comm,
+                       std::vector<JobState>& all) {
+  const int me = comm.rank();
+  std::vector<JobSummary> mine;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (placement.leader_of(i) == me) mine.push_back(summary_of(i, all[i]));
+  }
+  const auto by_rank = comm::allgather_values(comm, mine);
+  const int64_t H = model.hidden_size, D = model.kv_dim();
+  for (int r = 0; r < comm.size(); ++r) {
+    if (r == me) continue;
+    for (const JobSummary& m : by_rank[static_cast<size_t>(r)]) {
+      CSKV_CHECK(
+          m.job < jobs.size() && placement.leader_of(m.job) == r,
+          "train: rank " << r << " sent the summary of job " << m.job << ", which it does not own");
+      JobState& s = all[m.job];
+      s.job = jobs[m.job];
+      apply_summary(m, s);
+      s.A = at::zeros({H, s.job.rank}, at::kFloat);
+      s.B = at::zeros({s.job.rank, D}, at::kFloat);
+      s.eigenvalues = at::zeros({D}, at::kDouble);
+    }
+  }
+}
+
+// Every finished job travels from its owner to all ranks, bit for bit, in job order.
+std::vector<JobState> share_states(const std::vector<LayerJob>& jobs,
+                                   const std::map<size_t, JobState>& states,
+                                   const Placement& placement, const model::ModelConfig& model,
+                                   comm::Communicator& comm) {
+  const int me = comm.rank();
+  std::vector<JobState> all(jobs.size());
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (placement.leader_of(i) == me) all[i] = states.at(i);
+  }
+  if (comm.size() == 1) return all;
+  receive_summaries(jobs, placement, model, comm, all);
+  // The AdamW moments stay with the owner (they live on in the checkpoint): at 7B scale they
+  // are two thirds of the bytes and no rank needs another's.
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const int owner = placement.leader_of(i);
+    for (at::Tensor* t : {&all[i].A, &all[i].B, &all[i].eigenvalues}) {
+      if (owner == me) *t = t->contiguous();
+      comm.broadcast(*t, owner);
+    }
+  }
+  return all;
+}
+
+// ---- write
+
+// The factors in the HF Linear layout with the quantization settings (checkpoint/compressor_file).
+void write_factors(const std::string& path, const std::vector<JobState>& states,
+                   const model::ModelConfig& model, const TrainConfig& cfg) {
+  checkpoint::write_trained_compressor(path, states, model.hash(), cfg);
+}
+
+// One rank's train stage: the plan (made alike on every rank, no communication but the group
+// split) and the phases that follow it, each filling its part of the result.
+class TrainStage {
+ public:
+  TrainStage(const TrainRunOptions& o, comm::Communicator& comm)
+      : o_(o),
+        comm_(comm),
+        model_(model::load_config(o.model_dir)),
+        weights_(std::make_shared<model::SafetensorsModel>(
+            model::SafetensorsModel::open_dir(o.model_dir))),
+        jobs_(plan_jobs(o, model_, *weights_)),
+        trainer_(o.cfg, model_, weights_, o.acts_dir),
+        policy_(checkpoint_policy(o, resolved_config_json(o, model_))),
+        // A job's numbers depend only on the job (its data, seed and the fixed thread count),
+        // never on which rank or how many ranks (dp = 1).
+        costs_(job_costs(jobs_, trainer_, model_, o.cfg)),
+        ranks_(assign_ranks(costs_.costs, o.dp, comm)) {}
+
+  // Continues from the newest complete step, if there is one: this group's saved states.
+  void resume() {
+    const std::optional<int64_t> step = find_resume_step(policy_, comm_);
+    if (!step) return;
+    states_ = load_resumed_jobs(o_.ckpt_dir, *step, jobs_, ranks_.my_jobs);
+    result_.resumed_from = *step;
+    log::get("trainer")->info("resuming from {} ({} of this rank's {} job(s) started there)",
+                              checkpoint::step_dir(o_.ckpt_dir, *step), states_.size(),
+                              ranks_.my_jobs.size());
+  }
+
+  // Trains this group's jobs with collective saves; false after a stop (the state is saved).
+  bool work() {
+    comm::Communicator* group = ranks_.group.get();
+    const Placement& placement = ranks_.placement;
+    const DataParallelSlice slice{placement.my_index, placement.dp,
+                                  [group](at::Tensor& t) { group->allreduce_sum(t); }};
+    progress_.emplace("train", "steps", costs_.all_steps, comm_.rank() == 0);
+    progress_->set_start(std::max<int64_t>(0, result_.resumed_from));
+    Coordinator coord(policy_, comm_, group, placement, states_, ranks_.my_jobs,
+                      result_.resumed_from, *progress_);
+    const auto t_run = Clock::now();
+    JobLoop(trainer_, jobs_, ranks_.my_jobs, states_, coord, slice, t_run).run();
+    if (!coord.stopped()) progress_->finish();
+    result_.saves = coord.saves();
+    result_.save_seconds = coord.save_seconds();
+    result_.last_step = coord.last_saved();
+    result_.train_seconds = std::chrono::duration<double>(Clock::now() - t_run).count();
+    if (!coord.stopped()) return true;
+    result_.interrupted = true;
+    const int sig = stop_signal();
+    log::get("trainer")->warn(
+        "stopping on {}: checkpoint {} written; rerun the same command to resume",
+        sig ? stop_signal_name(sig) : "a peer's stop signal",
+        checkpoint::step_dir(o_.ckpt_dir, coord.last_saved()));
+    return false;
+  }
+
+  // Every rank gets every job's state and the run's metrics.
+  void share() {
+    result_.states = share_states(jobs_, states_, ranks_.placement, model_, comm_);
+    std::vector<JobMetrics> metrics;
+    for (const auto& s : result_.states) metrics.push_back(metrics_of(s, o_.cfg));
+    result_.metrics = summarize(model_, o_.cfg, metrics, o_.context);
+    result_.factors_path = o_.ckpt_dir + "/compressor.safetensors";
+  }
+
+  // Rank 0 writes the factors, metrics.json and metrics.md; everyone waits for them.
+  void write() {
+    if (comm_.rank() == 0) {
+      fs::create_directories(o_.ckpt_dir);
+      write_factors(result_.factors_path, result_.states, model_, o_.cfg);
+      files::write_file_atomic(o_.ckpt_dir + "/metrics.json", metrics_json(result_.metrics) + "\n");
+      files::write_file_atomic(o_.ckpt_dir + "/metrics.md", metrics_markdown(result_.metrics));
+    }
+    comm_.barrier();
+    const TrainRunResult& r = result_;
+    log::get("trainer")->info(
+        "trained {} job(s) ({} on this rank of {}, {} rank(s) per job) in {:.1f} s; {} "
+        "checkpoint(s) in {:.2f} s ({:.1f}%); factors in {}",
+        jobs_.size(), ranks_.my_jobs.size(), comm_.size(), ranks_.placement.dp, r.train_seconds,
+        r.saves, r.save_seconds, 100.0 * r.save_seconds / std::max(r.train_seconds, 1e-9),
+        r.factors_path);
+  }
+
+  TrainRunResult take_result() { return std::move(result_); }
+
+ private:
+  const TrainRunOptions& o_;
+  comm::Communicator& comm_;
+  const model::ModelConfig model_;
+  const std::shared_ptr<model::SafetensorsModel> weights_;
+  const std::vector<LayerJob> jobs_;
+  LayerTrainer trainer_;
+  const CheckpointPolicy policy_;
+  const JobCosts costs_;
+  const RankAssignment ranks_;
+  std::map<size_t, JobState> states_;  // this group's started jobs
+  std::optional<ProgressMeter> progress_;
+  TrainRunResult result_;
+};
 
 }  // namespace
 
@@ -370,206 +505,16 @@ TrainRunResult run_training(const TrainRunOptions& o) {
   return run_training(o, local);
 }
 
+// validate → plan → resume → work → share → write
 TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) {
-  CSKV_CHECK_USAGE(o.save_every >= 0, "--save-every: expected >= 0, found " << o.save_every);
-  CSKV_CHECK_USAGE(o.keep >= 1, "--keep: expected >= 1, found " << o.keep);
-  const model::ModelConfig model = model::load_config(o.model_dir);
-  auto weights =
-      std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(o.model_dir));
-  const auto jobs = plan_jobs(o, model, *weights);
-  LayerTrainer trainer(o.cfg, model, weights, o.acts_dir);
-  auto log = log::get("trainer");
-  const std::string config_json = resolved_config_json(o, model);
-  // Every rank computes the same placement; a job's numbers depend only on the job (its data,
-  // seed and the fixed thread count), never on which rank or how many ranks (dp = 1).
-  std::vector<double> costs;
-  int64_t all_steps = 0;  // of every job: the progress total
-  for (const auto& j : jobs) {
-    const int64_t steps = trainer.total_steps(j);  // reads the capture manifest: once per job
-    all_steps += steps;
-    costs.push_back(job_cost(j, model.hidden_size, model.kv_dim(), steps, o.cfg.batch_tokens));
+  validate_options(o);
+  TrainStage stage(o, comm);
+  stage.resume();
+  if (stage.work()) {
+    stage.share();
+    stage.write();
   }
-  const int me = comm.rank();
-  const Placement placement = place_jobs(costs, o.dp, comm.size(), me);
-  std::unique_ptr<comm::Communicator> group;
-  if (placement.dp > 1) {
-    group = comm.split(placement.my_group >= 0 ? placement.my_group : placement.groups + me, me);
-  }
-  if (me == 0 && placement.groups * placement.dp < comm.size()) {
-    log->warn("{} rank(s) idle: {} ranks do not divide into groups of {}",
-              comm.size() - placement.groups * placement.dp, comm.size(), placement.dp);
-  }
-  std::vector<size_t> my_jobs;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    if (placement.owner_group[i] == placement.my_group) my_jobs.push_back(i);
-  }
-
-  TrainRunResult result;
-  std::map<size_t, JobState> states;  // this group's started jobs
-  const int64_t resume_step = find_resume_step(o, config_json, comm);
-  if (resume_step >= 0) {
-    auto saved = checkpoint::load_step(o.ckpt_dir, resume_step);
-    int found = 0;
-    for (const size_t i : my_jobs) {
-      const auto it = saved.find({jobs[i].layer, jobs[i].kind});
-      if (it == saved.end()) continue;
-      CSKV_CHECK_INPUT(it->second.job.rank == jobs[i].rank,
-                       o.ckpt_dir << ": step " << resume_step << " holds " << jobs[i].name()
-                                  << " at rank " << it->second.job.rank << ", the plan says "
-                                  << jobs[i].rank);
-      states[i] = std::move(it->second);
-      ++found;
-    }
-    result.resumed_from = resume_step;
-    log->info("resuming from {} ({} of this rank's {} job(s) started there)",
-              checkpoint::step_dir(o.ckpt_dir, resume_step), found, my_jobs.size());
-  }
-
-  const DataParallelSlice slice{placement.my_index, placement.dp,
-                                [&](at::Tensor& t) { group->allreduce_sum(t); }};
-  ProgressMeter progress("train", "steps", all_steps, me == 0);
-  progress.set_start(std::max<int64_t>(0, resume_step));
-  Coordinator coord(o, comm, group.get(), placement, states, my_jobs, config_json, resume_step,
-                    progress);
-  const auto t_run = Clock::now();
-  size_t done = 0;
-  bool stopped = false;
-  for (const size_t i : my_jobs) {
-    if (stopped) break;
-    ++done;
-    auto it = states.find(i);
-    if (it != states.end() && it->second.finished()) continue;
-    auto t0 = Clock::now();
-    if (it == states.end()) {
-      JobState s = trainer.init(jobs[i]);
-      s.train_error_init = trainer.relative_error(s, "train", false);
-      s.holdout_error_init_q = trainer.relative_error(s, "holdout", true);
-      log->info("{} (rank {}): 16-bit floor {:.6g}, init train error {:.6g}", jobs[i].name(),
-                jobs[i].rank, s.floor, s.train_error_init);
-      it = states.emplace(i, std::move(s)).first;
-      if (!coord.point()) break;
-    } else if (it->second.step > 0) {
-      log->info("{}: continuing at step {}/{}", jobs[i].name(), it->second.step,
-                it->second.total_steps);
-    }
-    JobState& s = it->second;
-    const int64_t start_step = s.step;
-    auto last_log = Clock::now();
-    auto add_time = [&] {
-      const auto now = Clock::now();
-      s.seconds += std::chrono::duration<double>(now - t0).count();
-      t0 = now;
-    };
-    trainer.train(
-        s, s.total_steps,
-        [&](const JobState& st) {
-          coord.count_step();
-          const auto now = Clock::now();
-          if (std::chrono::duration<double>(now - last_log).count() >= 2.0 ||
-              st.step == st.total_steps) {
-            last_log = now;
-            const double el = std::chrono::duration<double>(now - t_run).count();
-            const double rate = static_cast<double>(st.step - start_step) / std::max(el, 1e-9);
-            log->debug("{}: step {}/{} loss {:.6g} ({:.1f} steps/s, ETA {:.0f} s; job {}/{} here)",
-                       jobs[i].name(), st.step, st.total_steps, st.last_loss, rate,
-                       static_cast<double>(st.total_steps - st.step) / std::max(rate, 1e-9), done,
-                       my_jobs.size());
-          }
-          add_time();
-          if (!coord.point()) {
-            stopped = true;
-            return false;
-          }
-          return true;
-        },
-        slice);
-    if (stopped) break;
-    if (s.step == s.total_steps && std::isnan(s.holdout_error)) {
-      s.train_error = trainer.relative_error(s, "train", false);
-      s.holdout_error_q = trainer.relative_error(s, "holdout", true);
-      s.holdout_error = trainer.relative_error(s, "holdout", false);
-      add_time();
-      log->info("{}: done, held-out error {:.6g} (quantized {:.6g})", jobs[i].name(),
-                s.holdout_error, s.holdout_error_q);
-      if (!coord.point(/*save_wanted=*/true)) stopped = true;
-    }
-  }
-  // Idle (or finished) ranks keep meeting the others until every job is done or a stop.
-  while (!stopped && !coord.all_finished()) {
-    if (!coord.point(/*save_wanted=*/false, /*end_round=*/true)) stopped = true;
-  }
-  if (!stopped) progress.finish();
-  result.saves = coord.saves();
-  result.save_seconds = coord.save_seconds();
-  result.last_step = coord.last_saved();
-  result.train_seconds = std::chrono::duration<double>(Clock::now() - t_run).count();
-  if (stopped) {
-    result.interrupted = true;
-    const int sig = stop_signal();
-    log->warn("stopping on {}: checkpoint {} written; rerun the same command to resume",
-              sig ? stop_signal_name(sig) : "a peer's stop signal",
-              checkpoint::step_dir(o.ckpt_dir, coord.last_saved()));
-    return result;
-  }
-
-  // Every finished job travels from its owner to all ranks, bit for bit, in job order.
-  std::vector<JobState> all(jobs.size());
-  const int64_t H = model.hidden_size, D = model.kv_dim();
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    JobState& s = all[i];
-    const int owner = placement.leader_of(i);
-    if (owner == me) s = states.at(i);
-    if (comm.size() == 1) continue;
-    std::string summary = owner == me ? encode_job(s) : std::string();
-    comm.broadcast_bytes(summary, owner);
-    if (owner != me) {
-      const int64_t r = jobs[i].rank;
-      s.job = jobs[i];
-      decode_job(summary, s);
-      s.A = at::zeros({H, r}, at::kFloat);
-      s.B = at::zeros({r, D}, at::kFloat);
-      s.eigenvalues = at::zeros({D}, at::kDouble);
-    }
-    // The AdamW moments stay with the owner (they live on in the checkpoint): at 7B scale they
-    // are two thirds of the bytes and no rank needs another's.
-    for (at::Tensor* t : {&s.A, &s.B, &s.eigenvalues}) {
-      if (owner == me) *t = t->contiguous();
-      comm.broadcast(*t, owner);
-    }
-  }
-  std::vector<JobMetrics> metrics;
-  for (const auto& s : all) metrics.push_back(metrics_of(s, o.cfg));
-  result.states = std::move(all);
-  result.metrics = summarize(model, o.cfg, metrics, o.context);
-  result.factors_path = o.ckpt_dir + "/compressor.safetensors";
-  if (me == 0) {
-    fs::create_directories(o.ckpt_dir);
-    model::NamedTensors tensors;
-    for (const auto& s : result.states) {
-      tensors.emplace_back(checkpoint::factor_name(s.job.layer, s.job.kind, 'a'), s.A.t().contiguous());
-      tensors.emplace_back(checkpoint::factor_name(s.job.layer, s.job.kind, 'b'), s.B.t().contiguous());
-    }
-    // The quantization settings travel with the factors (as in a merged file), so `cskv eval`
-    // can build the cache they were trained for.
-    model::write_safetensors(result.factors_path, tensors,
-                             {{"model_config_hash", model.hash()},
-                              {"format", "cskv-1"},
-                              {"k_bits", std::to_string(o.cfg.k_bits)},
-                              {"v_bits", std::to_string(o.cfg.v_bits)},
-                              {"group_size", std::to_string(o.cfg.group_size)},
-                              {"window", std::to_string(o.cfg.window)},
-                              {"quant_compat", o.cfg.quant_compat_cskv ? "cskv" : "none"}});
-    data::write_file_atomic(o.ckpt_dir + "/metrics.json", metrics_json(result.metrics) + "\n");
-    data::write_file_atomic(o.ckpt_dir + "/metrics.md", metrics_markdown(result.metrics));
-  }
-  comm.barrier();
-  log->info(
-      "trained {} job(s) ({} on this rank of {}, {} rank(s) per job) in {:.1f} s; {} "
-      "checkpoint(s) in {:.2f} s ({:.1f}%); factors in {}",
-      jobs.size(), my_jobs.size(), comm.size(), placement.dp, result.train_seconds, result.saves,
-      result.save_seconds, 100.0 * result.save_seconds / std::max(result.train_seconds, 1e-9),
-      result.factors_path);
-  return result;
+  return stage.take_result();
 }
 
 }  // namespace cskv::pipeline

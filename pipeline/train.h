@@ -1,7 +1,5 @@
-// A distributed training run: plan the (layer, K|V) jobs and their ranks, place them on groups of
-// ranks, initialise, train and evaluate each job with sharded checkpoints (save, stop on a signal,
-// resume on any world size), and write the factors (HF Linear layout) and the metrics. It lives
-// It is the train stage driver of pipeline/.
+// The train stage: a distributed run that trains every (layer, K|V) job with sharded checkpoints
+// (save, stop on a signal, resume on any world size) and writes the factors and the metrics.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +17,6 @@ using trainer::KvKind;
 using trainer::LayerJob;
 using trainer::RunMetrics;
 using trainer::TrainConfig;
-
 
 struct TrainRunOptions {
   std::string model_dir;
