@@ -100,8 +100,9 @@ const SettingTable& capture_settings() {
   return table;
 }
 
-const SettingTable& train_settings() {
-  static const SettingTable table = {
+// The factors: ranks, initialisation, quantization.
+static SettingTable train_factor_settings() {
+  return {
       {"ranks",
        "k-density",
        T::kDouble,
@@ -142,6 +143,12 @@ const SettingTable& train_settings() {
        at_least<int64_t>(0)},
       {"quantization", "quant-compat", T::kString, "none",
        "none | cskv (reference code: zero point clamped to [0, 2^b-1])", one_of({"none", "cskv"})},
+  };
+}
+
+// The optimizer, the checkpoints and the accounting context.
+static SettingTable train_loop_settings() {
+  return {
       {"optimizer", "lr", T::kDouble, "5e-05", "AdamW learning rate (linear decay)", {}},
       {"optimizer", "warmup", T::kInt64, "0", "Linear warmup steps", {}},
       {"optimizer",
@@ -180,6 +187,14 @@ const SettingTable& train_settings() {
        "Context length the memory accounting is stated at",
        {}},
   };
+}
+
+const SettingTable& train_settings() {
+  static const SettingTable table = [] {
+    SettingTable t = train_factor_settings();
+    for (auto& row : train_loop_settings()) t.push_back(std::move(row));
+    return t;
+  }();
   return table;
 }
 
