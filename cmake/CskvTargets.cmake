@@ -23,11 +23,15 @@ function(cskv_setup_target target)
   target_precompile_headers(${target} REUSE_FROM cskv_pch)
 endfunction()
 
-# cskv_add_library(<name> SOURCES ... DEPS ...): a static library for one folder.
+# cskv_add_library(<name> SOURCES ... DEPS ... PRIVATE_DEPS ...): a static library for one folder
+# with the alias cskv::<folder>; DEPS are what its headers expose, PRIVATE_DEPS what only its
+# sources use.
 function(cskv_add_library name)
   cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})
   add_library(${name} STATIC ${ARG_SOURCES})
   target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
   target_link_libraries(${name} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
   cskv_setup_target(${name})
+  string(REPLACE "cskv_" "cskv::" _cskv_alias ${name})  # cskv_pipeline -> cskv::pipeline
+  add_library(${_cskv_alias} ALIAS ${name})
 endfunction()

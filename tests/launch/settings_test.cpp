@@ -74,7 +74,8 @@ TEST(Settings, EveryFlagIsDeclaredOnceAndCaptureIdentityIsTheRecordedKeys) {
     EXPECT_TRUE(flags.insert(s.flag).second) << s.flag;
   }
   std::set<std::string> identity;
-  for (const auto& [key, value] : capture_identity(run_settings(), json::object()).items()) {
+  const json recorded = capture_identity(run_settings(), json::object());
+  for (const auto& [key, value] : recorded.items()) {
     identity.insert(key);
     EXPECT_TRUE(value.is_null()) << key;
   }
