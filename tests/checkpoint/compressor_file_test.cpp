@@ -42,16 +42,7 @@ trainer::TrainConfig quant_config() {
   return cfg;
 }
 
-std::string input_error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kInput) << e.message();
-    return e.message();
-  }
-  ADD_FAILURE() << "no cskv::Error thrown";
-  return {};
-}
+using test::input_error_of;
 
 TEST(CompressorFile, RoundTripKeepsFactorsBitwiseAndSettings) {
   test::TempDir dir;

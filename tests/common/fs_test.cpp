@@ -14,17 +14,7 @@
 namespace cskv {
 namespace {
 
-// The message and kind of the cskv::Error fn throws (fails the test if it throws nothing).
-std::string input_error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kInput) << e.message();
-    return e.message();
-  }
-  ADD_FAILURE() << "no cskv::Error thrown";
-  return {};
-}
+using test::input_error_of;
 
 TEST(Fs, WriteFileAtomicReplacesContentAndLeavesNoTempFile) {
   test::TempDir dir;

@@ -162,4 +162,15 @@ std::string error_message(const std::function<void()>& fn) {
   return {};
 }
 
+std::string input_error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const cskv::Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInput) << e.message();
+    return e.message();
+  }
+  ADD_FAILURE() << "no cskv::Error thrown";
+  return {};
+}
+
 }  // namespace cskv::test

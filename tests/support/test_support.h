@@ -64,6 +64,8 @@ void write_file(const std::string& path, const std::string& bytes);
 
 // Runs fn, expects a cskv::Error and returns its message() (fails the test otherwise).
 std::string error_message(const std::function<void()>& fn);
+// The same, and the error must be an input error (ErrorKind::kInput).
+std::string input_error_of(const std::function<void()>& fn);
 
 }  // namespace cskv::test
 
