@@ -18,12 +18,12 @@
 
 #include "comm/local_communicator.h"
 #include "data/activation_reader.h"
-#include "pipeline/capture.h"
 #include "data/manifest.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/toy_model.h"
 #include "model/weights.h"
+#include "pipeline/capture.h"
 
 extern char** environ;
 

@@ -5,11 +5,11 @@
 #include "comm/communicator.h"
 #include "common/error.h"
 #include "common/stop_signal.h"
-#include "pipeline/capture.h"
 #include "launch/cli.h"
 #include "launch/stage_flags.h"
 #include "launch/subcommands.h"
 #include "model/config.h"
+#include "pipeline/capture.h"
 
 namespace cskv::cli {
 

@@ -5,10 +5,10 @@
 
 #include "comm/communicator.h"
 #include "common/error.h"
-#include "pipeline/eval.h"
 #include "launch/cli.h"
 #include "launch/stage_flags.h"
 #include "launch/subcommands.h"
+#include "pipeline/eval.h"
 
 namespace cskv::cli {
 

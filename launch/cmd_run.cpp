@@ -1,8 +1,8 @@
 // `cskv run`: the whole compression as one command — capture → train → merge → eval — from a JSON
 // job file whose keys are the flags (flags override the file); the stages run in pipeline/run.h.
 #include <iostream>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "comm/communicator.h"
 #include "common/error.h"

@@ -6,15 +6,15 @@
 #include <algorithm>
 #include <iostream>
 
-#include "pipeline/train.h"
 #include "comm/communicator.h"
 #include "common/error.h"
 #include "common/stop_signal.h"
-#include "pipeline/capture.h"
 #include "launch/cli.h"
 #include "launch/stage_flags.h"
 #include "launch/subcommands.h"
 #include "model/config.h"
+#include "pipeline/capture.h"
+#include "pipeline/train.h"
 
 namespace cskv::cli {
 

@@ -13,8 +13,8 @@
 #include "checkpoint/merge.h"
 #include "checkpoint/resume_config.h"
 #include "comm/collectives.h"
-#include "common/log.h"
 #include "common/fs.h"
+#include "common/log.h"
 #include "model/config.h"
 
 namespace cskv::pipeline {

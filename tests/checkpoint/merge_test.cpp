@@ -9,8 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "checkpoint/export_cskv.h"
 #include "checkpoint/compressor_file.h"
+#include "checkpoint/export_cskv.h"
 #include "pipeline/train.h"
 #include "tests/checkpoint/checkpoint_test_util.h"
 #include "tests/support/test_support.h"
@@ -18,9 +18,9 @@
 namespace cskv::checkpoint {
 namespace {
 
+using checkpoint::factor_name;
 using test_util::make_state;
 using test_util::same_bits;
-using checkpoint::factor_name;
 using trainer::KvKind;
 namespace fs = std::filesystem;
 

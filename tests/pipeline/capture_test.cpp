@@ -3,10 +3,10 @@
 #include <sys/stat.h>
 
 #include "comm/local_communicator.h"
-#include "pipeline/capture.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/weights.h"
+#include "pipeline/capture.h"
 #include "tests/pipeline/capture_test_util.h"
 
 namespace cskv::data {
