@@ -2,9 +2,8 @@
 // resolved settings (run.json) and the capture identity derived from the same table.
 #include "launch/run_config.h"
 
-#include <fstream>
-
 #include "common/error.h"
+#include "common/fs.h"
 
 namespace cskv::cli {
 
@@ -29,9 +28,9 @@ std::string argument_text(const json& value) {
 }  // namespace
 
 std::vector<std::string> config_file_arguments(const SettingTable& table, const std::string& path) {
-  std::ifstream f(path);
-  CSKV_CHECK_INPUT(f.good(), path << ": cannot read the job file");
-  const json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
+  const auto text = files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "job file");
+  CSKV_CHECK_INPUT(text.has_value(), path << ": cannot read the job file");
+  const json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
   CSKV_CHECK_INPUT(!j.is_discarded(), path << ": not valid JSON");
   CSKV_CHECK_INPUT(j.is_object(),
                    path << ": expected a JSON object of settings, found " << j.type_name());

@@ -5,7 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
+
 #include <sstream>
 #include <vector>
 
@@ -81,9 +81,9 @@ RunOptions with_layout(RunOptions o) {
 
 // <out>/stages.json: for every completed stage, the settings it completed with.
 json read_stages(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return json::object();
-  const json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
+  const auto text = files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "record");
+  if (!text) return json::object();
+  const json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
   return j.is_object() ? j : json::object();
 }
 
@@ -95,11 +95,9 @@ json read_completed_stages(const RunOptions& o, comm::Communicator& comm) {
     fs::create_directories(o.out);
     const std::string run_json = o.out + "/run.json";
     if (fs::exists(run_json)) {
-      std::ifstream f(run_json);
-      std::stringstream ss;
-      ss << f.rdbuf();
+      const std::string before = files::read_whole_file(run_json);
       log->info("{} exists: the stages check their own settings against it", run_json);
-      const auto diffs = checkpoint::config_differences(ss.str(), o.resolved.dump());
+      const auto diffs = checkpoint::config_differences(before, o.resolved.dump());
       if (!diffs.empty()) {
         std::string joined;
         for (const auto& d : diffs) joined += (joined.empty() ? "" : "; ") + d;
@@ -206,8 +204,8 @@ void eval_stage(RunState& s) {
   } else if (s.recorded("eval", settings) && fs::exists(eo.out_dir + "/report.json")) {
     s.add("eval", "complete, skipped", 0);
     if (s.root) {
-      std::ifstream f(eo.out_dir + "/report.json");
-      s.headline = json::parse(f).value("headline", std::string());
+      s.headline = json::parse(files::read_whole_file(eo.out_dir + "/report.json"))
+                       .value("headline", std::string());
     }
   } else {
     const auto t0 = Clock::now();
@@ -221,8 +219,7 @@ void eval_stage(RunState& s) {
 
 // The training metrics of a train stage that was skipped: <ckpt>/metrics.json.
 void read_metrics(RunState& s) {
-  std::ifstream f(s.o.train.ckpt_dir + "/metrics.json");
-  const json m = json::parse(f);
+  const json m = json::parse(files::read_whole_file(s.o.train.ckpt_dir + "/metrics.json"));
   s.metrics.context = m.at("context").get<int64_t>();
   s.metrics.compressed_bytes = m.at("compressed_cache_bytes").get<double>();
   s.metrics.fp16_bytes = m.at("fp16_cache_bytes").get<double>();
