@@ -270,4 +270,15 @@ std::vector<JobState> read_rank_checkpoint(const std::string& path) {
   return out;
 }
 
+void to_json(nlohmann::json& j, const RankFileEntry& e) {
+  j = {{"rank", e.rank}, {"file", e.file}, {"bytes", e.bytes}, {"checksum", e.checksum}};
+}
+
+void from_json(const nlohmann::json& j, RankFileEntry& e) {
+  j.at("rank").get_to(e.rank);
+  j.at("file").get_to(e.file);
+  j.at("bytes").get_to(e.bytes);
+  j.at("checksum").get_to(e.checksum);
+}
+
 }  // namespace cskv::checkpoint

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "trainer/layer_trainer.h"
 
 namespace cskv::checkpoint {
@@ -29,6 +31,9 @@ struct RankFileEntry {
   uint64_t bytes = 0;    // file size
   std::string checksum;  // "xxh64:<16 hex digits>"
 };
+// The entry as JSON {rank, file, bytes, checksum}: in step manifests and gathered by rank 0.
+void to_json(nlohmann::json& j, const RankFileEntry& e);
+void from_json(const nlohmann::json& j, RankFileEntry& e);
 
 // Size and checksum of a rank file as it is on disk (input error naming it when it is missing).
 RankFileEntry describe_rank_file(const std::string& ckpt_dir, int64_t step, int rank);

@@ -22,12 +22,6 @@ const char* activation_dtype_name(ActivationDtype d) {
   return d == ActivationDtype::kFloat16 ? "float16" : "float32";
 }
 
-ActivationDtype parse_activation_dtype(const std::string& s) {
-  if (s == "float16" || s == "fp16") return ActivationDtype::kFloat16;
-  if (s == "float32" || s == "fp32") return ActivationDtype::kFloat32;
-  CSKV_FAIL_USAGE("activation dtype must be float16 or float32, got '" << s << "'");
-}
-
 at::ScalarType to_scalar_type(ActivationDtype d) {
   return d == ActivationDtype::kFloat16 ? at::kHalf : at::kFloat;
 }

@@ -17,8 +17,6 @@ constexpr int64_t kShardFormatVersion = 1;
 
 enum class ActivationDtype { kFloat16, kFloat32 };
 const char* activation_dtype_name(ActivationDtype d);  // "float16" | "float32"
-// "float16" | "fp16" | "float32" | "fp32"; anything else is a usage error.
-ActivationDtype parse_activation_dtype(const std::string& s);
 at::ScalarType to_scalar_type(ActivationDtype d);
 // x (float32) rounded the way the shard stores it, returned as float32: what a reader sees.
 at::Tensor round_to_storage(const at::Tensor& x, ActivationDtype d);

@@ -18,22 +18,6 @@
 #include "common/log.h"
 #include "trainer/schedule.h"
 
-namespace cskv::checkpoint {
-
-// A rank's manifest entry as the typed value rank 0 gathers (found by ADL).
-void to_json(nlohmann::json& j, const RankFileEntry& e) {
-  j = {{"rank", e.rank}, {"file", e.file}, {"bytes", e.bytes}, {"checksum", e.checksum}};
-}
-
-void from_json(const nlohmann::json& j, RankFileEntry& e) {
-  j.at("rank").get_to(e.rank);
-  j.at("file").get_to(e.file);
-  j.at("bytes").get_to(e.bytes);
-  j.at("checksum").get_to(e.checksum);
-}
-
-}  // namespace cskv::checkpoint
-
 namespace cskv::pipeline {
 
 using trainer::JobState;
