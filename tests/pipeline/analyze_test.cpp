@@ -21,6 +21,7 @@
 #include "model/safetensors.h"
 #include "model/toy_model.h"
 #include "pipeline/analyze.h"
+#include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
 #include "tests/support/thread_communicator.h"
 #include "trainer/spectrum.h"
@@ -73,25 +74,18 @@ class Analyze : public ::testing::Test {
     model::write_toy_model(spec, model_dir());
     spec.vocab = 201;  // another config, hence another config hash
     model::write_toy_model(spec, other_model_dir());
-    run_ok({"toy-tokens", "--vocab", "200", "--count", "5000", "--seed", "1", "--out",
-            *dir_ / "tokens.bin"});
-    capture(model_dir(), acts_dir(), "all");
-    capture(model_dir(), partial_acts_dir(), "1");
+    model::write_tokens(*dir_ / "tokens.bin", model::toy_tokens(200, 5000, 1), 200,
+                        model::TokenDType::kU16);
+    const std::string tokens = *dir_ / "tokens.bin";
+    data::capture_testing::capture_fixture(model_dir(), tokens, 4, 16, 1, 1, acts_dir());
+    data::capture_testing::capture_fixture(model_dir(), tokens, 4, 16, 1, 1, partial_acts_dir(),
+                                           {1});
   }
   static void TearDownTestSuite() {
     delete dir_;
     dir_ = nullptr;
   }
 
-  static void run_ok(const std::vector<std::string>& args) {
-    const auto r = run_cskv(args);
-    ASSERT_EQ(r.exit_code, 0) << args[0] << ": " << r.err;
-  }
-  static void capture(const std::string& model, const std::string& out, const std::string& layers) {
-    run_ok({"capture", "--model", model, "--tokens", *dir_ / "tokens.bin", "--num-seqs", "4",
-            "--seq-len", "16", "--holdout-seqs", "1", "--layers", layers, "--out", out,
-            "--log-level", "warn"});
-  }
   static test::CommandResult analyze(const std::string& out, std::vector<std::string> extra = {},
                                      const std::string& model = model_dir(),
                                      const std::string& acts = acts_dir()) {

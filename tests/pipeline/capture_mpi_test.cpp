@@ -14,10 +14,7 @@ class CaptureMpiTest : public ::testing::Test {
   static void SetUpTestSuite() {
     test::allow_mpirun_as_root();
     dir_ = new test::TempDir();
-    make_model_and_tokens(dir_->path(),
-                          {"--layers", "2", "--hidden", "48", "--heads", "4", "--kv-heads", "2",
-                           "--intermediate", "100", "--vocab", "512"},
-                          512, 50000);
+    make_model_and_tokens(dir_->path(), toy_spec(2, 48, 4, 2, 100, 512), 50000);
   }
   static void TearDownTestSuite() {
     delete dir_;

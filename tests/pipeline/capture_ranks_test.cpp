@@ -15,10 +15,7 @@ using namespace cskv::data::capture_testing;
 class CaptureRanksTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    make_model_and_tokens(tmp_.path(),
-                          {"--layers", "2", "--hidden", "32", "--heads", "4", "--kv-heads", "2",
-                           "--intermediate", "64", "--vocab", "256"},
-                          256, 4000);
+    make_model_and_tokens(tmp_.path(), toy_spec(2, 32, 4, 2, 64, 256), 4000);
     options_.model_dir = tmp_ / "model";
     options_.tokens_path = tmp_ / "tokens.bin";
     options_.token_dtype = data::TokenDtype::kU16;

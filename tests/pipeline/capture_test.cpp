@@ -21,10 +21,7 @@ class CaptureTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    make_model_and_tokens(dir_->path(),
-                          {"--layers", "2", "--hidden", "48", "--heads", "4", "--kv-heads", "2",
-                           "--intermediate", "100", "--vocab", "512"},
-                          512, 20000);
+    make_model_and_tokens(dir_->path(), toy_spec(2, 48, 4, 2, 100, 512), 20000);
   }
   static void TearDownTestSuite() {
     delete dir_;
@@ -159,11 +156,7 @@ TEST_F(CaptureTest, RerunWithOtherSettingsIsRefusedNamingTheKeys) {
   EXPECT_TRUE(has_line(r.err, head + "layers: [0,1] -> [1]; seed: 0 -> 3" + tail)) << r.err;
 
   const std::string other = tmp_ / "other-model";
-  ASSERT_EQ(
-      test::run_cskv({"toy-model", "--out", other, "--layers", "2", "--hidden", "48", "--heads",
-                      "4", "--kv-heads", "2", "--intermediate", "112", "--vocab", "512"})
-          .exit_code,
-      0);
+  model::write_toy_model(toy_spec(2, 48, 4, 2, 112, 512), other);
   auto a = args(out);
   a[2] = other;
   r = test::run_cskv(a);

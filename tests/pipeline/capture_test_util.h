@@ -1,5 +1,6 @@
-// Helpers for the capture tests: toy model + token fixtures, reading shards back per sequence,
-// Gram checks, whole-directory byte comparison and spawning/killing a capture (and its children).
+// Helpers for the capture tests: toy model, token and capture fixtures (library calls), reading
+// shards back per sequence, Gram checks, whole-directory byte comparison and spawning/killing a
+// capture (and its children).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,11 +22,13 @@
 #include <thread>
 #include <vector>
 
+#include "comm/local_communicator.h"
 #include "data/activation_shard.h"
 #include "data/hdf5_util.h"
 #include "data/layer_stats.h"
 #include "data/manifest.h"
 #include "model/toy_model.h"
+#include "pipeline/capture.h"
 #include "tests/support/test_support.h"
 
 extern char** environ;
@@ -40,16 +43,46 @@ inline std::string cskv_binary() {
   return env && *env ? env : CSKV_BINARY_FOR_TESTS;
 }
 
-// Writes a toy model and a u16 token file into dir (via the CLI).
-inline void make_model_and_tokens(const std::string& dir, const std::vector<std::string>& model,
-                                  int64_t vocab, int64_t count) {
-  std::vector<std::string> args{"toy-model", "--out", dir + "/model"};
-  args.insert(args.end(), model.begin(), model.end());
-  auto r = test::run_cskv(args);
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = test::run_cskv({"toy-tokens", "--vocab", std::to_string(vocab), "--count",
-                      std::to_string(count), "--out", dir + "/tokens.bin"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+// A toy model spec with these sizes (f16, seed 0: what `cskv toy-model` writes by default).
+inline model::ToyModelSpec toy_spec(int64_t layers, int64_t hidden, int64_t heads, int64_t kv_heads,
+                                    int64_t intermediate, int64_t vocab) {
+  model::ToyModelSpec spec;
+  spec.layers = layers;
+  spec.hidden = hidden;
+  spec.heads = heads;
+  spec.kv_heads = kv_heads;
+  spec.intermediate = intermediate;
+  spec.vocab = vocab;
+  return spec;
+}
+
+// Writes dir/model (the spec) and dir/tokens.bin (`count` u16 toy tokens, seed 0) through the
+// library: the same bytes as `cskv toy-model` and `cskv toy-tokens` with those flags.
+inline void make_model_and_tokens(const std::string& dir, const model::ToyModelSpec& spec,
+                                  int64_t count) {
+  model::write_toy_model(spec, dir + "/model");
+  model::write_tokens(dir + "/tokens.bin", model::toy_tokens(spec.vocab, count, 0), spec.vocab,
+                      model::TokenDType::kU16);
+}
+
+// Captures model_dir over a u16 token file into out_dir in this process (one rank), as
+// `cskv capture --num-seqs N --seq-len L --holdout-seqs H --batch B [--layers ...]` would with
+// its defaults (layers empty: all).
+inline void capture_fixture(const std::string& model_dir, const std::string& tokens,
+                            int64_t num_seqs, int64_t seq_len, int64_t holdout_seqs, int64_t batch,
+                            const std::string& out_dir, const std::vector<int64_t>& layers = {}) {
+  pipeline::CaptureOptions o;
+  o.model_dir = model_dir;
+  o.tokens_path = tokens;
+  o.token_dtype = TokenDtype::kU16;
+  o.num_seqs = num_seqs;
+  o.seq_len = seq_len;
+  o.holdout_seqs = holdout_seqs;
+  o.batch = batch;
+  o.out_dir = out_dir;
+  o.layers = layers;
+  comm::LocalCommunicator one;
+  pipeline::run_capture(o, one);
 }
 
 // True when `text` holds `line` as one whole line.

@@ -30,11 +30,9 @@ TEST(CaptureText, SentencePieceTextIsTokenizedAndCaptured) {
   train_sentencepiece("--input=" + (dir / "corpus.txt") + " --model_prefix=" + (dir / "sp") +
                       " --vocab_size=40 --model_type=bpe --bos_id=1 --eos_id=2 --unk_id=0 "
                       "--minloglevel=2 --num_threads=1");
-  auto r =
-      test::run_cskv({"toy-model", "--out", dir / "model", "--layers", "1", "--hidden", "32",
-                      "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--vocab", "64"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = test::run_cskv({"capture", "--model", dir / "model", "--text", dir / "corpus.txt",
+  model::write_toy_model(capture_testing::toy_spec(1, 32, 2, 1, 64, 64), dir / "model");
+  const auto r =
+      test::run_cskv({"capture", "--model", dir / "model", "--text", dir / "corpus.txt",
                       "--tokenizer", dir / "sp.model", "--num-seqs", "4", "--seq-len", "24",
                       "--holdout-seqs", "1", "--out", dir / "acts", "--log-level", "warn"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -60,10 +58,7 @@ TEST(CaptureText, SentencePieceTextIsTokenizedAndCaptured) {
 TEST(CaptureText, TextWithoutTokenizerIsAUsageError) {
   test::TempDir dir;
   test::write_file(dir / "corpus.txt", "alpha beta\n");
-  const auto r =
-      test::run_cskv({"toy-model", "--out", dir / "model", "--layers", "1", "--hidden", "32",
-                      "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--vocab", "64"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  model::write_toy_model(capture_testing::toy_spec(1, 32, 2, 1, 64, 64), dir / "model");
   const auto c = test::run_cskv(
       {"capture", "--model", dir / "model", "--text", dir / "corpus.txt", "--out", dir / "acts"});
   EXPECT_EQ(c.exit_code, 2);

@@ -46,11 +46,8 @@ class EvalRunTest : public ::testing::Test {
     model::write_toy_model(data::capture_testing::trainer_toy_spec(21), model_dir());
     model::write_tokens(*dir_ / "tokens.bin", model::toy_tokens(512, 20000, 5), 512,
                         model::TokenDType::kU16);
-    const auto r =
-        test::run_cskv({"capture", "--model", model_dir(), "--tokens", *dir_ / "tokens.bin",
-                        "--num-seqs", "16", "--seq-len", "128", "--holdout-seqs", "4", "--batch",
-                        "4", "--out", acts_dir(), "--log-level", "warn"});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
+    data::capture_testing::capture_fixture(model_dir(), *dir_ / "tokens.bin", 16, 128, 4, 4,
+                                           acts_dir());
   }
   static void TearDownTestSuite() { delete dir_; }
 

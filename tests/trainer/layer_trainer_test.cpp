@@ -33,11 +33,8 @@ class LayerTrainerTest : public ::testing::Test {
     model::write_toy_model(spec, model_dir());
     model::write_tokens(*dir_ / "tokens.bin", model::toy_tokens(512, 20000, 5), 512,
                         model::TokenDType::kU16);
-    const auto r =
-        test::run_cskv({"capture", "--model", model_dir(), "--tokens", *dir_ / "tokens.bin",
-                        "--num-seqs", "64", "--seq-len", "64", "--holdout-seqs", "8", "--batch",
-                        "8", "--out", acts_dir(), "--log-level", "warn"});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
+    data::capture_testing::capture_fixture(model_dir(), *dir_ / "tokens.bin", 64, 64, 8, 8,
+                                           acts_dir());
     config_ = new model::ModelConfig(model::load_config(model_dir()));
     weights_ = new std::shared_ptr<const model::SafetensorsModel>(
         std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(model_dir())));
