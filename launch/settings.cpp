@@ -1,200 +1,25 @@
-// The setting tables of capture, train, eval, the runtime and `cskv run`, their checks, their
-// declaration as cxxopts flags, their JSON form, and the dtype vocabulary shared by every command.
+// The setting tables of eval, the runtime and `cskv run` (capture's and train's come from
+// pipeline/settings), their declaration as cxxopts flags and their JSON form.
 #include "launch/settings.h"
 
 #include <sstream>
 
 #include "common/error.h"
-#include "data/token_source.h"
-#include "trainer/init.h"
 
 namespace cskv::cli {
 
 namespace {
-
 using json = nlohmann::json;
 using T = SettingType;
-using Check = std::function<void(const cxxopts::ParseResult&, const std::string&)>;
-
-Check one_of(std::vector<std::string> choices) {
-  return [choices](const cxxopts::ParseResult& r, const std::string& flag) {
-    const auto v = r[flag].as<std::string>();
-    std::string list;
-    for (const auto& c : choices) {
-      if (v == c) return;
-      list += (list.empty() ? "" : "|") + c;
-    }
-    CSKV_FAIL_USAGE("--" << flag << ": expected " << list << ", found '" << v << "'");
-  };
-}
-
-template <typename V>
-Check at_least(V min) {
-  return [min](const cxxopts::ParseResult& r, const std::string& flag) {
-    const V v = r[flag].as<V>();
-    CSKV_CHECK_USAGE(v >= min, "--" << flag << ": expected >= " << min << ", found " << v);
-  };
-}
-
-void check_bits(const cxxopts::ParseResult& r, const std::string& flag) {
-  const int b = r[flag].as<int>();
-  CSKV_CHECK_USAGE(b == 2 || b == 3 || b == 4 || b == 8 || b == 16,
-                   "--" << flag << ": expected one of 2, 3, 4, 8, 16, found " << b);
-}
-
-void check_budget(const cxxopts::ParseResult& r, const std::string& flag) {
-  const double b = r[flag].as<double>();
-  CSKV_CHECK_USAGE(b >= 0 && b <= 1,
-                   "--" << flag << ": expected a value in (0, 1] (or 0 = off), found " << b);
-}
-
-void check_capture_dtype(const cxxopts::ParseResult& r, const std::string& flag) {
-  float_dtype_setting(flag, r[flag].as<std::string>(), {FloatDtype::kF32, FloatDtype::kF16});
-}
-
 }  // namespace
 
 const SettingTable& capture_settings() {
-  static const SettingTable table = {
-      {"input", "tokens", T::kString, "", "Flat little-endian token file", {}, true},
-      {"input", "token-dtype", T::kString, "u16", "Width of --tokens ids: u16|u32",
-       [](const cxxopts::ParseResult& r, const std::string& f) {
-         data::parse_token_dtype(r[f].as<std::string>());
-       },
-       true},
-      {"input",
-       "text",
-       T::kString,
-       "",
-       "UTF-8 text file to tokenize instead of --tokens",
-       {},
-       true},
-      {"input", "tokenizer", T::kString, "", "SentencePiece tokenizer.model for --text", {}, true},
-      {"sampling", "num-seqs", T::kInt64, "256", "Training sequences", {}, true},
-      {"sampling", "seq-len", T::kInt64, "2048", "Tokens per sequence", {}, true},
-      {"sampling",
-       "holdout-seqs",
-       T::kInt64,
-       "16",
-       "Held-out sequences for evaluation (stored apart, not in the statistics)",
-       {},
-       true},
-      {"sampling", "sampling", T::kString, "random",
-       "random (uniform offsets, the paper's way) | contiguous (chunks 0, L, 2L, ...)",
-       [](const cxxopts::ParseResult& r, const std::string& f) {
-         data::parse_sampling(r[f].as<std::string>());
-       },
-       true},
-      {"capture", "dtype", T::kString, "fp16",
-       "Stored activation dtype: f32|f16 (also fp32, float32, float, fp16, float16, half)",
-       check_capture_dtype, true},
-      {"capture", "batch", T::kInt64, "1", "Sequences per forward pass", {}},
-      {"capture",
-       "device",
-       T::kString,
-       "cpu",
-       "cpu (float32 compute) | cuda (bfloat16 compute on GPU <local rank mod GPUs>; needs a "
-       "LibTorch with CUDA)",
-       {}},
-  };
+  static const SettingTable table = pipeline::settings_of(pipeline::capture_bound_settings());
   return table;
 }
 
-// The factors: ranks, initialisation, quantization.
-static SettingTable train_factor_settings() {
-  return {
-      {"ranks",
-       "k-density",
-       T::kDouble,
-       "0.5",
-       "Key latent width as a share of D: r = floor(density*hd)*n_kv",
-       {}},
-      {"ranks", "v-density", T::kDouble, "0.5", "Value latent width (same rule)", {}},
-      {"ranks", "budget", T::kDouble, "0",
-       "Instead of densities: keep this share of the total K+V width, allocated per layer by "
-       "greedy marginal eigenvalue gain (0 = off)",
-       check_budget},
-      {"ranks", "rank-multiple", T::kInt64, "0", "Budget granularity in channels (0 = n_kv*8)", {}},
-      {"init", "init", T::kString, "pca", "Initialisation: pca (exact 16-bit optimum) | asvd | svd",
-       [](const cxxopts::ParseResult& r, const std::string& f) {
-         trainer::parse_init_method(r[f].as<std::string>());
-       }},
-      {"init",
-       "asvd-alpha",
-       T::kDouble,
-       "0.5",
-       "ASVD exponent alpha of S = diag(mean|x|^alpha)",
-       {}},
-      {"init", "rotate", T::kString, "none",
-       "Latent rotation: none | hadamard (seeded randomized Hadamard)",
-       one_of({"none", "hadamard"})},
-      {"quantization", "k-bits", T::kInt, "16", "Key latent bits: 2|3|4|8|16 (16 = off)",
-       check_bits},
-      {"quantization", "v-bits", T::kInt, "16", "Value latent bits: 2|3|4|8|16", check_bits},
-      {"quantization",
-       "group-size",
-       T::kInt64,
-       "0",
-       "Latent channels per quantization group (0 = r/n_kv)",
-       {}},
-      {"quantization", "window", T::kInt64, "32",
-       "Full-precision recent window; keys are quantized per channel over groups of this many "
-       "tokens (0 = per-token key groups, no window)",
-       at_least<int64_t>(0)},
-      {"quantization", "quant-compat", T::kString, "none",
-       "none | cskv (reference code: zero point clamped to [0, 2^b-1])", one_of({"none", "cskv"})},
-  };
-}
-
-// The optimizer, the checkpoints and the accounting context.
-static SettingTable train_loop_settings() {
-  return {
-      {"optimizer", "lr", T::kDouble, "5e-05", "AdamW learning rate (linear decay)", {}},
-      {"optimizer", "warmup", T::kInt64, "0", "Linear warmup steps", {}},
-      {"optimizer",
-       "steps",
-       T::kInt64,
-       "0",
-       "Optimizer steps per job (0 = --epochs passes over the training split)",
-       {}},
-      {"optimizer",
-       "epochs",
-       T::kInt64,
-       "1",
-       "Passes over the training split when --steps is 0",
-       {}},
-      {"optimizer", "batch-tokens", T::kInt64, "4096", "Tokens per optimizer step",
-       at_least<int64_t>(1)},
-      {"checkpoints",
-       "save-every",
-       T::kInt64,
-       "500",
-       "Checkpoint every this many optimizer steps (of any rank; also when a job finishes and "
-       "on SIGTERM/SIGUSR1/SIGINT); 0 = only then",
-       {}},
-      {"checkpoints", "keep", T::kInt64, "2", "Complete checkpoint steps to keep", {}},
-      {"checkpoints",
-       "dp",
-       T::kInt,
-       "0",
-       "Ranks per job (data parallelism inside a job: batch slices, gradient allreduce); 0 = "
-       "auto: 1, or ranks/jobs when there are more ranks than jobs",
-       {}},
-      {"output",
-       "context",
-       T::kInt64,
-       "4096",
-       "Context length the memory accounting is stated at",
-       {}},
-  };
-}
-
 const SettingTable& train_settings() {
-  static const SettingTable table = [] {
-    SettingTable t = train_factor_settings();
-    for (auto& row : train_loop_settings()) t.push_back(std::move(row));
-    return t;
-  }();
+  static const SettingTable table = pipeline::settings_of(pipeline::train_bound_settings());
   return table;
 }
 
@@ -241,9 +66,7 @@ SettingTable eval_settings(const std::string& prefix) {
        {}},
       {"memory", "memory-contexts", T::kString, "1024,2048,4096,8192,16384,32768",
        "Contexts (tokens) the caches are filled to and measured at",
-       [](const cxxopts::ParseResult& r, const std::string& f) {
-         parse_memory_contexts(r[f].as<std::string>());
-       }},
+       [](const json& v, const std::string&) { parse_memory_contexts(v.get<std::string>()); }},
   };
 }
 
@@ -366,7 +189,7 @@ void add_settings(cxxopts::Options& options, const SettingTable& table) {
 
 void check_settings(const cxxopts::ParseResult& r, const SettingTable& table) {
   for (const Setting& s : table) {
-    if (s.check && (r.count(s.flag) || s.default_value)) s.check(r, s.flag);
+    if (s.check && (r.count(s.flag) || s.default_value)) s.check(resolved_value(r, s), s.flag);
   }
 }
 
@@ -433,40 +256,6 @@ json resolved_value(const cxxopts::ParseResult& r, const Setting& s) {
       return r[s.flag].as<uint64_t>();
   }
   return json();
-}
-
-std::optional<FloatDtype> parse_float_dtype(const std::string& text) {
-  if (text == "f32" || text == "fp32" || text == "float32" || text == "float") {
-    return FloatDtype::kF32;
-  }
-  if (text == "f16" || text == "fp16" || text == "float16" || text == "half") {
-    return FloatDtype::kF16;
-  }
-  if (text == "bf16" || text == "bfloat16") return FloatDtype::kBF16;
-  return std::nullopt;
-}
-
-const char* float_dtype_name(FloatDtype dtype) {
-  switch (dtype) {
-    case FloatDtype::kF32:
-      return "f32";
-    case FloatDtype::kF16:
-      return "f16";
-    case FloatDtype::kBF16:
-      return "bf16";
-  }
-  return "?";
-}
-
-FloatDtype float_dtype_setting(const std::string& flag, const std::string& text,
-                               const std::vector<FloatDtype>& allowed) {
-  const auto dtype = parse_float_dtype(text);
-  std::string list;
-  for (const FloatDtype d : allowed) {
-    if (dtype == d) return d;
-    list += (list.empty() ? "" : "|") + std::string(float_dtype_name(d));
-  }
-  CSKV_FAIL_USAGE("--" << flag << ": expected " << list << ", found '" << text << "'");
 }
 
 }  // namespace cskv::cli

@@ -1,31 +1,22 @@
 // Every setting of the stage commands declared once — group, flag, type, default, help, check —
-// from which the CLI flags, the job.json keys and types, run.json and the stage identities derive.
+// from which the CLI flags, the job.json keys and types and run.json derive (capture's and
+// train's rows, with their bindings to the stage options, live in pipeline/settings.h).
 #pragma once
 
 #include <cxxopts.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
-#include <functional>
-#include <optional>
 #include <string>
 #include <vector>
 
+#include "pipeline/settings.h"
+
 namespace cskv::cli {
 
-enum class SettingType { kBool, kString, kDouble, kInt, kInt64, kUint64 };
-
-struct Setting {
-  std::string group;  // the --help section
-  std::string flag;   // long name; the job.json key is this with '_' for '-'
-  SettingType type;
-  std::optional<std::string> default_value;  // none: no default (then absent unless given)
-  std::string help;
-  // Throws a usage error naming --flag when the given value is invalid (empty: any value).
-  std::function<void(const cxxopts::ParseResult& r, const std::string& flag)> check;
-  bool capture_identity = false;  // part of the settings a complete capture is recorded with
-};
-using SettingTable = std::vector<Setting>;
+using pipeline::Setting;
+using pipeline::SettingTable;
+using pipeline::SettingType;
 
 // The tables. Capture: input, sampling, stored dtype, batch, device (not --model, --layers, --seed,
 // --out). Train: ranks, init, quantization, optimizer, checkpoints, context (not --model, --acts,
@@ -58,14 +49,10 @@ nlohmann::json resolved_value(const cxxopts::ParseResult& r, const Setting& sett
 // --memory-contexts: comma-separated token counts >= 1 ("1024,4096"), or a usage error.
 std::vector<int64_t> parse_memory_contexts(const std::string& text);
 
-// The floating-point dtype vocabulary of every subcommand. Accepted spellings: f32 fp32 float32
-// float | f16 fp16 float16 half | bf16 bfloat16. Canonical names: f32, f16, bf16.
-enum class FloatDtype { kF32, kF16, kBF16 };
-std::optional<FloatDtype> parse_float_dtype(const std::string& text);
-const char* float_dtype_name(FloatDtype dtype);
-// The dtype of --flag, one of `allowed`, or a usage error listing them canonically:
-// "--dtype: expected f32|f16|bf16, found 'f64'".
-FloatDtype float_dtype_setting(const std::string& flag, const std::string& text,
-                               const std::vector<FloatDtype>& allowed);
+// The dtype vocabulary of every subcommand (pipeline/settings.h).
+using pipeline::float_dtype_name;
+using pipeline::float_dtype_setting;
+using pipeline::FloatDtype;
+using pipeline::parse_float_dtype;
 
 }  // namespace cskv::cli

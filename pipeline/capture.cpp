@@ -32,6 +32,7 @@
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/weights.h"
+#include "pipeline/settings.h"
 
 namespace cskv::pipeline {
 
@@ -79,24 +80,14 @@ std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layer
 
 std::string capture_config_json(const CaptureOptions& o, const std::string& model_hash,
                                 int64_t token_stream_size, int world_size) {
-  nlohmann::json j;
+  nlohmann::json j = settings_identity(capture_bound_settings(), o);
+  // What the command's own flags, the format and the run decide besides the table.
   j["format_version"] = kShardFormatVersion;
   j["model_config_hash"] = model_hash;
-  j["tokens"] = o.tokens_path.empty() ? "" : fs::absolute(o.tokens_path).string();
-  j["text"] = o.text_path.empty() ? "" : fs::absolute(o.text_path).string();
-  j["tokenizer"] = o.tokenizer_path.empty() ? "" : fs::absolute(o.tokenizer_path).string();
-  j["token_dtype"] = token_dtype_name(o.token_dtype);
   j["token_stream_size"] = token_stream_size;
-  j["num_seqs"] = o.num_seqs;
-  j["seq_len"] = o.seq_len;
-  j["holdout_seqs"] = o.holdout_seqs;
-  j["batch"] = o.batch;
   j["seed"] = o.seed;
-  j["sampling"] = o.sampling == Sampling::kRandom ? "random" : "contiguous";
-  j["dtype"] = activation_dtype_name(o.dtype);
   j["layers"] = o.layers;
   j["world_size"] = world_size;
-  j["device"] = o.device;
   return j.dump(2);
 }
 

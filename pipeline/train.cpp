@@ -24,6 +24,7 @@
 #include "data/layer_stats.h"
 #include "model/safetensors.h"
 #include "pipeline/coordinator.h"
+#include "pipeline/settings.h"
 #include "trainer/rank_allocation.h"
 #include "trainer/schedule.h"
 
@@ -81,30 +82,13 @@ std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConf
 }
 
 std::string resolved_config_json(const TrainRunOptions& o, const model::ModelConfig& model) {
-  const auto& c = o.cfg;
-  nlohmann::json j;
+  nlohmann::json j = settings_identity(train_bound_settings(), o);
+  // What the command's own flags, the runtime and the trainer decide besides the table.
   j["model_config_hash"] = model.hash();
   j["acts"] = fs::absolute(o.acts_dir).string();
   j["layers"] = o.layers;
-  j["k_density"] = o.k_density;
-  j["v_density"] = o.v_density;
-  j["budget"] = o.budget;
-  j["rank_multiple"] = o.rank_multiple;
-  j["init"] = init_method_name(c.init);
-  j["asvd_alpha"] = c.asvd_alpha;
-  j["rotation"] = c.rotate_hadamard ? "hadamard" : "none";
-  j["k_bits"] = c.k_bits;
-  j["v_bits"] = c.v_bits;
-  j["group_size"] = c.group_size;
-  j["window"] = c.window;
-  j["quant_compat"] = c.quant_compat_cskv ? "cskv" : "none";
-  j["lr"] = c.lr;
-  j["warmup"] = c.warmup;
-  j["steps"] = c.steps;
-  j["epochs"] = c.epochs;
-  j["batch_tokens"] = c.batch_tokens;
-  j["clip"] = c.clip;
-  j["seed"] = c.seed;
+  j["clip"] = o.cfg.clip;
+  j["seed"] = o.cfg.seed;
   j["threads"] = o.threads;
   return j.dump();
 }

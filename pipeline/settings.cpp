@@ -1,0 +1,363 @@
+// The capture and train setting rows with their bindings to the stage options, the checks the
+// tables share, and the dtype vocabulary of every subcommand.
+#include "pipeline/settings.h"
+
+#include <filesystem>
+
+#include "common/error.h"
+#include "data/activation_shard.h"
+#include "data/token_source.h"
+#include "trainer/init.h"
+
+namespace cskv::pipeline {
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using T = SettingType;
+
+void check_bits(const json& v, const std::string& flag) {
+  const int b = v.get<int>();
+  CSKV_CHECK_USAGE(b == 2 || b == 3 || b == 4 || b == 8 || b == 16,
+                   "--" << flag << ": expected one of 2, 3, 4, 8, 16, found " << b);
+}
+
+void check_budget(const json& v, const std::string& flag) {
+  const double b = v.get<double>();
+  CSKV_CHECK_USAGE(b >= 0 && b <= 1,
+                   "--" << flag << ": expected a value in (0, 1] (or 0 = off), found " << b);
+}
+
+data::ActivationDtype capture_dtype(const json& v, const std::string& flag) {
+  const FloatDtype d =
+      float_dtype_setting(flag, v.get<std::string>(), {FloatDtype::kF32, FloatDtype::kF16});
+  return d == FloatDtype::kF32 ? data::ActivationDtype::kFloat32 : data::ActivationDtype::kFloat16;
+}
+
+// An input path as the capture identity records it: absolute, or "" when not given.
+json absolute_or_empty(const std::string& path) {
+  return path.empty() ? "" : fs::absolute(path).string();
+}
+
+using C = CaptureOptions;
+using Tr = TrainRunOptions;
+
+BoundTable<C> capture_input_rows() {
+  return {
+      {{"input", "tokens", T::kString, "", "Flat little-endian token file", {}, true},
+       [](C& o, const json& v) { o.tokens_path = v.get<std::string>(); },
+       [](const C& o) { return absolute_or_empty(o.tokens_path); }},
+      {{"input", "token-dtype", T::kString, "u16", "Width of --tokens ids: u16|u32",
+        [](const json& v, const std::string&) { data::parse_token_dtype(v.get<std::string>()); },
+        true},
+       [](C& o, const json& v) { o.token_dtype = data::parse_token_dtype(v.get<std::string>()); },
+       [](const C& o) { return json(data::token_dtype_name(o.token_dtype)); }},
+      {{"input",
+        "text",
+        T::kString,
+        "",
+        "UTF-8 text file to tokenize instead of --tokens",
+        {},
+        true},
+       [](C& o, const json& v) { o.text_path = v.get<std::string>(); },
+       [](const C& o) { return absolute_or_empty(o.text_path); }},
+      {{"input", "tokenizer", T::kString, "", "SentencePiece tokenizer.model for --text", {}, true},
+       [](C& o, const json& v) { o.tokenizer_path = v.get<std::string>(); },
+       [](const C& o) { return absolute_or_empty(o.tokenizer_path); }},
+  };
+}
+
+BoundTable<C> capture_sampling_rows() {
+  return {
+      {{"sampling", "num-seqs", T::kInt64, "256", "Training sequences", {}, true},
+       [](C& o, const json& v) { o.num_seqs = v.get<int64_t>(); },
+       [](const C& o) { return json(o.num_seqs); }},
+      {{"sampling", "seq-len", T::kInt64, "2048", "Tokens per sequence", {}, true},
+       [](C& o, const json& v) { o.seq_len = v.get<int64_t>(); },
+       [](const C& o) { return json(o.seq_len); }},
+      {{"sampling",
+        "holdout-seqs",
+        T::kInt64,
+        "16",
+        "Held-out sequences for evaluation (stored apart, not in the statistics)",
+        {},
+        true},
+       [](C& o, const json& v) { o.holdout_seqs = v.get<int64_t>(); },
+       [](const C& o) { return json(o.holdout_seqs); }},
+      {{"sampling", "sampling", T::kString, "random",
+        "random (uniform offsets, the paper's way) | contiguous (chunks 0, L, 2L, ...)",
+        [](const json& v, const std::string&) { data::parse_sampling(v.get<std::string>()); },
+        true},
+       [](C& o, const json& v) { o.sampling = data::parse_sampling(v.get<std::string>()); },
+       [](const C& o) {
+         return json(o.sampling == data::Sampling::kRandom ? "random" : "contiguous");
+       }},
+  };
+}
+
+BoundTable<C> capture_compute_rows() {
+  return {
+      {{"capture", "dtype", T::kString, "fp16",
+        "Stored activation dtype: f32|f16 (also fp32, float32, float, fp16, float16, half)",
+        [](const json& v, const std::string& f) { capture_dtype(v, f); }, true},
+       [](C& o, const json& v) { o.dtype = capture_dtype(v, "dtype"); },
+       [](const C& o) { return json(data::activation_dtype_name(o.dtype)); }},
+      {{"capture", "batch", T::kInt64, "1", "Sequences per forward pass", {}},
+       [](C& o, const json& v) { o.batch = v.get<int64_t>(); },
+       [](const C& o) { return json(o.batch); }},
+      {{"capture",
+        "device",
+        T::kString,
+        "cpu",
+        "cpu (float32 compute) | cuda (bfloat16 compute on GPU <local rank mod GPUs>; needs a "
+        "LibTorch with CUDA)",
+        {}},
+       [](C& o, const json& v) { o.device = v.get<std::string>(); },
+       [](const C& o) { return json(o.device); }},
+  };
+}
+
+}  // namespace
+
+const BoundTable<CaptureOptions>& capture_bound_settings() {
+  static const BoundTable<C> table = [] {
+    BoundTable<C> t = capture_input_rows();
+    for (auto* part : {capture_sampling_rows, capture_compute_rows}) {
+      for (auto& row : part()) t.push_back(std::move(row));
+    }
+    return t;
+  }();
+  return table;
+}
+
+namespace {
+
+BoundTable<Tr> train_rank_rows() {
+  return {
+      {{"ranks",
+        "k-density",
+        T::kDouble,
+        "0.5",
+        "Key latent width as a share of D: r = floor(density*hd)*n_kv",
+        {}},
+       [](Tr& o, const json& v) { o.k_density = v.get<double>(); },
+       [](const Tr& o) { return json(o.k_density); }},
+      {{"ranks", "v-density", T::kDouble, "0.5", "Value latent width (same rule)", {}},
+       [](Tr& o, const json& v) { o.v_density = v.get<double>(); },
+       [](const Tr& o) { return json(o.v_density); }},
+      {{"ranks", "budget", T::kDouble, "0",
+        "Instead of densities: keep this share of the total K+V width, allocated per layer by "
+        "greedy marginal eigenvalue gain (0 = off)",
+        check_budget},
+       [](Tr& o, const json& v) { o.budget = v.get<double>(); },
+       [](const Tr& o) { return json(o.budget); }},
+      {{"ranks",
+        "rank-multiple",
+        T::kInt64,
+        "0",
+        "Budget granularity in channels (0 = n_kv*8)",
+        {}},
+       [](Tr& o, const json& v) { o.rank_multiple = v.get<int64_t>(); },
+       [](const Tr& o) { return json(o.rank_multiple); }},
+  };
+}
+
+BoundTable<Tr> train_init_rows() {
+  return {
+      {{"init", "init", T::kString, "pca",
+        "Initialisation: pca (exact 16-bit optimum) | asvd | svd",
+        [](const json& v, const std::string&) {
+          trainer::parse_init_method(v.get<std::string>());
+        }},
+       [](Tr& o, const json& v) { o.cfg.init = trainer::parse_init_method(v.get<std::string>()); },
+       [](const Tr& o) { return json(trainer::init_method_name(o.cfg.init)); }},
+      {{"init",
+        "asvd-alpha",
+        T::kDouble,
+        "0.5",
+        "ASVD exponent alpha of S = diag(mean|x|^alpha)",
+        {}},
+       [](Tr& o, const json& v) { o.cfg.asvd_alpha = v.get<double>(); },
+       [](const Tr& o) { return json(o.cfg.asvd_alpha); }},
+      {{"init", "rotate", T::kString, "none",
+        "Latent rotation: none | hadamard (seeded randomized Hadamard)",
+        one_of({"none", "hadamard"})},
+       [](Tr& o, const json& v) { o.cfg.rotate_hadamard = v.get<std::string>() == "hadamard"; },
+       [](const Tr& o) { return json(o.cfg.rotate_hadamard ? "hadamard" : "none"); },
+       "rotation"},
+  };
+}
+
+BoundTable<Tr> train_quantization_rows() {
+  return {
+      {{"quantization", "k-bits", T::kInt, "16", "Key latent bits: 2|3|4|8|16 (16 = off)",
+        check_bits},
+       [](Tr& o, const json& v) { o.cfg.k_bits = v.get<int>(); },
+       [](const Tr& o) { return json(o.cfg.k_bits); }},
+      {{"quantization", "v-bits", T::kInt, "16", "Value latent bits: 2|3|4|8|16", check_bits},
+       [](Tr& o, const json& v) { o.cfg.v_bits = v.get<int>(); },
+       [](const Tr& o) { return json(o.cfg.v_bits); }},
+      {{"quantization",
+        "group-size",
+        T::kInt64,
+        "0",
+        "Latent channels per quantization group (0 = r/n_kv)",
+        {}},
+       [](Tr& o, const json& v) { o.cfg.group_size = v.get<int64_t>(); },
+       [](const Tr& o) { return json(o.cfg.group_size); }},
+      {{"quantization", "window", T::kInt64, "32",
+        "Full-precision recent window; keys are quantized per channel over groups of this many "
+        "tokens (0 = per-token key groups, no window)",
+        at_least_int(0)},
+       [](Tr& o, const json& v) { o.cfg.window = v.get<int64_t>(); },
+       [](const Tr& o) { return json(o.cfg.window); }},
+      {{"quantization", "quant-compat", T::kString, "none",
+        "none | cskv (reference code: zero point clamped to [0, 2^b-1])", one_of({"none", "cskv"})},
+       [](Tr& o, const json& v) { o.cfg.quant_compat_cskv = v.get<std::string>() == "cskv"; },
+       [](const Tr& o) { return json(o.cfg.quant_compat_cskv ? "cskv" : "none"); }},
+  };
+}
+
+BoundTable<Tr> train_optimizer_rows() {
+  return {
+      {{"optimizer", "lr", T::kDouble, "5e-05", "AdamW learning rate (linear decay)", {}},
+       [](Tr& o, const json& v) { o.cfg.lr = v.get<double>(); },
+       [](const Tr& o) { return json(o.cfg.lr); }},
+      {{"optimizer", "warmup", T::kInt64, "0", "Linear warmup steps", {}},
+       [](Tr& o, const json& v) { o.cfg.warmup = v.get<int64_t>(); },
+       [](const Tr& o) { return json(o.cfg.warmup); }},
+      {{"optimizer",
+        "steps",
+        T::kInt64,
+        "0",
+        "Optimizer steps per job (0 = --epochs passes over the training split)",
+        {}},
+       [](Tr& o, const json& v) { o.cfg.steps = v.get<int64_t>(); },
+       [](const Tr& o) { return json(o.cfg.steps); }},
+      {{"optimizer",
+        "epochs",
+        T::kInt64,
+        "1",
+        "Passes over the training split when --steps is 0",
+        {}},
+       [](Tr& o, const json& v) { o.cfg.epochs = v.get<int64_t>(); },
+       [](const Tr& o) { return json(o.cfg.epochs); }},
+      {{"optimizer", "batch-tokens", T::kInt64, "4096", "Tokens per optimizer step",
+        at_least_int(1)},
+       [](Tr& o, const json& v) { o.cfg.batch_tokens = v.get<int64_t>(); },
+       [](const Tr& o) { return json(o.cfg.batch_tokens); }},
+  };
+}
+
+// Not part of the identity: they decide when state is saved and where the numbers are stated,
+// not the numbers (dp = 1, the default, gives the same numbers on any number of ranks).
+BoundTable<Tr> train_checkpoint_rows() {
+  return {
+      {{"checkpoints",
+        "save-every",
+        T::kInt64,
+        "500",
+        "Checkpoint every this many optimizer steps (of any rank; also when a job finishes and "
+        "on SIGTERM/SIGUSR1/SIGINT); 0 = only then",
+        {}},
+       [](Tr& o, const json& v) { o.save_every = v.get<int64_t>(); },
+       {}},
+      {{"checkpoints", "keep", T::kInt64, "2", "Complete checkpoint steps to keep", {}},
+       [](Tr& o, const json& v) { o.keep = v.get<int64_t>(); },
+       {}},
+      {{"checkpoints",
+        "dp",
+        T::kInt,
+        "0",
+        "Ranks per job (data parallelism inside a job: batch slices, gradient allreduce); 0 = "
+        "auto: 1, or ranks/jobs when there are more ranks than jobs",
+        {}},
+       [](Tr& o, const json& v) { o.dp = v.get<int>(); },
+       {}},
+      {{"output",
+        "context",
+        T::kInt64,
+        "4096",
+        "Context length the memory accounting is stated at",
+        {}},
+       [](Tr& o, const json& v) { o.context = v.get<int64_t>(); },
+       {}},
+  };
+}
+
+}  // namespace
+
+const BoundTable<TrainRunOptions>& train_bound_settings() {
+  static const BoundTable<Tr> table = [] {
+    BoundTable<Tr> t = train_rank_rows();
+    for (auto* part :
+         {train_init_rows, train_quantization_rows, train_optimizer_rows, train_checkpoint_rows}) {
+      for (auto& row : part()) t.push_back(std::move(row));
+    }
+    return t;
+  }();
+  return table;
+}
+
+SettingCheck one_of(std::vector<std::string> choices) {
+  return [choices](const json& value, const std::string& flag) {
+    const auto v = value.get<std::string>();
+    std::string list;
+    for (const auto& c : choices) {
+      if (v == c) return;
+      list += (list.empty() ? "" : "|") + c;
+    }
+    CSKV_FAIL_USAGE("--" << flag << ": expected " << list << ", found '" << v << "'");
+  };
+}
+
+SettingCheck at_least_int(int64_t min) {
+  return [min](const json& value, const std::string& flag) {
+    const auto v = value.get<int64_t>();
+    CSKV_CHECK_USAGE(v >= min, "--" << flag << ": expected >= " << min << ", found " << v);
+  };
+}
+
+SettingCheck at_least_double(double min) {
+  return [min](const json& value, const std::string& flag) {
+    const auto v = value.get<double>();
+    CSKV_CHECK_USAGE(v >= min, "--" << flag << ": expected >= " << min << ", found " << v);
+  };
+}
+
+std::optional<FloatDtype> parse_float_dtype(const std::string& text) {
+  if (text == "f32" || text == "fp32" || text == "float32" || text == "float") {
+    return FloatDtype::kF32;
+  }
+  if (text == "f16" || text == "fp16" || text == "float16" || text == "half") {
+    return FloatDtype::kF16;
+  }
+  if (text == "bf16" || text == "bfloat16") return FloatDtype::kBF16;
+  return std::nullopt;
+}
+
+const char* float_dtype_name(FloatDtype dtype) {
+  switch (dtype) {
+    case FloatDtype::kF32:
+      return "f32";
+    case FloatDtype::kF16:
+      return "f16";
+    case FloatDtype::kBF16:
+      return "bf16";
+  }
+  return "?";
+}
+
+FloatDtype float_dtype_setting(const std::string& flag, const std::string& text,
+                               const std::vector<FloatDtype>& allowed) {
+  const auto dtype = parse_float_dtype(text);
+  std::string list;
+  for (const FloatDtype d : allowed) {
+    if (dtype == d) return d;
+    list += (list.empty() ? "" : "|") + std::string(float_dtype_name(d));
+  }
+  CSKV_FAIL_USAGE("--" << flag << ": expected " << list << ", found '" << text << "'");
+}
+
+}  // namespace cskv::pipeline
