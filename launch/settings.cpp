@@ -4,6 +4,7 @@
 
 #include <sstream>
 
+#include "comm/factory.h"
 #include "common/error.h"
 #include "data/token_source.h"
 #include "trainer/init.h"
@@ -28,12 +29,43 @@ Check one_of(std::vector<std::string> choices) {
   };
 }
 
+// Integers in [lo, hi]: "--epochs: expected an integer in [1, 100000], found -1".
 template <typename V>
-Check at_least(V min) {
-  return [min](const cxxopts::ParseResult& r, const std::string& flag) {
+Check in_range(V lo, V hi) {
+  return [lo, hi](const cxxopts::ParseResult& r, const std::string& flag) {
     const V v = r[flag].as<V>();
-    CSKV_CHECK_USAGE(v >= min, "--" << flag << ": expected >= " << min << ", found " << v);
+    CSKV_CHECK_USAGE(v >= lo && v <= hi, "--" << flag << ": expected an integer in [" << lo << ", "
+                                              << hi << "], found " << v);
   };
+}
+
+// Numbers in (0, hi] (lo_open) or [lo, hi]: "--lr: expected a number in (0, 1], found -1".
+Check number_in(double lo, double hi, bool lo_open) {
+  return [lo, hi, lo_open](const cxxopts::ParseResult& r, const std::string& flag) {
+    const double v = r[flag].as<double>();
+    CSKV_CHECK_USAGE((lo_open ? v > lo : v >= lo) && v <= hi,
+                     "--" << flag << ": expected a number in " << (lo_open ? "(" : "[") << lo
+                          << ", " << hi << "], found " << v);
+  };
+}
+
+// --tokenizer only means something with --text (with --tokens it would be silently ignored).
+void check_tokenizer(const cxxopts::ParseResult& r, const std::string& flag) {
+  CSKV_CHECK_USAGE(r[flag].as<std::string>().empty() || !r["text"].as<std::string>().empty(),
+                   "--" << flag
+                        << " is only used with --text (the token ids of --tokens are "
+                           "already tokenized)");
+}
+
+// --backend: one of the communicators; mpi only under a launcher (alone it would be one rank of
+// a world nobody else joins, which is --backend local).
+void check_backend(const cxxopts::ParseResult& r, const std::string& flag) {
+  one_of({"auto", "local", "mpi", "nccl"})(r, flag);
+  CSKV_CHECK_USAGE(r[flag].as<std::string>() != "mpi" || comm::detect_launcher().under_launcher,
+                   "--" << flag
+                        << " mpi: no MPI launcher started this process (mpirun, srun or "
+                           "another PMI/PMIx launcher); start cskv under one, or use "
+                           "--backend auto or local");
 }
 
 void check_bits(const cxxopts::ParseResult& r, const std::string& flag) {
@@ -69,16 +101,15 @@ const SettingTable& capture_settings() {
        "UTF-8 text file to tokenize instead of --tokens",
        {},
        true},
-      {"input", "tokenizer", T::kString, "", "SentencePiece tokenizer.model for --text", {}, true},
-      {"sampling", "num-seqs", T::kInt64, "256", "Training sequences", {}, true},
-      {"sampling", "seq-len", T::kInt64, "2048", "Tokens per sequence", {}, true},
-      {"sampling",
-       "holdout-seqs",
-       T::kInt64,
-       "16",
+      {"input", "tokenizer", T::kString, "", "SentencePiece tokenizer.model for --text",
+       check_tokenizer, true},
+      {"sampling", "num-seqs", T::kInt64, "256", "Training sequences",
+       in_range<int64_t>(1, kMaxSequences), true},
+      {"sampling", "seq-len", T::kInt64, "2048", "Tokens per sequence",
+       in_range<int64_t>(2, kMaxTokensPerSequence), true},
+      {"sampling", "holdout-seqs", T::kInt64, "16",
        "Held-out sequences for evaluation (stored apart, not in the statistics)",
-       {},
-       true},
+       in_range<int64_t>(0, kMaxSequences), true},
       {"sampling", "sampling", T::kString, "random",
        "random (uniform offsets, the paper's way) | contiguous (chunks 0, L, 2L, ...)",
        [](const cxxopts::ParseResult& r, const std::string& f) {
@@ -88,7 +119,8 @@ const SettingTable& capture_settings() {
       {"capture", "dtype", T::kString, "fp16",
        "Stored activation dtype: f32|f16 (also fp32, float32, float, fp16, float16, half)",
        check_capture_dtype, true},
-      {"capture", "batch", T::kInt64, "1", "Sequences per forward pass", {}},
+      {"capture", "batch", T::kInt64, "1", "Sequences per forward pass",
+       in_range<int64_t>(1, 4096)},
       {"capture",
        "device",
        T::kString,
@@ -103,44 +135,34 @@ const SettingTable& capture_settings() {
 // The factors: ranks, initialisation, quantization.
 static SettingTable train_factor_settings() {
   return {
-      {"ranks",
-       "k-density",
-       T::kDouble,
-       "0.5",
-       "Key latent width as a share of D: r = floor(density*hd)*n_kv",
-       {}},
-      {"ranks", "v-density", T::kDouble, "0.5", "Value latent width (same rule)", {}},
+      {"ranks", "k-density", T::kDouble, "0.5",
+       "Key latent width as a share of D: r = floor(density*hd)*n_kv", number_in(0, 1, true)},
+      {"ranks", "v-density", T::kDouble, "0.5", "Value latent width (same rule)",
+       number_in(0, 1, true)},
       {"ranks", "budget", T::kDouble, "0",
        "Instead of densities: keep this share of the total K+V width, allocated per layer by "
        "greedy marginal eigenvalue gain (0 = off)",
        check_budget},
-      {"ranks", "rank-multiple", T::kInt64, "0", "Budget granularity in channels (0 = n_kv*8)", {}},
+      {"ranks", "rank-multiple", T::kInt64, "0", "Budget granularity in channels (0 = n_kv*8)",
+       in_range<int64_t>(0, kMaxChannels)},
       {"init", "init", T::kString, "pca", "Initialisation: pca (exact 16-bit optimum) | asvd | svd",
        [](const cxxopts::ParseResult& r, const std::string& f) {
          trainer::parse_init_method(r[f].as<std::string>());
        }},
-      {"init",
-       "asvd-alpha",
-       T::kDouble,
-       "0.5",
-       "ASVD exponent alpha of S = diag(mean|x|^alpha)",
-       {}},
+      {"init", "asvd-alpha", T::kDouble, "0.5", "ASVD exponent alpha of S = diag(mean|x|^alpha)",
+       number_in(0, 4, false)},
       {"init", "rotate", T::kString, "none",
        "Latent rotation: none | hadamard (seeded randomized Hadamard)",
        one_of({"none", "hadamard"})},
       {"quantization", "k-bits", T::kInt, "16", "Key latent bits: 2|3|4|8|16 (16 = off)",
        check_bits},
       {"quantization", "v-bits", T::kInt, "16", "Value latent bits: 2|3|4|8|16", check_bits},
-      {"quantization",
-       "group-size",
-       T::kInt64,
-       "0",
-       "Latent channels per quantization group (0 = r/n_kv)",
-       {}},
+      {"quantization", "group-size", T::kInt64, "0",
+       "Latent channels per quantization group (0 = r/n_kv)", in_range<int64_t>(0, kMaxChannels)},
       {"quantization", "window", T::kInt64, "32",
        "Full-precision recent window; keys are quantized per channel over groups of this many "
        "tokens (0 = per-token key groups, no window)",
-       at_least<int64_t>(0)},
+       in_range<int64_t>(0, kMaxTokensPerSequence)},
       {"quantization", "quant-compat", T::kString, "none",
        "none | cskv (reference code: zero point clamped to [0, 2^b-1])", one_of({"none", "cskv"})},
   };
@@ -149,43 +171,29 @@ static SettingTable train_factor_settings() {
 // The optimizer, the checkpoints and the accounting context.
 static SettingTable train_loop_settings() {
   return {
-      {"optimizer", "lr", T::kDouble, "5e-05", "AdamW learning rate (linear decay)", {}},
-      {"optimizer", "warmup", T::kInt64, "0", "Linear warmup steps", {}},
-      {"optimizer",
-       "steps",
-       T::kInt64,
-       "0",
+      {"optimizer", "lr", T::kDouble, "5e-05", "AdamW learning rate (linear decay)",
+       number_in(0, 1, true)},
+      {"optimizer", "warmup", T::kInt64, "0", "Linear warmup steps",
+       in_range<int64_t>(0, kMaxSteps)},
+      {"optimizer", "steps", T::kInt64, "0",
        "Optimizer steps per job (0 = --epochs passes over the training split)",
-       {}},
-      {"optimizer",
-       "epochs",
-       T::kInt64,
-       "1",
-       "Passes over the training split when --steps is 0",
-       {}},
+       in_range<int64_t>(0, kMaxSteps)},
+      {"optimizer", "epochs", T::kInt64, "1", "Passes over the training split when --steps is 0",
+       in_range<int64_t>(1, kMaxEpochs)},
       {"optimizer", "batch-tokens", T::kInt64, "4096", "Tokens per optimizer step",
-       at_least<int64_t>(1)},
-      {"checkpoints",
-       "save-every",
-       T::kInt64,
-       "500",
+       in_range<int64_t>(1, int64_t{1} << 30)},
+      {"checkpoints", "save-every", T::kInt64, "500",
        "Checkpoint every this many optimizer steps (of any rank; also when a job finishes and "
        "on SIGTERM/SIGUSR1/SIGINT); 0 = only then",
-       {}},
-      {"checkpoints", "keep", T::kInt64, "2", "Complete checkpoint steps to keep", {}},
-      {"checkpoints",
-       "dp",
-       T::kInt,
-       "0",
+       in_range<int64_t>(0, kMaxSteps)},
+      {"checkpoints", "keep", T::kInt64, "2", "Complete checkpoint steps to keep",
+       in_range<int64_t>(1, 1000)},
+      {"checkpoints", "dp", T::kInt, "0",
        "Ranks per job (data parallelism inside a job: batch slices, gradient allreduce); 0 = "
        "auto: 1, or ranks/jobs when there are more ranks than jobs",
-       {}},
-      {"output",
-       "context",
-       T::kInt64,
-       "4096",
-       "Context length the memory accounting is stated at",
-       {}},
+       in_range<int>(0, kMaxRanks)},
+      {"output", "context", T::kInt64, "4096", "Context length the memory accounting is stated at",
+       in_range<int64_t>(1, kMaxMemoryContext)},
   };
 }
 
@@ -213,6 +221,9 @@ std::vector<int64_t> parse_memory_contexts(const std::string& text) {
     CSKV_CHECK_USAGE(used == item.size() && !item.empty() && v >= 1,
                      "--memory-contexts: expected comma-separated token counts >= 1, found '"
                          << item << "' in '" << text << "'");
+    CSKV_CHECK_USAGE(v <= kMaxTokensPerSequence,
+                     "--memory-contexts: " << v << " tokens asked; at most "
+                                           << kMaxTokensPerSequence << " per context");
     out.push_back(v);
   }
   CSKV_CHECK_USAGE(!out.empty(), "--memory-contexts: expected at least one token count");
@@ -221,24 +232,13 @@ std::vector<int64_t> parse_memory_contexts(const std::string& text) {
 
 SettingTable eval_settings(const std::string& prefix) {
   return {
-      {"end to end",
-       prefix + "context",
-       T::kInt64,
-       "0",
+      {"end to end", prefix + "context", T::kInt64, "0",
        "Prompt tokens before decoding (0 = held-out seq_len - decode - 1)",
-       {}},
-      {"end to end",
-       prefix + "decode",
-       T::kInt64,
-       "64",
-       "Teacher-forced decode steps per sequence",
-       {}},
-      {"end to end",
-       prefix + "sequences",
-       T::kInt64,
-       "0",
-       "Held-out sequences decoded (0 = all)",
-       {}},
+       in_range<int64_t>(0, kMaxTokensPerSequence)},
+      {"end to end", prefix + "decode", T::kInt64, "64", "Teacher-forced decode steps per sequence",
+       in_range<int64_t>(1, kMaxTokensPerSequence)},
+      {"end to end", prefix + "sequences", T::kInt64, "0", "Held-out sequences decoded (0 = all)",
+       in_range<int64_t>(0, kMaxSequences)},
       {"memory", "memory-contexts", T::kString, "1024,2048,4096,8192,16384,32768",
        "Contexts (tokens) the caches are filled to and measured at",
        [](const cxxopts::ParseResult& r, const std::string& f) {
@@ -249,19 +249,13 @@ SettingTable eval_settings(const std::string& prefix) {
 
 const SettingTable& runtime_settings() {
   static const SettingTable table = {
-      {"runtime",
-       "backend",
-       T::kString,
-       "auto",
+      {"runtime", "backend", T::kString, "auto",
        "Communicator: auto (MPI under mpirun/srun, else single process)|local|mpi|nccl",
-       {}},
-      {"runtime",
-       "threads",
-       T::kInt,
-       "1",
+       check_backend},
+      {"runtime", "threads", T::kInt, "1",
        "Intra-op CPU threads per rank; part of the results' identity (fixed, not derived from the "
        "number of ranks)",
-       {}},
+       in_range<int>(1, kMaxThreads)},
       {"runtime",
        "log-dir",
        T::kString,

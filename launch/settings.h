@@ -27,6 +27,17 @@ struct Setting {
 };
 using SettingTable = std::vector<Setting>;
 
+// The bounds of the numeric settings (each setting's check names its flag and the bound).
+constexpr int64_t kMaxSequences = 10'000'000;  // --num-seqs, --holdout-seqs, ...
+constexpr int64_t kMaxTokensPerSequence =
+    1 << 20;  // --seq-len, --window, --decode, --memory-contexts
+constexpr int64_t kMaxMemoryContext = int64_t{1} << 24;  // train's --context (accounting only)
+constexpr int64_t kMaxChannels = 1 << 16;                // --group-size, --rank-multiple
+constexpr int64_t kMaxSteps = 1'000'000'000;             // --steps, --warmup, --save-every
+constexpr int64_t kMaxEpochs = 100'000;                  // --epochs
+constexpr int kMaxRanks = 1 << 16;                       // --dp
+constexpr int kMaxThreads = 1024;                        // --threads (per rank)
+
 // The tables. Capture: input, sampling, stored dtype, batch, device (not --model, --layers, --seed,
 // --out). Train: ranks, init, quantization, optimizer, checkpoints, context (not --model, --acts,
 // --layers, --seed, --ckpt-dir). Eval: <prefix>context, <prefix>decode, <prefix>sequences and

@@ -42,7 +42,10 @@ using Clock = std::chrono::steady_clock;
 
 std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layers) {
   std::set<int64_t> out;
-  if (spec.empty() || spec == "all") {
+  CSKV_CHECK_USAGE(!spec.empty(),
+                   "--layers: expected all, a range like '0-7' or a list like "
+                   "'0,2,5', found ''");
+  if (spec == "all") {
     for (int64_t l = 0; l < num_layers; ++l) out.insert(l);
     return {out.begin(), out.end()};
   }
