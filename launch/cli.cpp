@@ -2,10 +2,14 @@
 #include "launch/cli.h"
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <set>
 
 #include "comm/collectives.h"
 #include "comm/factory.h"
@@ -26,7 +30,42 @@ cxxopts::Options make_options(const std::string& sub, const std::string& descrip
   return o;
 }
 
-std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, char** argv) {
+namespace {
+
+// "--flag" of argv[i] ("--flag=value", or the value after "--flag"), else "argument <i>".
+std::string argument_name(int i, char** argv) {
+  const auto flag_of = [](const std::string& arg) {
+    return arg.substr(0, std::min({arg.find('='), arg.size(), std::size_t{64}}));
+  };
+  const std::string arg(argv[i], std::min(std::strlen(argv[i]), std::size_t{80}));
+  if (arg.rfind("--", 0) == 0) return flag_of(arg);
+  const std::string prev = i > 1 ? argv[i - 1] : "";
+  if (prev.rfind("--", 0) == 0 && prev.find('=') == std::string::npos) return flag_of(prev);
+  return "argument " + std::to_string(i);
+}
+
+void check_argument_sizes(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::size_t bytes = std::strlen(argv[i]);
+    CSKV_CHECK_USAGE(bytes <= kMaxArgumentBytes,
+                     argument_name(i, argv) << ": an argument of " << bytes << " bytes; at most "
+                                            << kMaxArgumentBytes << " are accepted");
+  }
+}
+
+void refuse_repeated_flags(const cxxopts::ParseResult& r) {
+  std::set<std::string> seen;
+  for (const auto& kv : r.arguments()) {
+    CSKV_CHECK_USAGE(seen.insert(kv.key()).second,
+                     "--" << kv.key() << " is given twice (give each flag once)");
+  }
+}
+
+}  // namespace
+
+std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, char** argv,
+                                          RepeatedFlags repeated) {
+  check_argument_sizes(argc, argv);
   cxxopts::ParseResult r;
   try {
     r = options.parse(argc, argv);
@@ -42,6 +81,7 @@ std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, c
     throw Error(ErrorKind::kUsage, "unexpected argument '" + r.unmatched().front() + "' (see '" +
                                        options.program() + " --help')");
   }
+  if (repeated == RepeatedFlags::kRefuse) refuse_repeated_flags(r);
   log::set_level(r["log-level"].as<std::string>());
   return r;
 }
@@ -60,20 +100,53 @@ template int required<int>(const cxxopts::ParseResult&, const std::string&);
 template int64_t required<int64_t>(const cxxopts::ParseResult&, const std::string&);
 template double required<double>(const cxxopts::ParseResult&, const std::string&);
 
+namespace {
+
+// The first line of a library's message (LibTorch appends a backtrace, HDF5 its error stack).
+std::string first_line(const std::string& text) {
+  const std::string line = text.substr(0, text.find('\n'));
+  return line.empty() ? "(no message)" : line;
+}
+
+// cskv's own messages are one line by construction; a system's message inside one (HDF5's stack
+// holds a ctime() line break) is joined, never cut.
+std::string joined(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    if (c != '\n') {
+      out += c;
+    } else if (!out.empty() && out.back() != ' ') {
+      out += ' ';
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 int guarded(const std::string& sub, const std::function<int()>& body) {
+  const std::string prefix = sub.empty() ? "cskv: " : "cskv " + sub + ": ";
   try {
     return body();
   } catch (const Error& e) {
     if (e.collective() && process_rank() > 0) {
       return e.kind() == ErrorKind::kUsage ? kExitUsage : kExitError;  // rank 0 reports it
     }
-    std::cerr << "cskv " << sub << ": "
-              << (e.kind() == ErrorKind::kUsage ? "usage error: " : "error: ") << e.message()
-              << std::endl;
+    std::cerr << prefix << (e.kind() == ErrorKind::kUsage ? "usage error: " : "error: ")
+              << joined(e.message()) << std::endl;
     if (!e.where().empty()) log::get("cli")->debug("raised at {}", e.where());
     return e.kind() == ErrorKind::kUsage ? kExitUsage : kExitError;
+  } catch (const c10::Error& e) {
+    std::cerr << prefix << "error: " << first_line(e.what_without_backtrace()) << std::endl;
+    return kExitError;
+  } catch (const std::bad_alloc&) {
+    std::cerr << prefix << "error: out of memory (an allocation failed)" << std::endl;
+    return kExitError;
   } catch (const std::exception& e) {
-    std::cerr << "cskv " << sub << ": error: " << e.what() << std::endl;
+    std::cerr << prefix << "error: " << first_line(e.what()) << std::endl;
+    return kExitError;
+  } catch (...) {
+    std::cerr << prefix << "error: unknown exception" << std::endl;
     return kExitError;
   }
 }
@@ -106,6 +179,7 @@ std::string device_label(const std::string& device, const comm::Communicator& wo
 
 std::unique_ptr<comm::Communicator> start_runtime(const cxxopts::ParseResult& r,
                                                   const std::string& device) {
+  check_settings(r, runtime_settings());
   const int threads = r["threads"].as<int>();
   set_compute_threads(threads);
   comm::CommOptions co;

@@ -3,6 +3,7 @@
 
 #include <cxxopts.hpp>
 
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -29,9 +30,19 @@ const std::vector<Subcommand>& subcommands();
 // Options object for `cskv <sub>` with the flags every subcommand shares (--help, --log-level).
 cxxopts::Options make_options(const std::string& sub, const std::string& description);
 
-// Parses argv; prints help and returns nullopt on --help; throws a usage cskv::Error on bad flags.
+// The longest command-line argument accepted ("--flag=value" or a value alone): longer ones are
+// refused before the option parser sees them (its regex recursion would exhaust the stack).
+constexpr std::size_t kMaxArgumentBytes = 8192;
+
+// Whether a flag may appear more than once: never on a user's command line; `cskv run` places the
+// job file's settings before the command line, where the later one wins.
+enum class RepeatedFlags { kRefuse, kLastWins };
+
+// Parses argv; prints help and returns nullopt on --help; throws a usage cskv::Error on bad flags
+// ("--model: an argument of 60008 bytes; at most 8192 are accepted", "--lr is given twice").
 // Applies --log-level.
-std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, char** argv);
+std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, char** argv,
+                                          RepeatedFlags repeated = RepeatedFlags::kRefuse);
 
 // The value of a required flag, or a usage error naming it.
 template <typename T>

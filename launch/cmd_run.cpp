@@ -52,7 +52,7 @@ std::optional<cxxopts::ParseResult> parse_with_job_file(cxxopts::Options& option
   for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
   std::vector<char*> cargs;
   for (auto& a : args) cargs.push_back(a.data());
-  return parse(options, static_cast<int>(cargs.size()), cargs.data());
+  return parse(options, static_cast<int>(cargs.size()), cargs.data(), RepeatedFlags::kLastWins);
 }
 
 pipeline::RunOptions job_options(const cxxopts::ParseResult& r) {

@@ -52,7 +52,8 @@ void print_help() {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int dispatch(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
       !std::strcmp(argv[1], "help")) {
     print_help();
@@ -68,4 +69,10 @@ int main(int argc, char** argv) {
   std::cerr << "cskv: usage error: unknown subcommand '" << argv[1] << "' (see 'cskv --help')"
             << std::endl;
   return cskv::cli::kExitUsage;
+}
+}  // namespace
+
+// Subcommands turn their errors into one line (cli::guarded); this catches what escapes them.
+int main(int argc, char** argv) {
+  return cskv::cli::guarded("", [&] { return dispatch(argc, argv); });
 }

@@ -7,6 +7,7 @@
 #include <cxxopts.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -14,9 +15,14 @@
 
 namespace cskv::cli {
 
+// The largest job file read (a job file is a flat object of settings).
+constexpr std::uint64_t kMaxJobFileBytes = 1 << 20;
+
 // "--key=value" arguments for every key of the JSON object in `path`. Input errors, naming the
 // file and the key: not a JSON object, an unknown key (`job.json: unknown key "k_densty"`), a
-// value of the wrong type (`job.json: "seq_len" must be an integer, found 0.5`).
+// value of the wrong type (`job.json: "seq_len" must be an integer, found 0.5`), a key given twice
+// (`job.json: key "lr" is given twice`), a file over kMaxJobFileBytes, a string over
+// kMaxArgumentBytes or nesting deeper than 16 (common/json_bounds.h).
 std::vector<std::string> config_file_arguments(const SettingTable& table, const std::string& path);
 
 // The value of a setting every run needs, or a usage error saying where it can come from:

@@ -4,6 +4,7 @@
 
 #include <sstream>
 
+#include "comm/factory.h"
 #include "common/error.h"
 
 namespace cskv::cli {
@@ -11,6 +12,19 @@ namespace cskv::cli {
 namespace {
 using json = nlohmann::json;
 using T = SettingType;
+using pipeline::in_range;
+using pipeline::one_of;
+
+// --backend: one of the communicators; mpi only under a launcher (alone it would be one rank of
+// a world nobody else joins, which is --backend local).
+void check_backend(const json& value, const std::string& flag) {
+  one_of({"auto", "local", "mpi", "nccl"})(value, flag);
+  CSKV_CHECK_USAGE(value.get<std::string>() != "mpi" || comm::detect_launcher().under_launcher,
+                   "--" << flag
+                        << " mpi: no MPI launcher started this process (mpirun, srun or "
+                           "another PMI/PMIx launcher); start cskv under one, or use "
+                           "--backend auto or local");
+}
 }  // namespace
 
 const SettingTable& capture_settings() {
@@ -38,6 +52,9 @@ std::vector<int64_t> parse_memory_contexts(const std::string& text) {
     CSKV_CHECK_USAGE(used == item.size() && !item.empty() && v >= 1,
                      "--memory-contexts: expected comma-separated token counts >= 1, found '"
                          << item << "' in '" << text << "'");
+    CSKV_CHECK_USAGE(v <= kMaxTokensPerSequence,
+                     "--memory-contexts: " << v << " tokens asked; at most "
+                                           << kMaxTokensPerSequence << " per context");
     out.push_back(v);
   }
   CSKV_CHECK_USAGE(!out.empty(), "--memory-contexts: expected at least one token count");
@@ -46,24 +63,13 @@ std::vector<int64_t> parse_memory_contexts(const std::string& text) {
 
 SettingTable eval_settings(const std::string& prefix) {
   return {
-      {"end to end",
-       prefix + "context",
-       T::kInt64,
-       "0",
+      {"end to end", prefix + "context", T::kInt64, "0",
        "Prompt tokens before decoding (0 = held-out seq_len - decode - 1)",
-       {}},
-      {"end to end",
-       prefix + "decode",
-       T::kInt64,
-       "64",
-       "Teacher-forced decode steps per sequence",
-       {}},
-      {"end to end",
-       prefix + "sequences",
-       T::kInt64,
-       "0",
-       "Held-out sequences decoded (0 = all)",
-       {}},
+       in_range(0, kMaxTokensPerSequence)},
+      {"end to end", prefix + "decode", T::kInt64, "64", "Teacher-forced decode steps per sequence",
+       in_range(1, kMaxTokensPerSequence)},
+      {"end to end", prefix + "sequences", T::kInt64, "0", "Held-out sequences decoded (0 = all)",
+       in_range(0, kMaxSequences)},
       {"memory", "memory-contexts", T::kString, "1024,2048,4096,8192,16384,32768",
        "Contexts (tokens) the caches are filled to and measured at",
        [](const json& v, const std::string&) { parse_memory_contexts(v.get<std::string>()); }},
@@ -72,19 +78,13 @@ SettingTable eval_settings(const std::string& prefix) {
 
 const SettingTable& runtime_settings() {
   static const SettingTable table = {
-      {"runtime",
-       "backend",
-       T::kString,
-       "auto",
+      {"runtime", "backend", T::kString, "auto",
        "Communicator: auto (MPI under mpirun/srun, else single process)|local|mpi|nccl",
-       {}},
-      {"runtime",
-       "threads",
-       T::kInt,
-       "1",
+       check_backend},
+      {"runtime", "threads", T::kInt, "1",
        "Intra-op CPU threads per rank; part of the results' identity (fixed, not derived from the "
        "number of ranks)",
-       {}},
+       in_range(1, kMaxThreads)},
       {"runtime",
        "log-dir",
        T::kString,

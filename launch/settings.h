@@ -18,6 +18,16 @@ using pipeline::Setting;
 using pipeline::SettingTable;
 using pipeline::SettingType;
 
+// The bounds of the numeric settings (pipeline/settings.h).
+using pipeline::kMaxChannels;
+using pipeline::kMaxEpochs;
+using pipeline::kMaxMemoryContext;
+using pipeline::kMaxRanks;
+using pipeline::kMaxSequences;
+using pipeline::kMaxSteps;
+using pipeline::kMaxThreads;
+using pipeline::kMaxTokensPerSequence;
+
 // The tables. Capture: input, sampling, stored dtype, batch, device (not --model, --layers, --seed,
 // --out). Train: ranks, init, quantization, optimizer, checkpoints, context (not --model, --acts,
 // --layers, --seed, --ckpt-dir). Eval: <prefix>context, <prefix>decode, <prefix>sequences and

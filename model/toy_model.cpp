@@ -22,6 +22,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Bounds of the generated toy files (built in memory first): 2^31 parameters (4 GiB at f16) and
+// 2^30 tokens (4 GiB of ids).
+constexpr int64_t kMaxToyParameters = int64_t{1} << 31;
+constexpr int64_t kMaxToyTokens = int64_t{1} << 30;
+
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -155,16 +160,31 @@ uint64_t nbytes(const at::Tensor& t) { return static_cast<uint64_t>(t.numel() * 
 }  // namespace
 
 ModelConfig toy_config(const ToyModelSpec& spec) {
-  const std::pair<const char*, int64_t> sizes[] = {{"hidden", spec.hidden},
-                                                   {"layers", spec.layers},
-                                                   {"heads", spec.heads},
-                                                   {"kv-heads", spec.kv_heads},
-                                                   {"intermediate", spec.intermediate},
-                                                   {"vocab", spec.vocab},
-                                                   {"shards", spec.shards}};
-  for (const auto& [name, value] : sizes) {
+  // Upper bounds keep a toy a toy: the weights are generated in memory before any is written.
+  struct Size {
+    const char* name;
+    int64_t value, max;
+  };
+  const Size sizes[] = {{"hidden", spec.hidden, 16384},
+                        {"layers", spec.layers, 256},
+                        {"heads", spec.heads, 256},
+                        {"kv-heads", spec.kv_heads, 256},
+                        {"intermediate", spec.intermediate, 65536},
+                        {"vocab", spec.vocab, 1 << 20},
+                        {"shards", spec.shards, 1024}};
+  for (const auto& [name, value, max] : sizes) {
     CSKV_CHECK_USAGE(value > 0, "toy model: --" << name << " must be positive, found " << value);
+    CSKV_CHECK_USAGE(value <= max,
+                     "toy model: --" << name << " must be at most " << max << ", found " << value);
   }
+  const int64_t params =
+      spec.layers * (4 * spec.hidden * spec.hidden + 3 * spec.hidden * spec.intermediate) +
+      2 * spec.vocab * spec.hidden;
+  CSKV_CHECK_USAGE(params <= kMaxToyParameters,
+                   "toy model: --hidden " << spec.hidden << " --layers " << spec.layers
+                                          << " --intermediate " << spec.intermediate << " --vocab "
+                                          << spec.vocab << " make about " << params
+                                          << " parameters; at most " << kMaxToyParameters);
   CSKV_CHECK_USAGE(spec.hidden % spec.heads == 0,
                    "toy model: --hidden (" << spec.hidden << ") is not divisible by --heads ("
                                            << spec.heads << ")");
@@ -285,6 +305,8 @@ std::vector<uint32_t> toy_tokens(int64_t vocab, int64_t count, uint64_t seed) {
   CSKV_CHECK_USAGE(vocab > 0 && vocab <= (int64_t{1} << 24),
                    "toy tokens: --vocab must be in [1, 16777216], found " << vocab);
   CSKV_CHECK_USAGE(count > 0, "toy tokens: --count must be positive, found " << count);
+  CSKV_CHECK_USAGE(count <= kMaxToyTokens,
+                   "toy tokens: --count must be at most " << kMaxToyTokens << ", found " << count);
   const uint64_t v = static_cast<uint64_t>(vocab);
 
   // Zipf CDF over ranks 0..v-1.

@@ -43,7 +43,10 @@ using Clock = std::chrono::steady_clock;
 
 std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layers) {
   std::set<int64_t> out;
-  if (spec.empty() || spec == "all") {
+  CSKV_CHECK_USAGE(!spec.empty(),
+                   "--layers: expected all, a range like '0-7' or a list like "
+                   "'0,2,5', found ''");
+  if (spec == "all") {
     for (int64_t l = 0; l < num_layers; ++l) out.insert(l);
     return {out.begin(), out.end()};
   }
@@ -202,6 +205,9 @@ void validate_options(const CaptureOptions& opt, int world) {
                    "give exactly one of --tokens or --text");
   CSKV_CHECK_USAGE(opt.text_path.empty() || !opt.tokenizer_path.empty(),
                    "--text needs --tokenizer (a SentencePiece tokenizer.model)");
+  CSKV_CHECK_USAGE(opt.tokenizer_path.empty() || !opt.text_path.empty(),
+                   "--tokenizer is only used with --text (the token ids of --tokens are already "
+                   "tokenized)");
   CSKV_CHECK_USAGE(opt.num_seqs >= 1, "--num-seqs: expected >= 1, found " << opt.num_seqs);
   CSKV_CHECK_USAGE(opt.seq_len >= 2, "--seq-len: expected >= 2, found " << opt.seq_len);
   CSKV_CHECK_USAGE(opt.holdout_seqs >= 0,

@@ -52,9 +52,16 @@ struct EvalInputs {
 // --decode, --context, --sequences and --memory-contexts against the held-out sequences.
 void check_lengths(const EvalOptions& o, EvalInputs& in) {
   CSKV_CHECK_USAGE(o.decode >= 1, "--decode: expected >= 1, found " << o.decode);
-  in.context = o.context > 0 ? o.context : in.seq_len - o.decode - 1;
   CSKV_CHECK_USAGE(o.context >= 0, "--context: expected >= 1 (or 0 = auto), found " << o.context);
-  CSKV_CHECK_INPUT(in.context >= 1 && in.context + o.decode + 1 <= in.seq_len,
+  // --context 0 (auto) takes what --decode leaves, at least one prompt token.
+  CSKV_CHECK_INPUT(o.context > 0 || o.decode + 2 <= in.seq_len,
+                   "--decode " << o.decode << " needs at least " << o.decode + 2
+                               << " tokens per held-out sequence (1 prompt token + " << o.decode
+                               << " decoded + 1), but the held-out sequences of " << o.acts_dir
+                               << " have " << in.seq_len
+                               << " tokens (capture with a larger --seq-len, or lower --decode)");
+  in.context = o.context > 0 ? o.context : in.seq_len - o.decode - 1;
+  CSKV_CHECK_INPUT(in.context + o.decode + 1 <= in.seq_len,
                    "--context " << in.context << " + --decode " << o.decode
                                 << " + 1 = " << in.context + o.decode + 1
                                 << " tokens per sequence needed, but the held-out sequences of "

@@ -70,19 +70,17 @@ BoundTable<C> capture_input_rows() {
 
 BoundTable<C> capture_sampling_rows() {
   return {
-      {{"sampling", "num-seqs", T::kInt64, "256", "Training sequences", {}, true},
+      {{"sampling", "num-seqs", T::kInt64, "256", "Training sequences", in_range(1, kMaxSequences),
+        true},
        [](C& o, const json& v) { o.num_seqs = v.get<int64_t>(); },
        [](const C& o) { return json(o.num_seqs); }},
-      {{"sampling", "seq-len", T::kInt64, "2048", "Tokens per sequence", {}, true},
+      {{"sampling", "seq-len", T::kInt64, "2048", "Tokens per sequence",
+        in_range(2, kMaxTokensPerSequence), true},
        [](C& o, const json& v) { o.seq_len = v.get<int64_t>(); },
        [](const C& o) { return json(o.seq_len); }},
-      {{"sampling",
-        "holdout-seqs",
-        T::kInt64,
-        "16",
+      {{"sampling", "holdout-seqs", T::kInt64, "16",
         "Held-out sequences for evaluation (stored apart, not in the statistics)",
-        {},
-        true},
+        in_range(0, kMaxSequences), true},
        [](C& o, const json& v) { o.holdout_seqs = v.get<int64_t>(); },
        [](const C& o) { return json(o.holdout_seqs); }},
       {{"sampling", "sampling", T::kString, "random",
@@ -103,7 +101,7 @@ BoundTable<C> capture_compute_rows() {
         [](const json& v, const std::string& f) { capture_dtype(v, f); }, true},
        [](C& o, const json& v) { o.dtype = capture_dtype(v, "dtype"); },
        [](const C& o) { return json(data::activation_dtype_name(o.dtype)); }},
-      {{"capture", "batch", T::kInt64, "1", "Sequences per forward pass", {}},
+      {{"capture", "batch", T::kInt64, "1", "Sequences per forward pass", in_range(1, 4096)},
        [](C& o, const json& v) { o.batch = v.get<int64_t>(); },
        [](const C& o) { return json(o.batch); }},
       {{"capture",
@@ -135,15 +133,12 @@ namespace {
 
 BoundTable<Tr> train_rank_rows() {
   return {
-      {{"ranks",
-        "k-density",
-        T::kDouble,
-        "0.5",
-        "Key latent width as a share of D: r = floor(density*hd)*n_kv",
-        {}},
+      {{"ranks", "k-density", T::kDouble, "0.5",
+        "Key latent width as a share of D: r = floor(density*hd)*n_kv", number_in(0, 1, true)},
        [](Tr& o, const json& v) { o.k_density = v.get<double>(); },
        [](const Tr& o) { return json(o.k_density); }},
-      {{"ranks", "v-density", T::kDouble, "0.5", "Value latent width (same rule)", {}},
+      {{"ranks", "v-density", T::kDouble, "0.5", "Value latent width (same rule)",
+        number_in(0, 1, true)},
        [](Tr& o, const json& v) { o.v_density = v.get<double>(); },
        [](const Tr& o) { return json(o.v_density); }},
       {{"ranks", "budget", T::kDouble, "0",
@@ -152,12 +147,8 @@ BoundTable<Tr> train_rank_rows() {
         check_budget},
        [](Tr& o, const json& v) { o.budget = v.get<double>(); },
        [](const Tr& o) { return json(o.budget); }},
-      {{"ranks",
-        "rank-multiple",
-        T::kInt64,
-        "0",
-        "Budget granularity in channels (0 = n_kv*8)",
-        {}},
+      {{"ranks", "rank-multiple", T::kInt64, "0", "Budget granularity in channels (0 = n_kv*8)",
+        in_range(0, kMaxChannels)},
        [](Tr& o, const json& v) { o.rank_multiple = v.get<int64_t>(); },
        [](const Tr& o) { return json(o.rank_multiple); }},
   };
@@ -172,12 +163,8 @@ BoundTable<Tr> train_init_rows() {
         }},
        [](Tr& o, const json& v) { o.cfg.init = trainer::parse_init_method(v.get<std::string>()); },
        [](const Tr& o) { return json(trainer::init_method_name(o.cfg.init)); }},
-      {{"init",
-        "asvd-alpha",
-        T::kDouble,
-        "0.5",
-        "ASVD exponent alpha of S = diag(mean|x|^alpha)",
-        {}},
+      {{"init", "asvd-alpha", T::kDouble, "0.5", "ASVD exponent alpha of S = diag(mean|x|^alpha)",
+        number_in(0, 4, false)},
        [](Tr& o, const json& v) { o.cfg.asvd_alpha = v.get<double>(); },
        [](const Tr& o) { return json(o.cfg.asvd_alpha); }},
       {{"init", "rotate", T::kString, "none",
@@ -198,18 +185,14 @@ BoundTable<Tr> train_quantization_rows() {
       {{"quantization", "v-bits", T::kInt, "16", "Value latent bits: 2|3|4|8|16", check_bits},
        [](Tr& o, const json& v) { o.cfg.v_bits = v.get<int>(); },
        [](const Tr& o) { return json(o.cfg.v_bits); }},
-      {{"quantization",
-        "group-size",
-        T::kInt64,
-        "0",
-        "Latent channels per quantization group (0 = r/n_kv)",
-        {}},
+      {{"quantization", "group-size", T::kInt64, "0",
+        "Latent channels per quantization group (0 = r/n_kv)", in_range(0, kMaxChannels)},
        [](Tr& o, const json& v) { o.cfg.group_size = v.get<int64_t>(); },
        [](const Tr& o) { return json(o.cfg.group_size); }},
       {{"quantization", "window", T::kInt64, "32",
         "Full-precision recent window; keys are quantized per channel over groups of this many "
         "tokens (0 = per-token key groups, no window)",
-        at_least_int(0)},
+        in_range(0, kMaxTokensPerSequence)},
        [](Tr& o, const json& v) { o.cfg.window = v.get<int64_t>(); },
        [](const Tr& o) { return json(o.cfg.window); }},
       {{"quantization", "quant-compat", T::kString, "none",
@@ -221,30 +204,24 @@ BoundTable<Tr> train_quantization_rows() {
 
 BoundTable<Tr> train_optimizer_rows() {
   return {
-      {{"optimizer", "lr", T::kDouble, "5e-05", "AdamW learning rate (linear decay)", {}},
+      {{"optimizer", "lr", T::kDouble, "5e-05", "AdamW learning rate (linear decay)",
+        number_in(0, 1, true)},
        [](Tr& o, const json& v) { o.cfg.lr = v.get<double>(); },
        [](const Tr& o) { return json(o.cfg.lr); }},
-      {{"optimizer", "warmup", T::kInt64, "0", "Linear warmup steps", {}},
+      {{"optimizer", "warmup", T::kInt64, "0", "Linear warmup steps", in_range(0, kMaxSteps)},
        [](Tr& o, const json& v) { o.cfg.warmup = v.get<int64_t>(); },
        [](const Tr& o) { return json(o.cfg.warmup); }},
-      {{"optimizer",
-        "steps",
-        T::kInt64,
-        "0",
+      {{"optimizer", "steps", T::kInt64, "0",
         "Optimizer steps per job (0 = --epochs passes over the training split)",
-        {}},
+        in_range(0, kMaxSteps)},
        [](Tr& o, const json& v) { o.cfg.steps = v.get<int64_t>(); },
        [](const Tr& o) { return json(o.cfg.steps); }},
-      {{"optimizer",
-        "epochs",
-        T::kInt64,
-        "1",
-        "Passes over the training split when --steps is 0",
-        {}},
+      {{"optimizer", "epochs", T::kInt64, "1", "Passes over the training split when --steps is 0",
+        in_range(1, kMaxEpochs)},
        [](Tr& o, const json& v) { o.cfg.epochs = v.get<int64_t>(); },
        [](const Tr& o) { return json(o.cfg.epochs); }},
       {{"optimizer", "batch-tokens", T::kInt64, "4096", "Tokens per optimizer step",
-        at_least_int(1)},
+        in_range(1, int64_t{1} << 30)},
        [](Tr& o, const json& v) { o.cfg.batch_tokens = v.get<int64_t>(); },
        [](const Tr& o) { return json(o.cfg.batch_tokens); }},
   };
@@ -254,33 +231,24 @@ BoundTable<Tr> train_optimizer_rows() {
 // not the numbers (dp = 1, the default, gives the same numbers on any number of ranks).
 BoundTable<Tr> train_checkpoint_rows() {
   return {
-      {{"checkpoints",
-        "save-every",
-        T::kInt64,
-        "500",
+      {{"checkpoints", "save-every", T::kInt64, "500",
         "Checkpoint every this many optimizer steps (of any rank; also when a job finishes and "
         "on SIGTERM/SIGUSR1/SIGINT); 0 = only then",
-        {}},
+        in_range(0, kMaxSteps)},
        [](Tr& o, const json& v) { o.save_every = v.get<int64_t>(); },
        {}},
-      {{"checkpoints", "keep", T::kInt64, "2", "Complete checkpoint steps to keep", {}},
+      {{"checkpoints", "keep", T::kInt64, "2", "Complete checkpoint steps to keep",
+        in_range(1, 1000)},
        [](Tr& o, const json& v) { o.keep = v.get<int64_t>(); },
        {}},
-      {{"checkpoints",
-        "dp",
-        T::kInt,
-        "0",
+      {{"checkpoints", "dp", T::kInt, "0",
         "Ranks per job (data parallelism inside a job: batch slices, gradient allreduce); 0 = "
         "auto: 1, or ranks/jobs when there are more ranks than jobs",
-        {}},
+        in_range(0, kMaxRanks)},
        [](Tr& o, const json& v) { o.dp = v.get<int>(); },
        {}},
-      {{"output",
-        "context",
-        T::kInt64,
-        "4096",
-        "Context length the memory accounting is stated at",
-        {}},
+      {{"output", "context", T::kInt64, "4096", "Context length the memory accounting is stated at",
+        in_range(1, kMaxMemoryContext)},
        [](Tr& o, const json& v) { o.context = v.get<int64_t>(); },
        {}},
   };
@@ -312,17 +280,20 @@ SettingCheck one_of(std::vector<std::string> choices) {
   };
 }
 
-SettingCheck at_least_int(int64_t min) {
-  return [min](const json& value, const std::string& flag) {
+SettingCheck in_range(int64_t lo, int64_t hi) {
+  return [lo, hi](const json& value, const std::string& flag) {
     const auto v = value.get<int64_t>();
-    CSKV_CHECK_USAGE(v >= min, "--" << flag << ": expected >= " << min << ", found " << v);
+    CSKV_CHECK_USAGE(v >= lo && v <= hi, "--" << flag << ": expected an integer in [" << lo << ", "
+                                              << hi << "], found " << v);
   };
 }
 
-SettingCheck at_least_double(double min) {
-  return [min](const json& value, const std::string& flag) {
-    const auto v = value.get<double>();
-    CSKV_CHECK_USAGE(v >= min, "--" << flag << ": expected >= " << min << ", found " << v);
+SettingCheck number_in(double lo, double hi, bool lo_open) {
+  return [lo, hi, lo_open](const json& value, const std::string& flag) {
+    const double v = value.get<double>();
+    CSKV_CHECK_USAGE((lo_open ? v > lo : v >= lo) && v <= hi,
+                     "--" << flag << ": expected a number in " << (lo_open ? "(" : "[") << lo
+                          << ", " << hi << "], found " << v);
   };
 }
 

@@ -78,10 +78,22 @@ nlohmann::json settings_identity(const BoundTable<Options>& table, const Options
   return j;
 }
 
+// The bounds of the numeric settings (each setting's check names its flag and the bound).
+constexpr int64_t kMaxSequences = 10'000'000;            // --num-seqs, --holdout-seqs, ...
+constexpr int64_t kMaxTokensPerSequence = 1 << 20;       // --seq-len, --window, --decode, ...
+constexpr int64_t kMaxMemoryContext = int64_t{1} << 24;  // train's --context (accounting only)
+constexpr int64_t kMaxChannels = 1 << 16;                // --group-size, --rank-multiple
+constexpr int64_t kMaxSteps = 1'000'000'000;             // --steps, --warmup, --save-every
+constexpr int64_t kMaxEpochs = 100'000;                  // --epochs
+constexpr int kMaxRanks = 1 << 16;                       // --dp
+constexpr int kMaxThreads = 1024;                        // --threads (per rank)
+
 // Checks shared by the tables of every stage.
 SettingCheck one_of(std::vector<std::string> choices);
-SettingCheck at_least_int(int64_t min);
-SettingCheck at_least_double(double min);
+// Integers in [lo, hi]: "--epochs: expected an integer in [1, 100000], found -1".
+SettingCheck in_range(int64_t lo, int64_t hi);
+// Numbers in (lo, hi] (lo_open) or [lo, hi]: "--lr: expected a number in (0, 1], found -1".
+SettingCheck number_in(double lo, double hi, bool lo_open);
 
 // The floating-point dtype vocabulary of every subcommand. Accepted spellings: f32 fp32 float32
 // float | f16 fp16 float16 half | bf16 bfloat16. Canonical names: f32, f16, bf16.

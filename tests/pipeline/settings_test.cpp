@@ -172,7 +172,8 @@ TEST(BoundSettings, ChecksNameTheFlag) {
                     "--k-bits: expected one of 2, 3, 4, 8, 16, found 5");
   EXPECT_CSKV_ERROR(check_of("rotate")(json("haar"), "rotate"),
                     "--rotate: expected none|hadamard, found 'haar'");
-  EXPECT_CSKV_ERROR(check_of("window")(json(-1), "window"), "--window: expected >= 0, found -1");
+  EXPECT_CSKV_ERROR(check_of("window")(json(-1), "window"),
+                    "--window: expected an integer in [0, 1048576], found -1");
 }
 
 }  // namespace
