@@ -165,6 +165,17 @@ ModelConfig toy_config(const ToyModelSpec& spec) {
   for (const auto& [name, value] : sizes) {
     CSKV_CHECK_USAGE(value > 0, "toy model: --" << name << " must be positive, found " << value);
   }
+  // Before anything is allocated: the parameters the sizes make (in floating point, so no
+  // product overflows) against what the generator builds in memory.
+  const long double h = spec.hidden, i = spec.intermediate, v = spec.vocab;
+  const long double params = v * h * (spec.tie_word_embeddings ? 1 : 2) + h +
+                             spec.layers * (2 * h + 4 * h * h + 3 * h * i + 3 * h);
+  CSKV_CHECK_USAGE(params <= static_cast<long double>(kMaxToyParams),
+                   "toy model: --hidden "
+                       << spec.hidden << ", --layers " << spec.layers << ", --intermediate "
+                       << spec.intermediate << " and --vocab " << spec.vocab << " make about "
+                       << static_cast<double>(params)
+                       << " parameters, more than the toy generator's limit of " << kMaxToyParams);
   CSKV_CHECK_USAGE(spec.hidden % spec.heads == 0,
                    "toy model: --hidden (" << spec.hidden << ") is not divisible by --heads ("
                                            << spec.heads << ")");
