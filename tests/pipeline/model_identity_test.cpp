@@ -172,6 +172,20 @@ TEST_F(ModelIdentity, EvalOfOtherWeightsCompressorIsRefused) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+TEST_F(ModelIdentity, AnalyzeOfOtherWeightsCaptureIsRefused) {
+  const auto before = tree_bytes(*dir_ / "acts");
+  const std::string out = tmp_ / "analysis";
+  const auto r = test::run_cskv({"analyze", "--model", model("b"), "--acts", *dir_ / "acts",
+                                 "--no-plots", "--out", out, "--log-level", "warn"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "cskv analyze: error: " + (*dir_ / "acts") +
+                       " holds activations of other weights (captured from weights " +
+                       fingerprint_of(model("a")) + ", the model's are " +
+                       fingerprint_of(model("b")) + "); capture this model into another --out\n");
+  EXPECT_TRUE(before == tree_bytes(*dir_ / "acts"));
+  EXPECT_FALSE(fs::exists(out));
+}
+
 // max_position_embeddings is no part of the identity (it changes no activation), but it bounds
 // eval's positions.
 TEST_F(ModelIdentity, EvalContextBeyondMaxPositionEmbeddingsIsRefused) {
