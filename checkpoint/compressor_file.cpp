@@ -131,16 +131,17 @@ void write_compressor_file(const std::string& path, const FactorList& factors,
 }
 
 void write_trained_compressor(const std::string& path, const std::vector<trainer::JobState>& states,
-                              const std::string& model_config_hash,
-                              const trainer::TrainConfig& cfg) {
+                              const std::string& model_config_hash, const trainer::TrainConfig& cfg,
+                              const model::Metadata& extra) {
   FactorList factors;
   for (const auto& s : states) {
     factors.push_back({{s.job.layer, s.job.kind}, {s.A.t().contiguous(), s.B.t().contiguous()}});
   }
   // The quantization settings travel with the factors (as in a merged file), so `cskv eval`
   // can build the cache they were trained for.
-  write_compressor_file(path, factors,
-                        compressor_metadata(compressor_settings(model_config_hash, cfg)));
+  model::Metadata metadata = compressor_metadata(compressor_settings(model_config_hash, cfg));
+  for (const auto& [k, v] : extra) metadata[k] = v;
+  write_compressor_file(path, factors, metadata);
 }
 
 FactorMap read_compressor_factors(const model::SafetensorsFile& f, const std::string& path) {

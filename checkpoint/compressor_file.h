@@ -60,10 +60,11 @@ CompressorSettings parse_compressor_settings(const model::Metadata& metadata,
 void write_compressor_file(const std::string& path, const FactorList& factors,
                            const model::Metadata& metadata);
 // The file training writes at the end of a run: aᵀ/bᵀ of every state in the given order and
-// compressor_metadata(compressor_settings(model_config_hash, cfg)).
+// compressor_metadata(compressor_settings(model_config_hash, cfg)), plus the `extra` keys (the
+// model's weights fingerprint).
 void write_trained_compressor(const std::string& path, const std::vector<trainer::JobState>& states,
-                              const std::string& model_config_hash,
-                              const trainer::TrainConfig& cfg);
+                              const std::string& model_config_hash, const trainer::TrainConfig& cfg,
+                              const model::Metadata& extra = {});
 
 // The cskv factors of a compressor file (other tensors are ignored); input error naming the file
 // and tensor for a missing partner, a shape mismatch, a non-F32 dtype or no factors at all.

@@ -6,24 +6,13 @@
 #include <cstdint>
 #include <string>
 
+#include "common/xxh64.h"
+
 namespace cskv::data {
 
-// Incremental XXH64; update() may be called with any split of the input.
-class Xxh64 {
- public:
-  explicit Xxh64(uint64_t seed = 0);
-  void update(const void* data, size_t len);
-  uint64_t digest() const;
-
- private:
-  uint64_t v_[4];
-  uint64_t seed_;
-  uint64_t total_len_ = 0;
-  unsigned char buf_[32];
-  size_t buf_len_ = 0;
-};
-
-uint64_t xxh64(const void* data, size_t len, uint64_t seed = 0);
+// The XXH64 implementation lives in common/ (model/ fingerprints weights with it too).
+using ::cskv::Xxh64;
+using ::cskv::xxh64;
 
 // Reads the file in large blocks; throws an input error naming the file when it cannot be read.
 uint64_t xxh64_file(const std::string& path);

@@ -16,6 +16,8 @@ Compressor load_compressor(const std::string& path, const model::ModelConfig& mo
   const checkpoint::CompressorFile file = checkpoint::read_compressor_file(path);
   const checkpoint::CompressorSettings& s = file.settings;
   c.model_config_hash = s.model_config_hash;
+  const auto fingerprint = file.metadata.find("model_weights_fingerprint");
+  if (fingerprint != file.metadata.end()) c.model_weights_fingerprint = fingerprint->second;
   CSKV_CHECK_INPUT(c.model_config_hash == model.hash(),
                    path << ": trained for a model with config hash " << c.model_config_hash
                         << ", but the model's config hash is " << model.hash()

@@ -27,6 +27,9 @@ struct LayerFactors {
 struct Compressor {
   std::string path;
   std::string model_config_hash;
+  // __metadata__ "model_weights_fingerprint" (model::weights_fingerprint of the weights it was
+  // trained on); empty for files written before cskv recorded it.
+  std::string model_weights_fingerprint;
   // The quantization the factors were trained with (bits, group size, window, compat): what
   // trainer::layer_cache_bytes and trainer::job_quant_config read.
   trainer::TrainConfig quant;

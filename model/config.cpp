@@ -105,6 +105,19 @@ class Fields {
   const std::string& path_;
 };
 
+// model_type, when given next to architectures, must name the same family.
+Arch check_model_type(const json& obj, const std::string& path, Arch arch) {
+  if (!obj.contains("model_type") || obj.at("model_type").is_null()) return arch;
+  const json& t = obj.at("model_type");
+  CSKV_CHECK_INPUT(t.is_string(),
+                   path << ": key 'model_type': expected a string, found " << describe(t));
+  CSKV_CHECK_INPUT(t.get<std::string>() == model_type_name(arch),
+                   path << ": model_type '" << t.get<std::string>()
+                        << "' contradicts architectures [" << arch_name(arch)
+                        << "] (expected model_type '" << model_type_name(arch) << "')");
+  return arch;
+}
+
 Arch arch_from_config(const json& obj, const std::string& path) {
   if (obj.contains("architectures")) {
     const json& a = obj.at("architectures");
@@ -114,7 +127,7 @@ Arch arch_from_config(const json& obj, const std::string& path) {
                                                          : describe(a)));
     const std::string name = a.at(0).get<std::string>();
     for (Arch arch : {Arch::kLlama, Arch::kMistral, Arch::kQwen2}) {
-      if (name == arch_name(arch)) return arch;
+      if (name == arch_name(arch)) return check_model_type(obj, path, arch);
     }
     CSKV_FAIL_INPUT(path << ": architecture '" << name
                          << "' is not supported (supported: " << kSupportedArchs << ")");
@@ -179,6 +192,64 @@ int64_t sliding_window(const json& obj, const std::string& path, const Fields& f
   }
   if (arch != Arch::kMistral || !f.given("sliding_window")) return 0;
   return f.positive_int_value("sliding_window", obj.at("sliding_window"));
+}
+
+// Upper bounds of the size fields, far above any released model (Llama-3.1-405B: 126 layers,
+// hidden 16384, intermediate 53248, vocab 128256): what cskv will build weight lists and
+// allocate for before the safetensors headers are compared with the config.
+struct SizeLimit {
+  const char* key;
+  int64_t ModelConfig::*field;
+  int64_t limit;
+};
+constexpr SizeLimit kSizeLimits[] = {
+    {"hidden_size", &ModelConfig::hidden_size, int64_t{1} << 20},
+    {"num_hidden_layers", &ModelConfig::num_hidden_layers, int64_t{1} << 12},
+    {"num_attention_heads", &ModelConfig::num_attention_heads, int64_t{1} << 14},
+    {"num_key_value_heads", &ModelConfig::num_key_value_heads, int64_t{1} << 14},
+    {"head_dim", &ModelConfig::head_dim, int64_t{1} << 14},
+    {"intermediate_size", &ModelConfig::intermediate_size, int64_t{1} << 22},
+    {"vocab_size", &ModelConfig::vocab_size, int64_t{1} << 24},
+};
+
+void check_size_limits(const ModelConfig& c, const std::string& path) {
+  for (const SizeLimit& s : kSizeLimits) {
+    CSKV_CHECK_INPUT(c.*s.field <= s.limit, path << ": key '" << s.key << "': " << c.*s.field
+                                                 << " exceeds cskv's limit of " << s.limit);
+  }
+  CSKV_CHECK_INPUT(c.head_dim % 2 == 0, path << ": head_dim " << c.head_dim
+                                             << " is odd (RoPE rotates pairs of channels; "
+                                                "expected an even head_dim)");
+  CSKV_CHECK_INPUT(c.bos_token_id < c.vocab_size, path << ": bos_token_id " << c.bos_token_id
+                                                       << " is not below vocab_size "
+                                                       << c.vocab_size);
+}
+
+// Keys whose values change the forward in ways cskv does not compute: refused by name, with
+// what was found and what cskv computes, instead of being silently computed differently.
+void check_unimplemented(const json& obj, const std::string& path, const Fields& f) {
+  if (f.given("hidden_act")) {
+    const json& v = obj.at("hidden_act");
+    CSKV_CHECK_INPUT(v.is_string(),
+                     path << ": key 'hidden_act': expected a string, found " << describe(v));
+    const std::string act = v.get<std::string>();
+    CSKV_CHECK_INPUT(
+        act == "silu" || act == "swish",
+        path << ": hidden_act '" << act << "' is not implemented (cskv computes silu)");
+  }
+  CSKV_CHECK_INPUT(!f.boolean_or("mlp_bias", false),
+                   path << ": mlp_bias true is not implemented (cskv computes MLPs without "
+                           "biases)");
+  if (f.given("partial_rotary_factor")) {
+    const double p =
+        f.positive_number_value("partial_rotary_factor", obj.at("partial_rotary_factor"));
+    CSKV_CHECK_INPUT(p == 1.0,
+                     path << ": partial_rotary_factor " << obj.at("partial_rotary_factor").dump()
+                          << " is not implemented (cskv rotates the whole head_dim: 1.0)");
+  }
+  CSKV_CHECK_INPUT(!f.given("quantization_config"),
+                   path << ": quantization_config is not implemented (cskv reads float32, float16 "
+                           "or bfloat16 weights; dequantize the model first)");
 }
 
 uint64_t fnv1a64(const std::string& bytes) {
@@ -263,6 +334,9 @@ ModelConfig parse_config_json(const std::string& json_text, const std::string& p
   c.torch_dtype = torch_dtype_of(obj, path);
   c.bos_token_id = f.non_negative_int_or("bos_token_id", -1);
   c.sliding_window = sliding_window(obj, path, f, c.arch);
+  c.max_position_embeddings = f.positive_int_or("max_position_embeddings", 0);
+  check_size_limits(c, path);
+  check_unimplemented(obj, path, f);
   return c;
 }
 
@@ -313,6 +387,7 @@ std::string ModelConfig::to_json() const {
   j["num_key_value_heads"] = num_key_value_heads;
   j["head_dim"] = head_dim;
   j["vocab_size"] = vocab_size;
+  if (max_position_embeddings > 0) j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
   if (rope_scaling_factor == 1.0) {

@@ -30,12 +30,15 @@ struct ModelConfig {
   std::string torch_dtype = "float32";
   int64_t bos_token_id = -1;   // -1: none
   int64_t sliding_window = 0;  // Mistral sliding-window attention span (0: none)
+  // The longest sequence the model was trained for (0: not given). Not part of hash(): it
+  // bounds --seq-len and eval's context, it does not change a single activation.
+  int64_t max_position_embeddings = 0;
 
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // D
   int64_t q_dim() const { return num_attention_heads * head_dim; }
 
-  // Stable hex hash of the fields above (what shards/checkpoints record to detect a model swap):
-  // FNV-1a 64 of canonical_json(), as 16 lowercase hex digits.
+  // Stable hex hash of the fields above but max_position_embeddings (what shards/checkpoints record
+  // to detect a model swap): FNV-1a 64 of canonical_json(), as 16 lowercase hex digits.
   std::string hash() const;
   // The fields above as compact JSON with sorted keys (the input of hash()).
   std::string canonical_json() const;

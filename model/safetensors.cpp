@@ -133,7 +133,8 @@ StDType from_scalar_type(at::ScalarType t) {
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading must not wait for a writer (fstat refuses it next).
+  f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   CSKV_CHECK_INPUT(f->fd_ >= 0, path << ": cannot open: " << errno_str());
   struct stat st {};
   CSKV_CHECK_INPUT(::fstat(f->fd_, &st) == 0, path << ": cannot stat: " << errno_str());

@@ -22,9 +22,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Bounds of the generated toy files (built in memory first): 2^31 parameters (4 GiB at f16) and
-// 2^30 tokens (4 GiB of ids).
-constexpr int64_t kMaxToyParameters = int64_t{1} << 31;
+// Bound of the generated toy token files (built in memory first): 2^30 tokens (4 GiB of ids).
+// The parameter bound is kMaxToyParams (toy_model.h).
 constexpr int64_t kMaxToyTokens = int64_t{1} << 30;
 
 uint64_t splitmix64(uint64_t x) {
@@ -177,14 +176,17 @@ ModelConfig toy_config(const ToyModelSpec& spec) {
     CSKV_CHECK_USAGE(value <= max,
                      "toy model: --" << name << " must be at most " << max << ", found " << value);
   }
-  const int64_t params =
-      spec.layers * (4 * spec.hidden * spec.hidden + 3 * spec.hidden * spec.intermediate) +
-      2 * spec.vocab * spec.hidden;
-  CSKV_CHECK_USAGE(params <= kMaxToyParameters,
-                   "toy model: --hidden " << spec.hidden << " --layers " << spec.layers
-                                          << " --intermediate " << spec.intermediate << " --vocab "
-                                          << spec.vocab << " make about " << params
-                                          << " parameters; at most " << kMaxToyParameters);
+  // Before anything is allocated: the parameters the sizes make (in floating point, so no
+  // product overflows) against what the generator builds in memory.
+  const long double h = spec.hidden, i = spec.intermediate, v = spec.vocab;
+  const long double params = v * h * (spec.tie_word_embeddings ? 1 : 2) + h +
+                             spec.layers * (2 * h + 4 * h * h + 3 * h * i + 3 * h);
+  CSKV_CHECK_USAGE(params <= static_cast<long double>(kMaxToyParams),
+                   "toy model: --hidden "
+                       << spec.hidden << ", --layers " << spec.layers << ", --intermediate "
+                       << spec.intermediate << " and --vocab " << spec.vocab << " make about "
+                       << static_cast<double>(params)
+                       << " parameters, more than the toy generator's limit of " << kMaxToyParams);
   CSKV_CHECK_USAGE(spec.hidden % spec.heads == 0,
                    "toy model: --hidden (" << spec.hidden << ") is not divisible by --heads ("
                                            << spec.heads << ")");

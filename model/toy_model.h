@@ -44,7 +44,12 @@ struct ToySpectrum {
   static constexpr double kOutlierMax = 15.0;
 };
 
-// The config the spec describes; throws a usage cskv::Error naming the field for an invalid spec.
+// The most parameters toy_config accepts (the generator holds every tensor in memory, with
+// float64 work matrices per shape): 2^28, i.e. 512 MiB of f16 weights.
+constexpr int64_t kMaxToyParams = int64_t{1} << 28;
+
+// The config the spec describes; throws a usage cskv::Error naming the field for an invalid spec
+// (and the flags whose sizes make more than kMaxToyParams parameters).
 ModelConfig toy_config(const ToyModelSpec& spec);
 
 // Every weight of expected_weight_list(toy_config(spec)), in model order and the spec's dtype.

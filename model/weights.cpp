@@ -1,12 +1,16 @@
 // Validation of safetensors weights against config.json, and the model summary text.
 #include "model/weights.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <iomanip>
 #include <set>
 #include <sstream>
 
+#include <ATen/Parallel.h>
+
 #include "common/error.h"
+#include "common/xxh64.h"
 
 namespace cskv::model {
 
@@ -18,8 +22,31 @@ std::string format_shape(const std::vector<int64_t>& shape) {
   return s.str();
 }
 
+namespace {
+
+// The number of decoder layers the files hold: 1 + the largest n of a "model.layers.<n>." name.
+int64_t layers_in_files(const SafetensorsModel& weights) {
+  const std::string prefix = "model.layers.";
+  int64_t layers = 0;
+  for (const auto& name : weights.names()) {
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const size_t end = name.find_first_not_of("0123456789", prefix.size());
+    if (end == prefix.size() || end == std::string::npos || end - prefix.size() > 9) continue;
+    layers = std::max<int64_t>(layers, std::stoll(name.substr(prefix.size())) + 1);
+  }
+  return layers;
+}
+
+}  // namespace
+
 WeightsReport validate_weights(const ModelConfig& config, const SafetensorsModel& weights,
                                const std::string& model_dir) {
+  // Before the expected list is built: the layer count against the files.
+  const int64_t layers = layers_in_files(weights);
+  CSKV_CHECK_INPUT(config.num_hidden_layers <= layers,
+                   model_dir << ": config.json has num_hidden_layers " << config.num_hidden_layers
+                             << ", but the safetensors hold " << layers
+                             << " layer(s) (tensors model.layers.<n>.*)");
   WeightsReport report;
   std::set<std::string> dtypes, files, expected_names;
   for (const auto& [name, shape] : expected_weight_list(config)) {
@@ -44,6 +71,30 @@ WeightsReport validate_weights(const ModelConfig& config, const SafetensorsModel
   report.dtypes.assign(dtypes.begin(), dtypes.end());
   report.files.assign(files.begin(), files.end());
   return report;
+}
+
+std::string weights_fingerprint(const ModelConfig& config, const SafetensorsModel& weights) {
+  const auto list = expected_weight_list(config);
+  std::vector<uint64_t> digests(list.size());
+  at::parallel_for(0, static_cast<int64_t>(list.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const at::Tensor t = weights.get(list[static_cast<size_t>(i)].first);
+      digests[static_cast<size_t>(i)] = xxh64(t.data_ptr(), t.nbytes());
+    }
+  });
+  Xxh64 all;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string& name = list[i].first;
+    const TensorEntry& e = weights.entry(name);
+    const std::string dtype = dtype_name(e.dtype);
+    all.update(name.data(), name.size() + 1);  // with its terminating NUL
+    all.update(dtype.data(), dtype.size() + 1);
+    const uint64_t rank = e.shape.size();
+    all.update(&rank, sizeof rank);
+    all.update(e.shape.data(), e.shape.size() * sizeof(int64_t));
+    all.update(&digests[i], sizeof digests[i]);
+  }
+  return format_xxh64(all.digest());
 }
 
 int64_t count_params(const ModelConfig& config) {

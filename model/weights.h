@@ -27,6 +27,15 @@ struct WeightsReport {
 WeightsReport validate_weights(const ModelConfig& config, const SafetensorsModel& weights,
                                const std::string& model_dir);
 
+// The model's weights fingerprint, "xxh64:<16 hex digits>": XXH64 over every weight of
+// expected_weight_list(config) in model order, each as its name, safetensors dtype, shape and the
+// XXH64 of its raw bytes in the file (so every tensor that decides the captured activations, the
+// k/v projections and the forward is covered; tensors the config does not imply are not). Two
+// models with the same config.json but other weights differ here. The tensors are hashed in
+// parallel on ATen's intra-op pool; the result does not depend on the thread count. Call after
+// validate_weights (a missing tensor throws as SafetensorsModel::entry does).
+std::string weights_fingerprint(const ModelConfig& config, const SafetensorsModel& weights);
+
 // Parameter count the config implies (what validate_weights().params must equal).
 int64_t count_params(const ModelConfig& config);
 // K and V of every layer in fp16, per token: 2 * layers * D * 2 bytes.

@@ -17,6 +17,7 @@
 #include "data/layer_stats.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "model/weights.h"
 #include "pipeline/capture.h"
 #include "trainer/spectrum.h"
 
@@ -195,6 +196,12 @@ AnalyzeInputs validate(const AnalyzeOptions& o, comm::Communicator& comm) {
   in.config = model::load_config(o.model_dir);
   in.stats_path = o.acts_dir + "/stats.h5";
   const auto header = data::read_stats_header(in.stats_path, in.config.hash());
+  {
+    const auto weights = model::SafetensorsModel::open_dir(o.model_dir);
+    model::validate_weights(in.config, weights, o.model_dir);
+    check_capture_weights(o.acts_dir, in.config.hash(),
+                          model::weights_fingerprint(in.config, weights));
+  }
   in.token_count = header.token_count;
   in.layers = header.layers;
   if (o.layers != "all") {

@@ -82,16 +82,42 @@ std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layer
 }
 
 std::string capture_config_json(const CaptureOptions& o, const std::string& model_hash,
-                                int64_t token_stream_size, int world_size) {
+                                const std::string& weights_fingerprint, int64_t token_stream_size,
+                                int world_size) {
   nlohmann::json j = settings_identity(capture_bound_settings(), o);
-  // What the command's own flags, the format and the run decide besides the table.
+  // What the command's own flags, the model, the format and the run decide besides the table.
   j["format_version"] = kShardFormatVersion;
   j["model_config_hash"] = model_hash;
+  j["model_weights_fingerprint"] = weights_fingerprint;
   j["token_stream_size"] = token_stream_size;
   j["seed"] = o.seed;
   j["layers"] = o.layers;
   j["world_size"] = world_size;
   return j.dump(2);
+}
+
+void check_capture_weights(const std::string& acts_dir, const std::string& config_hash,
+                           const std::string& weights_fingerprint) {
+  const std::string path = acts_dir + "/capture.json";
+  const auto text = files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "capture");
+  CSKV_CHECK_INPUT(text, path << " is missing: cannot tell which model's weights the activations "
+                                 "come from; capture again (cskv capture --out "
+                              << acts_dir << " --overwrite)");
+  const nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  CSKV_CHECK_INPUT(j.is_object(), path << ": expected a JSON object written by `cskv capture`");
+  // Another config: stats.h5 and every shard record the config hash and their readers refuse
+  // it, naming the file; the weights are compared only between models of the same config.
+  const auto hash = j.find("model_config_hash");
+  if (hash != j.end() && hash->is_string() && hash->get<std::string>() != config_hash) return;
+  const auto it = j.find("model_weights_fingerprint");
+  CSKV_CHECK_INPUT(it != j.end() && it->is_string(),
+                   path << " records no model_weights_fingerprint (a capture from before cskv "
+                           "recorded the model's weights); capture again (cskv capture --out "
+                        << acts_dir << " --overwrite)");
+  CSKV_CHECK_INPUT(it->get<std::string>() == weights_fingerprint,
+                   acts_dir << " holds activations of other weights (captured from weights "
+                            << it->get<std::string>() << ", the model's are " << weights_fingerprint
+                            << "); capture this model into another --out");
 }
 
 namespace {
@@ -226,7 +252,8 @@ struct CaptureInputs {
   at::Device device;
   model::ModelConfig config;
   std::shared_ptr<model::SafetensorsModel> weights;
-  std::string hash;  // config.hash()
+  std::string hash;         // config.hash()
+  std::string fingerprint;  // model::weights_fingerprint()
   TokenFile tokens;
 };
 
@@ -252,14 +279,19 @@ TokenFile open_tokens(const CaptureOptions& opt, const model::ModelConfig& confi
 CaptureInputs load_inputs(CaptureOptions& opt, const comm::Communicator& comm) {
   const at::Device device = model::select_device(opt.device, comm.local_rank());
   model::ModelConfig config = model::load_config(opt.model_dir);
+  CSKV_CHECK_USAGE(
+      config.max_position_embeddings == 0 || opt.seq_len <= config.max_position_embeddings,
+      "--seq-len " << opt.seq_len << " exceeds the model's max_position_embeddings "
+                   << config.max_position_embeddings << " (" << opt.model_dir << "/config.json)");
   auto weights =
       std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(opt.model_dir));
   model::validate_weights(config, *weights, opt.model_dir);
   opt.layers = resolve_layers(opt.layers, config.num_hidden_layers);
   std::string hash = config.hash();
+  std::string fingerprint = model::weights_fingerprint(config, *weights);
   TokenFile tokens = open_tokens(opt, config);
-  return CaptureInputs{device, std::move(config), std::move(weights), std::move(hash),
-                       std::move(tokens)};
+  return CaptureInputs{device,          std::move(config),      std::move(weights),
+                       std::move(hash), std::move(fingerprint), std::move(tokens)};
 }
 
 // ---- plan: rank 0's verdict on --out -------------------------------------------------------
@@ -340,7 +372,8 @@ OutDirVerdict judge_out_dir(const CaptureOptions& opt, const CaptureInputs& in,
 // every rank with the message alone), as the stage has always reported them.
 OutDirVerdict decide_out_dir(comm::Communicator& comm, const CaptureOptions& opt,
                              const CaptureInputs& in) {
-  const std::string cfg_text = capture_config_json(opt, in.hash, in.tokens.size(), comm.size());
+  const std::string cfg_text =
+      capture_config_json(opt, in.hash, in.fingerprint, in.tokens.size(), comm.size());
   return comm::root_decides<OutDirVerdict>(comm, [&] {
     try {
       return judge_out_dir(opt, in, cfg_text);

@@ -53,8 +53,18 @@ std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layer
 
 // The resolved capture settings as stored in <out>/capture.json; a rerun with other settings is
 // refused with every differing key named, unless options.overwrite.
+// It records the model by its config hash and its model::weights_fingerprint().
 std::string capture_config_json(const CaptureOptions& options, const std::string& model_hash,
-                                int64_t token_stream_size, int world_size);
+                                const std::string& weights_fingerprint, int64_t token_stream_size,
+                                int world_size);
+
+// The activations in acts_dir must come from the model whose weights fingerprint is given:
+// <acts>/capture.json must record it as "model_weights_fingerprint". Input error otherwise,
+// naming both fingerprints (or the missing file or key, with the hint to capture again). A
+// capture.json of another config_hash is left to the config-hash checks of stats.h5 and the
+// shards (their readers name the file).
+void check_capture_weights(const std::string& acts_dir, const std::string& config_hash,
+                           const std::string& weights_fingerprint);
 
 // Runs the whole stage on every rank of comm (collective). Shards already listed in the manifest
 // are kept (their statistics are recomputed from the file, bit for bit as when they were written);

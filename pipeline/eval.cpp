@@ -19,6 +19,8 @@
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/safetensors.h"
+#include "model/weights.h"
+#include "pipeline/capture.h"
 
 namespace cskv::pipeline {
 
@@ -39,6 +41,8 @@ std::string layer_list(const std::vector<int64_t>& layers) {
 // Everything the work needs, read and checked before any of it starts.
 struct EvalInputs {
   model::ModelConfig config;
+  std::shared_ptr<model::SafetensorsModel> weights;
+  std::string fingerprint;  // model::weights_fingerprint of weights
   eval::Compressor comp;
   std::string hash;
   at::Tensor sequences;  // every held-out sequence, int64 [N, seq_len]
@@ -68,6 +72,12 @@ void check_lengths(const EvalOptions& o, EvalInputs& in) {
                                 << o.acts_dir << " have " << in.seq_len
                                 << " tokens (capture with a larger --seq-len, or lower "
                                    "--context/--decode)");
+  const int64_t max_positions = in.config.max_position_embeddings;
+  CSKV_CHECK_USAGE(max_positions == 0 || in.context + o.decode + 1 <= max_positions,
+                   "--context " << in.context << " + --decode " << o.decode
+                                << " + 1 = " << in.context + o.decode + 1
+                                << " positions exceed the model's max_position_embeddings "
+                                << max_positions << " (" << o.model_dir << "/config.json)");
   const int64_t available = in.sequences.size(0);
   in.n_seq = o.max_sequences > 0 ? std::min(o.max_sequences, available) : available;
   CSKV_CHECK_USAGE(o.max_sequences >= 0,
@@ -108,12 +118,36 @@ void check_captured_layers(const EvalOptions& o, EvalInputs& in) {
   }
 }
 
+// The compressor must have been trained on these weights: its __metadata__
+// "model_weights_fingerprint" (which files from before cskv recorded it lack: a warning).
+void check_compressor_weights(const EvalOptions& o, const EvalInputs& in) {
+  const std::string& trained = in.comp.model_weights_fingerprint;
+  if (trained.empty()) {
+    log::get("eval")->warn(
+        "{}: records no model_weights_fingerprint (written before cskv recorded the model's "
+        "weights): cannot check that it was trained on the weights of {}",
+        o.compressor_path, o.model_dir);
+    return;
+  }
+  CSKV_CHECK_INPUT(trained == in.fingerprint,
+                   o.compressor_path << ": trained on weights " << trained
+                                     << ", but the weights of " << o.model_dir << " are "
+                                     << in.fingerprint
+                                     << " (same config.json, other weights: another model)");
+}
+
 // validate: every rank checks the same inputs (and fails the same way); rank 0's gnuplot check
 // holds for all.
 EvalInputs validate(const EvalOptions& o, comm::Communicator& comm) {
   EvalInputs in;
   in.config = model::load_config(o.model_dir);
+  in.weights =
+      std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(o.model_dir));
+  model::validate_weights(in.config, *in.weights, o.model_dir);
+  in.fingerprint = model::weights_fingerprint(in.config, *in.weights);
   in.comp = eval::load_compressor(o.compressor_path, in.config);
+  check_compressor_weights(o, in);
+  check_capture_weights(o.acts_dir, in.config.hash(), in.fingerprint);
   in.hash = in.config.hash();
   in.sequences = eval::read_holdout_tokens(o.acts_dir, in.hash);
   in.seq_len = in.sequences.size(1);
@@ -207,8 +241,7 @@ eval::EvalReport run_eval_checked(const EvalOptions& o, comm::Communicator& comm
     log::get("eval")->warn("{}: no factors for layer(s) {}; they keep a plain fp16 cache",
                            o.compressor_path, layer_list(in.uncompressed));
   }
-  auto weights =
-      std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(o.model_dir));
+  const auto& weights = in.weights;
   model::LlamaModel model(in.config, weights);
   model.keep_converted_layers(true);  // decoding runs every layer once per token
   eval::EvalReport r = plan(o, in);

@@ -16,6 +16,8 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "model/config.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
 
 namespace cskv::pipeline {
 
@@ -109,12 +111,22 @@ json read_completed_stages(const RunOptions& o, comm::Communicator& comm) {
   });
 }
 
+// The weights of model_dir, checked against config.json, as model::weights_fingerprint: what
+// decides whether a recorded stage was run on this model.
+std::string model_weights_fingerprint(const model::ModelConfig& model,
+                                      const std::string& model_dir) {
+  const auto weights = model::SafetensorsModel::open_dir(model_dir);
+  model::validate_weights(model, weights, model_dir);
+  return model::weights_fingerprint(model, weights);
+}
+
 // 1. capture: skipped when recorded complete with these settings (a rerun may use another number
 // of ranks); otherwise run_capture reuses complete shards and redoes the rest.
-bool capture_stage(RunState& s, const model::ModelConfig& model) {
+bool capture_stage(RunState& s, const model::ModelConfig& model, const std::string& fingerprint) {
   const CaptureOptions& co = s.o.capture;
   json settings = s.o.capture_identity;
   settings["model_config_hash"] = model.hash();
+  settings["model_weights_fingerprint"] = fingerprint;
   s.tokens = (co.num_seqs + co.holdout_seqs) * co.seq_len;
   const auto t0 = Clock::now();
   if (s.recorded("capture", settings) && fs::exists(co.out_dir + "/stats.h5") &&
@@ -138,9 +150,9 @@ bool capture_stage(RunState& s, const model::ModelConfig& model) {
 }
 
 // 2. train: skipped when recorded complete with these settings and its outputs exist.
-bool train_stage(RunState& s, const model::ModelConfig& model) {
+bool train_stage(RunState& s, const model::ModelConfig& model, const std::string& fingerprint) {
   const TrainRunOptions& to = s.o.train;
-  s.train_settings = json::parse(resolved_config_json(to, model));
+  s.train_settings = json::parse(resolved_config_json(to, model, fingerprint));
   if (s.recorded("train", s.train_settings) &&
       fs::exists(to.ckpt_dir + "/compressor.safetensors") &&
       fs::exists(to.ckpt_dir + "/metrics.json")) {
@@ -307,13 +319,14 @@ RunResult run_job(const RunOptions& options, comm::Communicator& comm) {
   auto log = log::get("run");
   const auto t_all = Clock::now();
   const model::ModelConfig model = model::load_config(s.o.capture.model_dir);
+  const std::string fingerprint = model_weights_fingerprint(model, s.o.capture.model_dir);
   auto report = [&] {
     if (s.root) log->info("{}: {}", s.summary.back().name, s.summary.back().what);
   };
   RunResult result;
-  if (!capture_stage(s, model)) return {true, ""};
+  if (!capture_stage(s, model, fingerprint)) return {true, ""};
   report();
-  if (!train_stage(s, model)) return {true, ""};
+  if (!train_stage(s, model, fingerprint)) return {true, ""};
   report();
   merge_stage(s);
   report();

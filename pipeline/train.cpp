@@ -23,6 +23,8 @@
 #include "common/stop_signal.h"
 #include "data/layer_stats.h"
 #include "model/safetensors.h"
+#include "model/weights.h"
+#include "pipeline/capture.h"
 #include "pipeline/coordinator.h"
 #include "pipeline/settings.h"
 #include "trainer/rank_allocation.h"
@@ -81,10 +83,13 @@ std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConf
   return jobs;
 }
 
-std::string resolved_config_json(const TrainRunOptions& o, const model::ModelConfig& model) {
+std::string resolved_config_json(const TrainRunOptions& o, const model::ModelConfig& model,
+                                 const std::string& weights_fingerprint) {
   nlohmann::json j = settings_identity(train_bound_settings(), o);
-  // What the command's own flags, the runtime and the trainer decide besides the table.
+  // What the command's own flags, the model, the runtime and the trainer decide besides the
+  // table.
   j["model_config_hash"] = model.hash();
+  j["model_weights_fingerprint"] = weights_fingerprint;
   j["acts"] = fs::absolute(o.acts_dir).string();
   j["layers"] = o.layers;
   j["clip"] = o.cfg.clip;
@@ -118,6 +123,16 @@ void validate_options(const TrainRunOptions& o) {
 }
 
 // ---- plan
+
+// The model's weights fingerprint, once its weights are checked against config.json; the
+// activations must have been captured from these weights.
+std::string model_fingerprint(const TrainRunOptions& o, const model::ModelConfig& model,
+                              const model::SafetensorsModel& weights) {
+  model::validate_weights(model, weights, o.model_dir);
+  std::string fingerprint = model::weights_fingerprint(model, weights);
+  check_capture_weights(o.acts_dir, model.hash(), fingerprint);
+  return fingerprint;
+}
 
 CheckpointPolicy checkpoint_policy(const TrainRunOptions& o, std::string config_json) {
   CheckpointPolicy p;
@@ -378,8 +393,10 @@ std::vector<JobState> share_states(const std::vector<LayerJob>& jobs,
 
 // The factors in the HF Linear layout with the quantization settings (checkpoint/compressor_file).
 void write_factors(const std::string& path, const std::vector<JobState>& states,
-                   const model::ModelConfig& model, const TrainConfig& cfg) {
-  checkpoint::write_trained_compressor(path, states, model.hash(), cfg);
+                   const model::ModelConfig& model, const std::string& weights_fingerprint,
+                   const TrainConfig& cfg) {
+  checkpoint::write_trained_compressor(path, states, model.hash(), cfg,
+                                       {{"model_weights_fingerprint", weights_fingerprint}});
 }
 
 // One rank's train stage: the plan (made alike on every rank, no communication but the group
@@ -392,9 +409,10 @@ class TrainStage {
         model_(model::load_config(o.model_dir)),
         weights_(std::make_shared<model::SafetensorsModel>(
             model::SafetensorsModel::open_dir(o.model_dir))),
+        fingerprint_(model_fingerprint(o, model_, *weights_)),
         jobs_(plan_jobs(o, model_, *weights_)),
         trainer_(o.cfg, model_, weights_, o.acts_dir),
-        policy_(checkpoint_policy(o, resolved_config_json(o, model_))),
+        policy_(checkpoint_policy(o, resolved_config_json(o, model_, fingerprint_))),
         // A job's numbers depend only on the job (its data, seed and the fixed thread count),
         // never on which rank or how many ranks (dp = 1).
         costs_(job_costs(jobs_, trainer_, model_, o.cfg)),
@@ -451,7 +469,7 @@ class TrainStage {
   void write() {
     if (comm_.rank() == 0) {
       fs::create_directories(o_.ckpt_dir);
-      write_factors(result_.factors_path, result_.states, model_, o_.cfg);
+      write_factors(result_.factors_path, result_.states, model_, fingerprint_, o_.cfg);
       files::write_file_atomic(o_.ckpt_dir + "/metrics.json", metrics_json(result_.metrics) + "\n");
       files::write_file_atomic(o_.ckpt_dir + "/metrics.md", metrics_markdown(result_.metrics));
     }
@@ -472,6 +490,7 @@ class TrainStage {
   comm::Communicator& comm_;
   const model::ModelConfig model_;
   const std::shared_ptr<model::SafetensorsModel> weights_;
+  const std::string fingerprint_;  // model::weights_fingerprint of weights_
   const std::vector<LayerJob> jobs_;
   LayerTrainer trainer_;
   const CheckpointPolicy policy_;

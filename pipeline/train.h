@@ -75,7 +75,9 @@ TrainRunResult run_training(const TrainRunOptions& options, comm::Communicator& 
 TrainRunResult run_training(const TrainRunOptions& options);
 
 // The settings that decide a run's numbers, as JSON (what checkpoints and the merged file record,
-// and what a resume must match): model hash, ranks rule, init, quantization, optimizer, seed.
-std::string resolved_config_json(const TrainRunOptions& options, const model::ModelConfig& model);
+// and what a resume must match): model hash and weights fingerprint (model::weights_fingerprint),
+// ranks rule, init, quantization, optimizer, seed.
+std::string resolved_config_json(const TrainRunOptions& options, const model::ModelConfig& model,
+                                 const std::string& weights_fingerprint);
 
 }  // namespace cskv::pipeline

@@ -164,8 +164,13 @@ TEST_F(CaptureTest, RerunWithOtherSettingsIsRefusedNamingTheKeys) {
   const std::string old_hash = model::load_config(model()).hash();
   const std::string new_hash = model::load_config(other).hash();
   ASSERT_NE(old_hash, new_hash);
-  EXPECT_TRUE(has_line(
-      r.err, head + "model_config_hash: \"" + old_hash + "\" -> \"" + new_hash + "\"" + tail))
+  const auto fingerprint = [](const std::string& dir) {
+    return model::weights_fingerprint(model::load_config(dir),
+                                      model::SafetensorsModel::open_dir(dir));
+  };
+  EXPECT_TRUE(has_line(r.err, head + "model_config_hash: \"" + old_hash + "\" -> \"" + new_hash +
+                                  "\"; model_weights_fingerprint: \"" + fingerprint(model()) +
+                                  "\" -> \"" + fingerprint(other) + "\"" + tail))
       << r.err;
   EXPECT_TRUE(bytes == dir_bytes(out));  // nothing was touched by the refusals
   EXPECT_EQ(mtimes, dir_mtimes(out));

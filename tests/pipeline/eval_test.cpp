@@ -21,6 +21,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/toy_model.h"
+#include "model/weights.h"
 #include "pipeline/train.h"
 #include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
@@ -70,13 +71,15 @@ class EvalRunTest : public ::testing::Test {
         tensors.emplace_back(checkpoint::factor_name(l, kind, 'b'), q.to(at::kFloat).contiguous());
       }
     }
-    model::write_safetensors(path, tensors,
-                             {{"model_config_hash", config.hash()},
-                              {"k_bits", "16"},
-                              {"v_bits", "16"},
-                              {"group_size", "0"},
-                              {"window", "32"},
-                              {"quant_compat", "none"}});
+    model::write_safetensors(
+        path, tensors,
+        {{"model_config_hash", config.hash()},
+         {"model_weights_fingerprint", model::weights_fingerprint(config, weights)},
+         {"k_bits", "16"},
+         {"v_bits", "16"},
+         {"group_size", "0"},
+         {"window", "32"},
+         {"quant_compat", "none"}});
     return path;
   }
 

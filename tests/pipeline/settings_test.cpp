@@ -23,10 +23,12 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 // The training identity as pipeline/train.cpp wrote it by hand before the table (the reference).
-json hand_written_train_identity(const TrainRunOptions& o, const std::string& model_hash) {
+json hand_written_train_identity(const TrainRunOptions& o, const std::string& model_hash,
+                                 const std::string& fingerprint) {
   const auto& c = o.cfg;
   json j;
   j["model_config_hash"] = model_hash;
+  j["model_weights_fingerprint"] = fingerprint;
   j["acts"] = fs::absolute(o.acts_dir).string();
   j["layers"] = o.layers;
   j["k_density"] = o.k_density;
@@ -54,11 +56,12 @@ json hand_written_train_identity(const TrainRunOptions& o, const std::string& mo
 
 // capture.json as pipeline/capture.cpp wrote it by hand before the table (the reference).
 json hand_written_capture_identity(const CaptureOptions& o, const std::string& model_hash,
-                                   int64_t stream, int world) {
+                                   const std::string& fingerprint, int64_t stream, int world) {
   const auto abs = [](const std::string& p) { return p.empty() ? "" : fs::absolute(p).string(); };
   json j;
   j["format_version"] = data::kShardFormatVersion;
   j["model_config_hash"] = model_hash;
+  j["model_weights_fingerprint"] = fingerprint;
   j["tokens"] = abs(o.tokens_path);
   j["text"] = abs(o.text_path);
   j["tokenizer"] = abs(o.tokenizer_path);
@@ -113,8 +116,8 @@ TEST(BoundSettings, TrainIdentityIsTheHandWrittenOneForEveryValueOfEveryRow) {
     o.cfg.seed = 9;
     row.set(o, other_value(row.setting));
     const model::ModelConfig model;
-    EXPECT_EQ(json::parse(resolved_config_json(o, model)).dump(),
-              hand_written_train_identity(o, model.hash()).dump())
+    EXPECT_EQ(json::parse(resolved_config_json(o, model, "xxh64:f")).dump(),
+              hand_written_train_identity(o, model.hash(), "xxh64:f").dump())
         << "--" << row.setting.flag;
   }
 }
@@ -126,8 +129,8 @@ TEST(BoundSettings, CaptureIdentityIsTheHandWrittenOneForEveryValueOfEveryRow) {
     o.layers = {1};
     o.seed = 4;
     row.set(o, other_value(row.setting));
-    EXPECT_EQ(capture_config_json(o, "h", 1000, 3),
-              hand_written_capture_identity(o, "h", 1000, 3).dump(2))
+    EXPECT_EQ(capture_config_json(o, "h", "xxh64:f", 1000, 3),
+              hand_written_capture_identity(o, "h", "xxh64:f", 1000, 3).dump(2))
         << "--" << row.setting.flag;
   }
 }
@@ -138,12 +141,12 @@ TEST(BoundSettings, EachIdentityRowChangesItsOwnKeyAndNoOther) {
   const model::ModelConfig model;
   TrainRunOptions defaults;
   defaults.acts_dir = "acts";
-  const json base = json::parse(resolved_config_json(defaults, model));
+  const json base = json::parse(resolved_config_json(defaults, model, "xxh64:f"));
   std::set<std::string> without_identity;
   for (const auto& row : train_bound_settings()) {
     TrainRunOptions o = defaults;
     row.set(o, other_value(row.setting));
-    const json changed = json::parse(resolved_config_json(o, model));
+    const json changed = json::parse(resolved_config_json(o, model, "xxh64:f"));
     std::set<std::string> moved;
     for (const auto& [k, v] : base.items()) {
       if (changed.at(k) != v) moved.insert(k);
