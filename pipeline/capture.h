@@ -56,6 +56,10 @@ std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layer
 std::string capture_config_json(const CaptureOptions& options, const std::string& model_hash,
                                 int64_t token_stream_size, int world_size);
 
+// The checks of the settings alone (exactly one token source, sizes, ranks), the first thing
+// run_capture does; usage errors naming the flag. `cskv run` calls it before any stage works.
+void validate_capture_options(const CaptureOptions& options, int world_size);
+
 // Runs the whole stage on every rank of comm (collective). Shards already listed in the manifest
 // are kept (their statistics are recomputed from the file, bit for bit as when they were written);
 // all others are (re)written. Rank r captures the contiguous range [N·r/W, N·(r+1)/W) of the N
