@@ -98,6 +98,15 @@ TEST_F(OutputRefusals, ADirectoryAnotherRunHoldsIsRefusedNamingTheHolder) {
                                   "); wait for it to finish, or use another --ckpt-dir"))
       << r.err;
   EXPECT_FALSE(fs::exists(ckpt + "/step-00000010"));
+  // Under mpirun every rank refuses (a collective verdict), and the line is printed once.
+  const auto m = test::run_command(
+      {CSKV_MPIEXEC, "--oversubscribe", "-np", "2", CSKV_BINARY_FOR_TESTS, "train", "--model",
+       dir_ / "model", "--acts", dir_ / "acts", "--log-level", "warn", "--ckpt-dir", ckpt});
+  EXPECT_EQ(m.exit_code, 1) << m.err;
+  const std::string line = "cskv train: error: " + ckpt + ": in use by another cskv run (" +
+                           holder_text() + "); wait for it to finish, or use another --ckpt-dir";
+  EXPECT_TRUE(has_line(m.err, line)) << m.err;
+  EXPECT_EQ(m.err.find(line), m.err.rfind(line)) << "printed once, by rank 0:\n" << m.err;
 }
 
 TEST_F(OutputRefusals, UnreadableCheckpointStepsAreNeverPrunedWithoutOverwrite) {
