@@ -173,4 +173,14 @@ CompressorFile read_compressor_file(const std::string& path) {
   return c;
 }
 
+bool is_compressor_file(const std::string& path) {
+  try {
+    const auto& metadata = model::SafetensorsFile::open(path)->header().metadata;
+    const auto it = metadata.find("format");
+    return it != metadata.end() && it->second == kCompressorFormat;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 }  // namespace cskv::checkpoint

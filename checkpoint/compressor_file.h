@@ -79,4 +79,8 @@ struct CompressorFile {
 // Reads a compressor file: its settings (parse_compressor_settings) and factors.
 CompressorFile read_compressor_file(const std::string& path);
 
+// Whether path is a safetensors file whose __metadata__ "format" is kCompressorFormat (a file
+// cskv train or merge wrote, which they may replace); false for anything else, never throws.
+bool is_compressor_file(const std::string& path);
+
 }  // namespace cskv::checkpoint

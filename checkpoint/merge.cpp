@@ -5,8 +5,11 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include <filesystem>
+
 #include "common/error.h"
 #include "common/log.h"
+#include "common/output_dir.h"
 
 namespace cskv::checkpoint {
 
@@ -101,7 +104,12 @@ model::Metadata merge_metadata(const std::string& config_json, int64_t step,
 }  // namespace
 
 MergeResult merge_checkpoint(const std::string& ckpt_dir, const std::string& out_path,
-                             const model::Metadata& extra) {
+                             const model::Metadata& extra, bool overwrite) {
+  std::error_code ec;
+  if (!overwrite && std::filesystem::exists(std::filesystem::symlink_status(out_path, ec)) &&
+      !is_compressor_file(out_path)) {
+    files::refuse_foreign_file(out_path, "expected a cskv compressor file to replace", "--out");
+  }
   MergeResult result;
   result.step = require_latest_complete_step(ckpt_dir);
   const StepManifest manifest = read_step_manifest(ckpt_dir, result.step);

@@ -38,7 +38,10 @@ struct MergeResult {
 // verbatim, other values as JSON: bits, window, group size, init, rotation, model_config_hash …)
 // and finally `extra`, which overrides. When the config holds every CompressorSettings field,
 // those keys are written by compressor_metadata(), exactly as training writes them.
+// An existing out_path that is not a compressor file (is_compressor_file: a model's
+// model.safetensors, any other file, a directory) is refused before anything is read, unless
+// overwrite (common/output_dir.h's message, naming --out).
 MergeResult merge_checkpoint(const std::string& ckpt_dir, const std::string& out_path,
-                             const model::Metadata& extra = {});
+                             const model::Metadata& extra = {}, bool overwrite = false);
 
 }  // namespace cskv::checkpoint

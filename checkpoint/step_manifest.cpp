@@ -260,6 +260,9 @@ std::vector<int64_t> prune_steps(const std::string& ckpt_dir, int64_t keep, bool
   for (const int64_t s : remove) {
     const std::string dir = step_dir(ckpt_dir, s);
     std::error_code ec;
+    // The manifest first: a prune cut short leaves a step that reads as an unfinished save, never
+    // one that reads as a damaged complete step (which a later run would refuse to delete).
+    if (fs::remove(step_manifest_path(ckpt_dir, s), ec)) files::fsync_directory(dir);
     fs::remove_all(dir, ec);
     CSKV_CHECK(!ec, dir << ": cannot remove an old checkpoint: " << ec.message());
     log->debug("removed old checkpoint {}", dir);

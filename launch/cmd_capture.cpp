@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/stop_signal.h"
 #include "launch/cli.h"
+#include "launch/settings.h"
 #include "launch/stage_flags.h"
 #include "launch/subcommands.h"
 #include "model/config.h"
@@ -28,8 +29,8 @@ int run_capture(int argc, char** argv) {
     options.add_options("output")("out", "Output directory (required)",
                                   cxxopts::value<std::string>())(
         "layers", "Layers to capture: all | 0-7 | 0,2,5",
-        cxxopts::value<std::string>()->default_value("all"))(
-        "overwrite", "Replace a capture made with other settings in --out");
+        cxxopts::value<std::string>()->default_value("all"));
+    add_settings(options, overwrite_settings());
     options.add_options("sampling")("seed", "Seed of the sampling",
                                     cxxopts::value<uint64_t>()->default_value("0"));
     add_runtime_options(options);
@@ -38,7 +39,7 @@ int run_capture(int argc, char** argv) {
 
     pipeline::CaptureOptions o = capture_options(*r, "seed");
     o.out_dir = required<std::string>(*r, "out");
-    o.overwrite = r->count("overwrite") > 0;
+    o.overwrite = (*r)["overwrite"].as<bool>();
     install_stop_handlers();  // SIGTERM/SIGUSR1/SIGINT: stop before the next batch, exit 75
     auto world = start_runtime(*r, o.device);
     const auto result = pipeline::run_capture(o, *world);

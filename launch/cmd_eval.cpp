@@ -6,6 +6,7 @@
 #include "comm/communicator.h"
 #include "common/error.h"
 #include "launch/cli.h"
+#include "launch/settings.h"
 #include "launch/stage_flags.h"
 #include "launch/subcommands.h"
 #include "pipeline/eval.h"
@@ -33,6 +34,7 @@ int run_eval(int argc, char** argv) {
     options.add_options("output")("out", "Report directory (created)",
                                   cxxopts::value<std::string>())(
         "no-plots", "Write report.json and report.md only (no gnuplot needed)");
+    add_settings(options, overwrite_settings());
     add_runtime_options(options);
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
@@ -44,6 +46,7 @@ int run_eval(int argc, char** argv) {
     o.out_dir = required<std::string>(*r, "out");
     eval_options(*r, "", o);
     o.plots = r->count("no-plots") == 0;
+    o.overwrite = (*r)["overwrite"].as<bool>();
     auto world = start_runtime(*r);
     const eval::EvalReport report = pipeline::run_eval(o, *world);
     if (world->rank() != 0) return kExitOk;

@@ -5,6 +5,7 @@
 #include "checkpoint/export_cskv.h"
 #include "checkpoint/merge.h"
 #include "launch/cli.h"
+#include "launch/settings.h"
 #include "launch/subcommands.h"
 
 namespace cskv::cli {
@@ -27,11 +28,13 @@ int run_merge(int argc, char** argv) {
         "directory",
         cxxopts::value<std::string>())("name", "File-name prefix of the --export-cskv files",
                                        cxxopts::value<std::string>()->default_value("cskv"));
+    add_settings(options, overwrite_settings());
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
     const std::string ckpt_dir = required<std::string>(*r, "ckpt-dir");
     const std::string out = required<std::string>(*r, "out");
-    const auto merged = checkpoint::merge_checkpoint(ckpt_dir, out);
+    const auto merged =
+        checkpoint::merge_checkpoint(ckpt_dir, out, {}, (*r)["overwrite"].as<bool>());
     std::cout << "merged " << merged.jobs << " job(s) of step " << merged.step << " into " << out
               << std::endl;
     if (r->count("export-cskv")) {

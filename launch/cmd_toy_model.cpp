@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/output_dir.h"
 #include "launch/cli.h"
 #include "launch/settings.h"
 #include "launch/subcommands.h"
@@ -64,6 +65,7 @@ int run_toy_model(int argc, char** argv) {
         cxxopts::value<int64_t>()->default_value("1"));
     options.add_options("output")("out", "Output directory (required; created if missing)",
                                   cxxopts::value<std::string>());
+    add_settings(options, overwrite_settings());
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
     const std::string out = required<std::string>(*r, "out");
@@ -80,6 +82,11 @@ int run_toy_model(int argc, char** argv) {
     spec.seed = (*r)["seed"].as<uint64_t>();
     spec.shards = (*r)["shards"].as<int64_t>();
     model::toy_config(spec);  // usage errors before any file is touched
+    if (!(*r)["overwrite"].as<bool>()) {
+      if (const auto foreign = model::foreign_model_file(out)) {
+        files::refuse_foreign_file(*foreign, "expected a model written by cskv toy-model", "--out");
+      }
+    }
 
     const auto start = std::chrono::steady_clock::now();
     model::write_toy_model(spec, out);

@@ -1,10 +1,13 @@
 // `cskv toy-tokens`: writes the toy calibration corpus, a Zipf-distributed Markov chain of token
 // ids as a flat little-endian u16/u32 file.
 #include <algorithm>
+#include <filesystem>
 #include <iostream>
 
 #include "common/error.h"
+#include "common/output_dir.h"
 #include "launch/cli.h"
+#include "launch/settings.h"
 #include "launch/subcommands.h"
 #include "model/toy_model.h"
 
@@ -23,6 +26,7 @@ int run_toy_tokens(int argc, char** argv) {
         "dtype", "Token width: u16|u32 (u16 needs vocab <= 65536)",
         cxxopts::value<std::string>()->default_value("u16"));
     options.add_options("output")("out", "Output file (required)", cxxopts::value<std::string>());
+    add_settings(options, overwrite_settings());
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
     const std::string out = required<std::string>(*r, "out");
@@ -35,6 +39,11 @@ int run_toy_tokens(int argc, char** argv) {
     CSKV_CHECK_USAGE(
         dtype == model::TokenDType::kU32 || vocab <= 65536,
         "--vocab " << vocab << " does not fit in u16 (at most 65536); use --dtype u32");
+    std::error_code ec;
+    if (!(*r)["overwrite"].as<bool>() &&
+        std::filesystem::exists(std::filesystem::symlink_status(out, ec))) {
+      files::refuse_foreign_file(out, "a flat token file carries no mark of who wrote it", "--out");
+    }
     const auto tokens = model::toy_tokens(vocab, count, (*r)["seed"].as<uint64_t>());
     model::write_tokens(out, tokens, vocab, dtype);
     const uint32_t max_id = *std::max_element(tokens.begin(), tokens.end());

@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/stop_signal.h"
 #include "launch/cli.h"
+#include "launch/settings.h"
 #include "launch/stage_flags.h"
 #include "launch/subcommands.h"
 #include "model/config.h"
@@ -38,6 +39,7 @@ int run_train(int argc, char** argv) {
         "resume", "Require a checkpoint to resume from (error when --ckpt-dir has none)")(
         "seed", "Global seed (per-job seeds derive from it, the layer and K|V)",
         cxxopts::value<uint64_t>()->default_value("0"));
+    add_settings(options, overwrite_settings());
     add_runtime_options(options);
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
@@ -46,6 +48,7 @@ int run_train(int argc, char** argv) {
     o.acts_dir = required<std::string>(*r, "acts");
     o.ckpt_dir = required<std::string>(*r, "ckpt-dir");
     o.require_resume = r->count("resume") > 0;
+    o.overwrite = (*r)["overwrite"].as<bool>();
     install_stop_handlers();         // SIGTERM/SIGUSR1/SIGINT: finish the step, checkpoint, exit 75
     auto world = start_runtime(*r);  // --threads: ATen + OpenBLAS, part of the resolved config
     const auto result = pipeline::run_training(o, *world);

@@ -107,6 +107,20 @@ const SettingTable& general_settings() {
   return table;
 }
 
+const SettingTable& overwrite_settings() {
+  static const SettingTable table = {
+      {"output",
+       "overwrite",
+       T::kBool,
+       "false",
+       "Replace what the output holds that this command otherwise refuses to touch: files cskv "
+       "did not write, a capture or checkpoints made with other settings, checkpoint steps that "
+       "cannot be read (train then starts from step 0)",
+       {}},
+  };
+  return table;
+}
+
 const SettingTable& run_settings() {
   static const SettingTable table = [] {
     SettingTable t = general_settings();

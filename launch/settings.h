@@ -37,6 +37,9 @@ const SettingTable& train_settings();
 SettingTable eval_settings(const std::string& prefix);
 const SettingTable& runtime_settings();
 const SettingTable& general_settings();
+// --overwrite, the one override of the output refusals (capture, train, eval, merge, toy-model,
+// toy-tokens declare it from here; `cskv run` has none: its stages keep their refusals).
+const SettingTable& overwrite_settings();
 // `cskv run`: every setting of its job file, in --help order (without --help and --config).
 const SettingTable& run_settings();
 

@@ -229,6 +229,42 @@ NamedTensors toy_weights(const ToyModelSpec& spec) {
   return out;
 }
 
+namespace {
+bool is_model_file_name(const std::string& f) {
+  return f == "config.json" || f == "model.safetensors.index.json" ||
+         (f.rfind("model", 0) == 0 && ends_with(f, ".safetensors"));
+}
+
+bool is_toy_safetensors(const std::string& path) {
+  try {
+    const auto& m = SafetensorsFile::open(path)->header().metadata;
+    const auto it = m.find(kToyModelMarker);
+    return it != m.end() && it->second == "1";
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+}  // namespace
+
+std::optional<std::string> foreign_model_file(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return std::nullopt;
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string f = entry.path().filename().string();
+    if (is_model_file_name(f)) names.push_back(f);
+  }
+  std::sort(names.begin(), names.end());
+  bool all_toy = false;
+  for (const auto& f : names) {
+    if (!ends_with(f, ".safetensors")) continue;
+    if (!is_toy_safetensors(dir + "/" + f)) return dir + "/" + f;
+    all_toy = true;
+  }
+  if (!all_toy && !names.empty()) return dir + "/" + names.front();
+  return std::nullopt;
+}
+
 std::vector<std::string> write_toy_model(const ToyModelSpec& spec, const std::string& dir) {
   const ModelConfig config = toy_config(spec);
   std::error_code ec;
@@ -244,7 +280,7 @@ std::vector<std::string> write_toy_model(const ToyModelSpec& spec, const std::st
   }
 
   const NamedTensors tensors = toy_weights(spec);
-  const Metadata metadata{{"format", "pt"}};
+  const Metadata metadata{{"format", "pt"}, {kToyModelMarker, "1"}};
   std::vector<std::string> files;
   if (spec.shards == 1) {
     write_safetensors(dir + "/model.safetensors", tensors, metadata);

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -66,6 +67,15 @@ NamedTensors toy_weights(const ToyModelSpec& spec);
 // tensors of about equal size) into dir, which is created; stale model files from an earlier run
 // (config.json, *.safetensors, the index) are removed first. Returns the file names written.
 std::vector<std::string> write_toy_model(const ToyModelSpec& spec, const std::string& dir);
+
+// __metadata__ key every safetensors file of a toy model carries ("1"), so a rerun recognises
+// the files it may replace.
+inline constexpr const char* kToyModelMarker = "cskv_toy_model";
+// The first model file in dir (config.json, model*.safetensors, model.safetensors.index.json)
+// that write_toy_model would replace but that is not a toy model's: a safetensors file without
+// kToyModelMarker, or config.json / the index when not every safetensors file carries it (or there
+// is none). nullopt when dir holds no model file or only a toy model's.
+std::optional<std::string> foreign_model_file(const std::string& dir);
 
 // Token stream: a first-order Markov chain over [0, vocab). With probability kLocalWeight the
 // successor of token t is drawn from a Zipf(kZipfExponent) over a permutation specific to t,

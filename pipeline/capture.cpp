@@ -24,6 +24,7 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/output_dir.h"
 #include "common/progress.h"
 #include "common/stop_signal.h"
 #include "data/activation_reader.h"
@@ -33,6 +34,7 @@
 #include "model/llama.h"
 #include "model/weights.h"
 #include "pipeline/settings.h"
+#include "pipeline/stage_outputs.h"
 
 namespace cskv::pipeline {
 
@@ -129,15 +131,34 @@ double seconds_since(Clock::time_point t0) {
 std::string capture_json_path(const std::string& dir) { return dir + "/capture.json"; }
 std::string stats_path(const std::string& dir) { return dir + "/stats.h5"; }
 
-// Removes everything a capture writes (shards, manifest, stats, capture.json) from dir.
+// Whether name is one a capture writes (shards, manifest, stats, capture.json, their temps).
+bool is_capture_file_name(const std::string& name) {
+  return name.rfind("shard-", 0) == 0 || name.rfind("holdout-", 0) == 0 ||
+         name.rfind("manifest.json", 0) == 0 || name.rfind("stats.h5", 0) == 0 ||
+         name.rfind("capture.json", 0) == 0 || name == ".manifest.lock";
+}
+
+// Removes everything a capture writes from dir.
 void remove_capture_outputs(const std::string& dir) {
   for (const auto& e : fs::directory_iterator(dir)) {
-    const auto name = e.path().filename().string();
-    const bool ours = name.rfind("shard-", 0) == 0 || name.rfind("holdout-", 0) == 0 ||
-                      name.rfind("manifest.json", 0) == 0 || name.rfind("stats.h5", 0) == 0 ||
-                      name.rfind("capture.json", 0) == 0 || name == ".manifest.lock";
-    if (ours) fs::remove(e.path());
+    if (is_capture_file_name(e.path().filename().string())) fs::remove(e.path());
   }
+}
+
+// Capture files in dir without the capture.json that says which settings made them (a user's
+// files, or a capture whose record was deleted): refused, since reusing them would relabel them
+// with this run's settings and replacing them would destroy them.
+void refuse_unrecorded_capture_files(const std::string& dir) {
+  std::vector<std::string> found;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (is_capture_file_name(name) && name != ".manifest.lock") found.push_back(name);
+  }
+  if (found.empty()) return;
+  std::sort(found.begin(), found.end());
+  files::refuse_foreign_file(dir + "/" + found.front(),
+                             dir + " has no capture.json recording which capture wrote it",
+                             "--out");
 }
 
 // Adds or replaces one shard's entry under an exclusive lock, keeping entries sorted by file
@@ -350,6 +371,8 @@ OutDirVerdict judge_out_dir(const CaptureOptions& opt, const CaptureInputs& in,
     remove_capture_outputs(opt.out_dir);
   } else if (fs::exists(cpath)) {
     if (auto verdict = verdict_on_earlier_settings(opt, cfg_text)) return *verdict;
+  } else {
+    refuse_unrecorded_capture_files(opt.out_dir);
   }
   const bool listed = fs::exists(manifest_path(opt.out_dir));
   if (listed) {
@@ -579,6 +602,10 @@ CaptureResult finished(CaptureResult result, Clock::time_point t0) {
 
 }  // namespace
 
+void validate_capture_options(const CaptureOptions& options, int world_size) {
+  validate_options(options, world_size);
+}
+
 CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm) {
   const auto t0 = Clock::now();
   auto logger = log::get("data");
@@ -587,7 +614,8 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
   CaptureOptions opt = opt_in;
   validate_options(opt, world);
   const CaptureInputs in = load_inputs(opt, comm);
-  // plan
+  // plan: this run owns --out until it returns
+  const auto lock = lock_output_dir(comm, opt.out_dir, "--out");
   const OutDirVerdict verdict = decide_out_dir(comm, opt, in);
   CaptureResult result;
   if (verdict.kind == OutDirVerdict::Kind::kRefused) {

@@ -66,6 +66,10 @@ std::string capture_config_json(const CaptureOptions& options, const std::string
 void check_capture_weights(const std::string& acts_dir, const std::string& config_hash,
                            const std::string& weights_fingerprint);
 
+// The checks of the settings alone (exactly one token source, sizes, ranks), the first thing
+// run_capture does; usage errors naming the flag. `cskv run` calls it before any stage works.
+void validate_capture_options(const CaptureOptions& options, int world_size);
+
 // Runs the whole stage on every rank of comm (collective). Shards already listed in the manifest
 // are kept (their statistics are recomputed from the file, bit for bit as when they were written);
 // all others are (re)written. Rank r captures the contiguous range [N·r/W, N·(r+1)/W) of the N

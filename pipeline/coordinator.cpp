@@ -167,15 +167,58 @@ void Coordinator::inject_fault(const char* where) {
 
 namespace {
 
+// --overwrite: every step directory goes (the run starts from step 0).
+void delete_steps(const std::string& ckpt_dir, const std::vector<int64_t>& steps,
+                  const std::string& why) {
+  for (const int64_t step : steps) {
+    const std::string dir = checkpoint::step_dir(ckpt_dir, step);
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    CSKV_CHECK(!ec, dir << ": cannot remove: " << ec.message());
+  }
+  log::get("trainer")->warn(
+      "--overwrite: deleted {} checkpoint step(s) of {} ({}); training starts "
+      "from step 0",
+      steps.size(), ckpt_dir, why);
+}
+
+// With no complete step: the steps that were complete once (they have a manifest) but cannot be
+// read now. A fresh start would prune them, so they are refused, or deleted with --overwrite.
+void refuse_unreadable_steps(const CheckpointPolicy& p) {
+  std::vector<int64_t> unreadable;
+  std::string reasons;
+  for (const int64_t step : checkpoint::list_steps(p.ckpt_dir)) {
+    std::error_code ec;
+    if (!std::filesystem::exists(checkpoint::step_manifest_path(p.ckpt_dir, step), ec)) continue;
+    const auto problem = checkpoint::check_step(p.ckpt_dir, step, /*verify_checksums=*/true);
+    if (!problem) continue;
+    unreadable.push_back(step);
+    reasons += (reasons.empty() ? "" : "; ") + ("step " + std::to_string(step) + ": " + *problem);
+  }
+  if (unreadable.empty()) return;
+  if (p.overwrite) return delete_steps(p.ckpt_dir, unreadable, "none could be read");
+  CSKV_FAIL_INPUT(p.ckpt_dir << ": no checkpoint step can be read (" << reasons
+                             << "); starting from step 0 would delete them, and cskv never "
+                                "deletes a step it could not read: move them away to keep them, "
+                                "or pass --overwrite to delete them and train from step 0");
+}
+
 // Rank 0's part of the resume search: the newest complete step when its config matches.
 std::optional<int64_t> resumable_step(const CheckpointPolicy& p) {
   const auto search = checkpoint::search_latest_complete_step(p.ckpt_dir);
   if (search.step) {
     const auto manifest = checkpoint::read_step_manifest(p.ckpt_dir, *search.step);
-    checkpoint::check_resume_config(manifest.config_json, p.config_json, p.ckpt_dir);
+    try {
+      checkpoint::check_resume_config(manifest.config_json, p.config_json, p.ckpt_dir);
+    } catch (const Error&) {
+      if (!p.overwrite) throw;
+      delete_steps(p.ckpt_dir, checkpoint::list_steps(p.ckpt_dir), "a run with other settings");
+      return std::nullopt;
+    }
     return search.step;
   }
   CSKV_CHECK_INPUT(!p.require_resume, checkpoint::no_complete_checkpoint_message(p.ckpt_dir));
+  refuse_unreadable_steps(p);
   return std::nullopt;
 }
 

@@ -44,6 +44,8 @@ struct CheckpointPolicy {
   int64_t keep = 2;            // complete steps kept
   double round_seconds = 1.0;  // how often the ranks meet
   bool require_resume = false;
+  // Delete the steps instead of refusing them (other settings; unreadable with none readable).
+  bool overwrite = false;
   std::string config_json;  // the resolved config: recorded in every step, checked on resume
   // Non-zero once a stop signal reached this rank (tests inject their own).
   std::function<int()> stop_source = &cskv::stop_signal;
@@ -110,7 +112,9 @@ class Coordinator {
 
 // Rank 0 looks for the newest complete step of policy.ckpt_dir and checks its config; every rank
 // returns the verdict: the step, nullopt (none), or the same input error on every rank (another
-// config; no complete step while require_resume).
+// config; no complete step while require_resume; no complete step but steps with a manifest that
+// cannot be read, which a fresh start would prune: they are named, each with its reason). With
+// policy.overwrite the refused steps are deleted instead and the run starts from step 0.
 std::optional<int64_t> find_resume_step(const CheckpointPolicy& policy, comm::Communicator& comm);
 
 // The saved states of `my_jobs` (indices into `jobs`) at `step`, whatever world size wrote it;

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "comm/collectives.h"
@@ -16,6 +17,7 @@
 #include "data/manifest.h"
 #include "eval/compressor.h"
 #include "eval/evaluation.h"
+#include "eval/report.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/safetensors.h"
@@ -230,12 +232,29 @@ void write(const EvalOptions& o, const eval::EvalReport& r, comm::Communicator& 
   log::get("eval")->info("eval done in {:.1f} s: {}", r.seconds, r.headline());
 }
 
+// The report files in out_dir must be cskv's (or --overwrite), checked by rank 0 for every rank.
+void check_eval_outputs(const EvalOptions& o, comm::Communicator& comm) {
+  comm::root_decides(comm, std::function<void()>([&] {
+                       if (o.overwrite) return;
+                       try {
+                         refuse_foreign_outputs(o.out_dir, eval_outputs(o.out_dir), "--out");
+                       } catch (const Error& e) {
+                         throw Error(e.kind(), e.message(), {}, /*collective=*/true);
+                       }
+                     }));
+}
+
 // The phases in order; inputs_ok is set once validate has passed (errors after it are not
 // input errors).
 eval::EvalReport run_eval_checked(const EvalOptions& o, comm::Communicator& comm, bool& inputs_ok) {
   const at::NoGradGuard no_grad;
   const auto t0 = Clock::now();
   const EvalInputs in = validate(o, comm);
+  std::optional<files::DirectoryLock> lock;  // held until the report is written
+  if (o.write_files) {
+    lock = lock_output_dir(comm, o.out_dir, "--out");
+    check_eval_outputs(o, comm);
+  }
   inputs_ok = true;
   if (!in.uncompressed.empty()) {
     log::get("eval")->warn("{}: no factors for layer(s) {}; they keep a plain fp16 cache",
@@ -254,6 +273,36 @@ eval::EvalReport run_eval_checked(const EvalOptions& o, comm::Communicator& comm
 }
 
 }  // namespace
+
+std::vector<OwnedOutput> eval_outputs(const std::string& out_dir) {
+  const auto report_ours = [](const std::string& p) {
+    return is_json_object_with(p, {"model", "compressor", "model_config_hash", "headline"});
+  };
+  const bool have_report = report_ours(out_dir + "/report.json");
+  const auto beside_report = [have_report](const std::string&) { return have_report; };
+  std::vector<OwnedOutput> out = {
+      {"report.json", report_ours, "a cskv eval report"},
+      {"report.md",
+       [](const std::string& p) { return starts_with_text(p, "# KV-cache compression report\n"); },
+       "a cskv eval report"},
+      {"plots.gp", beside_report, "a plot script beside a cskv report.json"},
+      {"plots.log", beside_report, "a gnuplot log beside a cskv report.json"}};
+  for (const char* png : eval::kReportPlots) {
+    out.push_back({png, beside_report, "a plot beside a cskv report.json"});
+  }
+  return out;
+}
+
+void validate_eval_settings(const EvalOptions& o, int64_t holdout_seq_len, int64_t holdout_seqs) {
+  CSKV_CHECK_USAGE(holdout_seqs >= 1,
+                   "--holdout-seqs 0 leaves no held-out split to evaluate on "
+                   "(capture at least 1, or turn the eval stage off)");
+  EvalInputs in;
+  in.seq_len = holdout_seq_len;
+  in.sequences = at::empty({holdout_seqs, 0}, at::kLong);  // only its count is read
+  check_lengths(o, in);
+  if (o.write_files && o.plots) eval::check_plotting();
+}
 
 eval::EvalReport run_eval(const EvalOptions& o) {
   comm::LocalCommunicator local;

@@ -10,6 +10,7 @@
 
 #include "comm/communicator.h"
 #include "eval/report.h"
+#include "pipeline/stage_outputs.h"
 
 namespace cskv::pipeline {
 
@@ -26,8 +27,15 @@ struct EvalOptions {
   // Storage of the caches' full-precision parts (window K/V and latents, scale/zero, 16-bit
   // latents). float16 is what the memory accounting states; float32 exists for exactness checks.
   at::ScalarType cache_storage = at::kHalf;
-  bool write_files = true;  // rank 0 writes the report into out_dir
+  bool write_files = true;  // rank 0 writes the report into out_dir (locked while the stage runs)
+  // Replace report files in out_dir that cskv did not write (refused otherwise, before any work).
+  bool overwrite = false;
 };
+
+// The files eval writes into out_dir, with how each is recognised as cskv's: report.json (a JSON
+// object with the report's keys), report.md (the report's title line); plots.gp, plots.log and
+// the PNGs only beside a report.json of cskv's.
+std::vector<OwnedOutput> eval_outputs(const std::string& out_dir);
 
 // The measurements themselves are library calls in eval/evaluation.h; this is the stage driver.
 // Runs the three parts (sequences and layers are shared among the ranks of comm; every rank
@@ -37,6 +45,13 @@ struct EvalOptions {
 // another model, no held-out split, held-out sequences shorter than context + decode + 1 tokens,
 // compressed layers missing from the held-out activations or stats.h5.
 eval::EvalReport run_eval(const EvalOptions& options, comm::Communicator& comm);
+
+// The checks of the settings alone against a capture still to be made, with run_eval's messages
+// (`cskv run` calls it before any stage works): held-out sequences at all, --decode, --context,
+// --sequences and --memory-contexts against held-out sequences of holdout_seq_len tokens, and
+// gnuplot when plots are written.
+void validate_eval_settings(const EvalOptions& options, int64_t holdout_seq_len,
+                            int64_t holdout_seqs);
 eval::EvalReport run_eval(const EvalOptions& options);
 
 }  // namespace cskv::pipeline

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include <sstream>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
+#include "pipeline/stage_outputs.h"
 
 namespace cskv::pipeline {
 
@@ -89,12 +91,11 @@ json read_stages(const std::string& path) {
   return j.is_object() ? j : json::object();
 }
 
-// Rank 0 writes run.json (logging what changed since the last run) and reads what earlier runs
-// completed; every rank decides from the same record.
+// Rank 0 logs what changed since the last run (run.json) and reads what earlier runs completed;
+// every rank decides from the same record.
 json read_completed_stages(const RunOptions& o, comm::Communicator& comm) {
   return comm::root_decides<json>(comm, [&] {
     auto log = log::get("run");
-    fs::create_directories(o.out);
     const std::string run_json = o.out + "/run.json";
     if (fs::exists(run_json)) {
       const std::string before = files::read_whole_file(run_json);
@@ -106,7 +107,6 @@ json read_completed_stages(const RunOptions& o, comm::Communicator& comm) {
         log->info("settings changed since the last run of {}: {}", o.out, joined);
       }
     }
-    files::write_file_atomic(run_json, o.resolved.dump(2) + "\n");
     return read_stages(o.out + "/stages.json");
   });
 }
@@ -118,6 +118,35 @@ std::string model_weights_fingerprint(const model::ModelConfig& model,
   const auto weights = model::SafetensorsModel::open_dir(model_dir);
   model::validate_weights(model, weights, model_dir);
   return model::weights_fingerprint(model, weights);
+}
+
+// Rank 0 records the settings of a run its stages accepted (it completed, or stopped on a signal
+// to be continued): a refused run leaves run.json as it was, and equal settings leave its bytes.
+void write_run_json(const RunOptions& o, comm::Communicator& comm) {
+  if (comm.rank() != 0) return;
+  const std::string path = o.out + "/run.json", text = o.resolved.dump(2) + "\n";
+  if (files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "record") != text) {
+    files::write_file_atomic(path, text);
+  }
+}
+
+// Every stage's settings, the cross-stage ones included (the training window against the
+// captured seq_len, the eval lengths against the held-out sequences), checked by rank 0 before
+// the first stage works; a refusal is every rank's.
+void validate_stages(const RunOptions& o, const model::ModelConfig& model,
+                     comm::Communicator& comm) {
+  comm::root_decides(comm, std::function<void()>([&] {
+                       try {
+                         validate_capture_options(o.capture, comm.size());
+                         validate_train_settings(o.train, model, o.capture.seq_len);
+                         if (o.want_eval) {
+                           validate_eval_settings(o.eval, o.capture.seq_len,
+                                                  o.capture.holdout_seqs);
+                         }
+                       } catch (const Error& e) {  // the message alone, on every rank
+                         throw Error(e.kind(), e.message(), {}, /*collective=*/true);
+                       }
+                     }));
 }
 
 // 1. capture: skipped when recorded complete with these settings (a rerun may use another number
@@ -262,7 +291,11 @@ SummaryNumbers summary_numbers(const trainer::RunMetrics& metrics, double total_
   return n;
 }
 
+// summary.json; a run that performed no stage leaves an existing one as it is (README: a rerun
+// with the same settings changes no output).
 void write_summary_json(const RunState& s, const SummaryNumbers& n) {
+  const std::string path = s.o.out + "/summary.json";
+  if (s.ran == 0 && fs::exists(path)) return;
   json js;
   js["out"] = s.o.out;
   js["stages_run"] = s.ran;
@@ -276,7 +309,7 @@ void write_summary_json(const RunState& s, const SummaryNumbers& n) {
   js["mean_holdout_error_v"] = n.mean_v;
   js["seconds"] = n.total_s;
   if (!s.headline.empty()) js["eval_headline"] = s.headline;
-  files::write_file_atomic(s.o.out + "/summary.json", js.dump(2) + "\n");
+  files::write_file_atomic(path, js.dump(2) + "\n");
 }
 
 std::string summary_text(const RunState& s, const SummaryNumbers& n) {
@@ -315,24 +348,31 @@ RunResult run_job(const RunOptions& options, comm::Communicator& comm) {
   s.o = with_layout(options);
   s.comm = &comm;
   s.root = comm.rank() == 0;
-  s.stages = read_completed_stages(s.o, comm);
-  auto log = log::get("run");
   const auto t_all = Clock::now();
   const model::ModelConfig model = model::load_config(s.o.capture.model_dir);
+  validate_stages(s.o, model, comm);
+  const auto lock = lock_output_dir(comm, s.o.out, "--out");  // held until the run returns
   const std::string fingerprint = model_weights_fingerprint(model, s.o.capture.model_dir);
+  s.stages = read_completed_stages(s.o, comm);
+  auto log = log::get("run");
   auto report = [&] {
     if (s.root) log->info("{}: {}", s.summary.back().name, s.summary.back().what);
   };
+  const auto stopped = [&] {
+    write_run_json(s.o, comm);
+    return RunResult{true, ""};
+  };
   RunResult result;
-  if (!capture_stage(s, model, fingerprint)) return {true, ""};
+  if (!capture_stage(s, model, fingerprint)) return stopped();
   report();
-  if (!train_stage(s, model, fingerprint)) return {true, ""};
+  if (!train_stage(s, model, fingerprint)) return stopped();
   report();
   merge_stage(s);
   report();
   eval_stage(s);
   report();
   comm.barrier();
+  write_run_json(s.o, comm);
   if (s.root) result.summary = summarize(s, t_all);
   return result;
 }

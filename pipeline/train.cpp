@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/output_dir.h"
 #include "common/progress.h"
 #include "common/stop_signal.h"
 #include "data/layer_stats.h"
@@ -27,6 +28,8 @@
 #include "pipeline/capture.h"
 #include "pipeline/coordinator.h"
 #include "pipeline/settings.h"
+#include "pipeline/stage_outputs.h"
+#include "trainer/quantizer.h"
 #include "trainer/rank_allocation.h"
 #include "trainer/schedule.h"
 
@@ -83,6 +86,19 @@ std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConf
   return jobs;
 }
 
+std::vector<OwnedOutput> train_outputs() {
+  return {
+      {"compressor.safetensors", checkpoint::is_compressor_file, "a cskv compressor file"},
+      {"metrics.json",
+       [](const std::string& p) {
+         return is_json_object_with(p, {"context", "compressed_cache_bytes", "jobs"});
+       },
+       "the training metrics cskv writes"},
+      {"metrics.md",
+       [](const std::string& p) { return starts_with_text(p, "| layer | K/V | rank | bits |"); },
+       "the metrics table cskv writes"}};
+}
+
 std::string resolved_config_json(const TrainRunOptions& o, const model::ModelConfig& model,
                                  const std::string& weights_fingerprint) {
   nlohmann::json j = settings_identity(train_bound_settings(), o);
@@ -120,6 +136,31 @@ JobMetrics metrics_of(const JobState& s, const TrainConfig& cfg) {
 void validate_options(const TrainRunOptions& o) {
   CSKV_CHECK_USAGE(o.save_every >= 0, "--save-every: expected >= 0, found " << o.save_every);
   CSKV_CHECK_USAGE(o.keep >= 1, "--keep: expected >= 1, found " << o.keep);
+  CSKV_CHECK_USAGE(!(o.require_resume && o.overwrite),
+                   "--resume requires a checkpoint to continue from and --overwrite may delete "
+                   "them: give one of the two");
+}
+
+// The ranks every job gets in density mode (budget mode knows them only from stats.h5).
+std::vector<LayerJob> density_jobs(const TrainRunOptions& o, const model::ModelConfig& model) {
+  const int64_t layer = o.layers.empty() ? 0 : o.layers.front();
+  return {
+      {layer, KvKind::kKey,
+       rank_from_density(o.k_density, model.head_dim, model.num_key_value_heads, "--k-density")},
+      {layer, KvKind::kValue,
+       rank_from_density(o.v_density, model.head_dim, model.num_key_value_heads, "--v-density")}};
+}
+
+// The files the write phase replaces: refused when cskv did not write them (unless --overwrite).
+void check_train_outputs(const TrainRunOptions& o, comm::Communicator& comm) {
+  comm::root_decides(comm, std::function<void()>([&] {
+                       if (o.overwrite) return;
+                       try {
+                         refuse_foreign_outputs(o.ckpt_dir, train_outputs(), "--ckpt-dir");
+                       } catch (const Error& e) {
+                         throw Error(e.kind(), e.message(), {}, /*collective=*/true);
+                       }
+                     }));
 }
 
 // ---- plan
@@ -141,6 +182,7 @@ CheckpointPolicy checkpoint_policy(const TrainRunOptions& o, std::string config_
   p.keep = o.keep;
   p.round_seconds = o.round_seconds;
   p.require_resume = o.require_resume;
+  p.overwrite = o.overwrite;
   p.config_json = std::move(config_json);
   return p;
 }
@@ -503,15 +545,38 @@ class TrainStage {
 
 }  // namespace
 
+void validate_train_settings(const TrainRunOptions& o, const model::ModelConfig& model,
+                             int64_t captured_seq_len) {
+  validate_options(o);
+  if (o.budget <= 0) {
+    for (const LayerJob& job : density_jobs(o, model)) {
+      const int64_t D = model.kv_dim();
+      CSKV_CHECK_USAGE(job.rank >= 1 && job.rank <= D,
+                       job.name() << ": rank " << job.rank << " outside [1, D = " << D << "]");
+      validate_quant_config(job_quant_config(o.cfg, model, job), job.rank, job.name());
+    }
+  }
+  const QuantConfig key = job_quant_config(o.cfg, model, {0, KvKind::kKey, 1});
+  if (!uses_channel_windows(key) || key.bits >= 16) return;
+  CSKV_CHECK_USAGE(
+      o.cfg.batch_tokens % key.window == 0,
+      "--batch-tokens " << o.cfg.batch_tokens << " is not a multiple of --window " << key.window);
+  CSKV_CHECK_USAGE(captured_seq_len % key.window == 0,
+                   "the captured seq_len " << captured_seq_len << " is not a multiple of --window "
+                                           << key.window);
+}
+
 TrainRunResult run_training(const TrainRunOptions& o) {
   comm::LocalCommunicator local;
   return run_training(o, local);
 }
 
-// validate → plan → resume → work → share → write
+// validate → plan → (lock, check the outputs) → resume → work → share → write
 TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) {
   validate_options(o);
   TrainStage stage(o, comm);
+  const auto lock = lock_output_dir(comm, o.ckpt_dir, "--ckpt-dir");  // held until the end
+  check_train_outputs(o, comm);
   stage.resume();
   if (stage.work()) {
     stage.share();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "pipeline/stage_outputs.h"
 #include "trainer/layer_trainer.h"
 #include "trainer/metrics.h"
 
@@ -39,6 +40,10 @@ struct TrainRunOptions {
   // A ckpt_dir holding a complete step of the same resolved config is always resumed (another
   // config is refused, naming the keys); require_resume additionally fails when there is none.
   bool require_resume = false;
+  // --overwrite: start over where the run would otherwise refuse — checkpoint steps of other
+  // settings, or no readable step but unreadable ones (all are deleted, training starts at step
+  // 0) — and replace compressor.safetensors / metrics.* that cskv did not write.
+  bool overwrite = false;
   // Ranks per job (data parallelism inside a job). 0: 1, or size / jobs when ranks > jobs.
   int dp = 0;
   // How often (seconds) the ranks agree on saves and stops: one small allreduce per round.
@@ -73,6 +78,17 @@ struct TrainRunResult {
 // form runs in this process alone.
 TrainRunResult run_training(const TrainRunOptions& options, comm::Communicator& comm);
 TrainRunResult run_training(const TrainRunOptions& options);
+
+// The checks of the settings against the model and a capture of captured_seq_len tokens per
+// sequence, made before anything is read (`cskv run` calls it before its capture runs): the
+// options, the densities' ranks, every job's quantization, and a key window against
+// --batch-tokens and the captured seq_len, with the messages the trainer uses. Usage errors.
+void validate_train_settings(const TrainRunOptions& options, const model::ModelConfig& model,
+                             int64_t captured_seq_len);
+
+// The files a run writes into its ckpt_dir besides the steps, with how each is recognised as
+// cskv's.
+std::vector<OwnedOutput> train_outputs();
 
 // The settings that decide a run's numbers, as JSON (what checkpoints and the merged file record,
 // and what a resume must match): model hash and weights fingerprint (model::weights_fingerprint),

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -306,6 +307,52 @@ TEST(CoordinatorResume, EveryRankThrowsTheSameVerdict) {
       errors_of(2, [&](comm::Communicator& comm) { find_resume_step(policy, comm); });
   EXPECT_EQ(errors[0], errors[1]);
   EXPECT_NE(errors[0].find("seed: 1 -> 2"), std::string::npos) << errors[0];
+}
+
+// Every regular file under dir (relative path -> bytes).
+std::map<std::string, std::string> tree_bytes(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) {
+      out[std::filesystem::relative(e.path(), dir).string()] = test::read_file(e.path());
+    }
+  }
+  return out;
+}
+
+TEST(CoordinatorResume, UnreadableStepsAreRefusedOnEveryRankAndDeletedOnlyWithOverwrite) {
+  test::TempDir dir;
+  test::run_ranks(2, [&](comm::Communicator& comm) {
+    RankRun(policy_for(dir.path()), comm, {1, 1}, 3).drive();
+  });
+  const auto steps = checkpoint::list_steps(dir.path());
+  ASSERT_FALSE(steps.empty());
+  std::string reasons;
+  for (const int64_t step : steps) {  // every complete step loses its rank 0 file's last byte
+    const std::string f = checkpoint::rank_file_path(dir.path(), step, 0);
+    std::filesystem::resize_file(f, std::filesystem::file_size(f) - 1);
+    reasons += (reasons.empty() ? "" : "; ") +
+               ("step " + std::to_string(step) + ": " + *checkpoint::check_step(dir.path(), step));
+  }
+  // A save that never finished (no manifest) was never a checkpoint: it is not named.
+  std::filesystem::create_directories(checkpoint::step_dir(dir.path(), 99));
+  test::write_file(checkpoint::rank_file_path(dir.path(), 99, 0), "partial");
+  const auto before = tree_bytes(dir.path());
+  CheckpointPolicy policy = policy_for(dir.path());
+  const std::string refusal =
+      dir.path() + ": no checkpoint step can be read (" + reasons +
+      "); starting from step 0 would delete them, and cskv never deletes a step it could not "
+      "read: move them away to keep them, or pass --overwrite to delete them and train from step 0";
+  EXPECT_EQ(errors_of(2, [&](comm::Communicator& comm) { find_resume_step(policy, comm); }),
+            (std::vector<std::string>{refusal, refusal}));
+  EXPECT_EQ(tree_bytes(dir.path()), before);
+  policy.overwrite = true;
+  std::vector<std::optional<int64_t>> found(2, 7);
+  test::run_ranks(2, [&](comm::Communicator& comm) {
+    found[static_cast<size_t>(comm.rank())] = find_resume_step(policy, comm);
+  });
+  EXPECT_EQ(found, (std::vector<std::optional<int64_t>>{std::nullopt, std::nullopt}));
+  EXPECT_EQ(checkpoint::list_steps(dir.path()), std::vector<int64_t>{99});
 }
 
 TEST(CoordinatorFailures, APeerThatFailsInARoundNamesTheOperationOnTheOthers) {
