@@ -19,6 +19,7 @@
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/safetensors.h"
+#include "pipeline/capture.h"
 
 namespace cskv::pipeline {
 
@@ -80,7 +81,7 @@ void check_captured_layers(const EvalOptions& o, EvalInputs& in) {
     }
     return data::ShardHeader{};
   }();
-  const auto stats = data::read_stats_header(o.acts_dir + "/stats.h5", in.hash);
+  const auto stats = data::read_capture_stats_header(o.acts_dir, in.hash);
   std::vector<int64_t> missing_holdout, missing_stats;
   for (const auto& [layer, f] : in.comp.layers) {
     const auto& hl = holdout_header.layers;
@@ -108,6 +109,7 @@ EvalInputs validate(const EvalOptions& o, comm::Communicator& comm) {
   in.config = model::load_config(o.model_dir);
   in.comp = eval::load_compressor(o.compressor_path, in.config);
   in.hash = in.config.hash();
+  verify_capture_checksums(o.acts_dir, comm, "holdout");  // the only shards eval reads
   in.sequences = eval::read_holdout_tokens(o.acts_dir, in.hash);
   in.seq_len = in.sequences.size(1);
   check_lengths(o, in);
