@@ -31,11 +31,13 @@ class CaptureIntegrity : public ::testing::Test {
     delete dir_;
     dir_ = nullptr;
   }
+  static test::CommandResult run_capture(const std::string& out, const std::string& seed) {
+    return test::run_cskv({"capture", "--model", *dir_ / "model", "--tokens", *dir_ / "tokens.bin",
+                           "--num-seqs", "6", "--seq-len", "16", "--holdout-seqs", "2", "--seed",
+                           seed, "--out", out, "--log-level", "warn"});
+  }
   static void capture(const std::string& out, const std::string& seed) {
-    const auto r =
-        test::run_cskv({"capture", "--model", *dir_ / "model", "--tokens", *dir_ / "tokens.bin",
-                        "--num-seqs", "6", "--seq-len", "16", "--holdout-seqs", "2", "--seed", seed,
-                        "--out", out, "--log-level", "warn"});
+    const auto r = run_capture(out, seed);
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   static test::CommandResult train(const std::string& acts, const std::string& ckpt) {
@@ -232,6 +234,30 @@ TEST_F(CaptureIntegrity, CaptureRecordsItsIdentityIndependentOfBatch) {
   EXPECT_EQ(capture_identity(c.dump(2), "x"), s.capture_identity);
   c["seed"] = 5;
   EXPECT_NE(capture_identity(c.dump(2), "x"), s.capture_identity);
+}
+
+// A damaged capture.json on a rerun: a message naming the file or the key, never nlohmann's
+// "[json.exception...]" without a file; nothing in the directory changes.
+TEST_F(CaptureIntegrity, DamagedCaptureJsonIsRefusedNamingTheFileOrKey) {
+  const std::string acts = copy_of();
+  json c = json::parse(test::read_file(capture_json_path(acts)));
+  c["world_size"] = "x";  // the only difference: once "[json.exception.type_error.302] ..."
+  test::write_file(capture_json_path(acts), c.dump(2) + "\n");
+  auto before = dir_bytes(acts);
+  auto r = run_capture(acts, "1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, error_line("capture", acts + " holds a capture with other settings (world_size: "
+                                                "\"x\" -> 1); use another --out or --overwrite"));
+  EXPECT_EQ(dir_bytes(acts), before);
+  test::write_file(capture_json_path(acts), "[1, 2]\n");
+  before = dir_bytes(acts);
+  r = run_capture(acts, "1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err,
+            error_line("capture", capture_json_path(acts) +
+                                      ": not a JSON object (expected the settings of the "
+                                      "capture in this directory; --overwrite starts over)"));
+  EXPECT_EQ(dir_bytes(acts), before);
 }
 
 }  // namespace
