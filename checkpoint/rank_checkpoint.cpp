@@ -29,8 +29,6 @@ std::string step_dir(const std::string& ckpt_dir, int64_t step) {
   return ckpt_dir + "/" + step_dir_name(step);
 }
 
-std::string rank_file_name(int rank) { return "rank-" + std::to_string(rank) + ".safetensors"; }
-
 std::string rank_file_path(const std::string& ckpt_dir, int64_t step, int rank) {
   return step_dir(ckpt_dir, step) + "/" + rank_file_name(rank);
 }
@@ -268,17 +266,6 @@ std::vector<JobState> read_rank_checkpoint(const std::string& path) {
     ++index;
   }
   return out;
-}
-
-void to_json(nlohmann::json& j, const RankFileEntry& e) {
-  j = {{"rank", e.rank}, {"file", e.file}, {"bytes", e.bytes}, {"checksum", e.checksum}};
-}
-
-void from_json(const nlohmann::json& j, RankFileEntry& e) {
-  j.at("rank").get_to(e.rank);
-  j.at("file").get_to(e.file);
-  j.at("bytes").get_to(e.bytes);
-  j.at("checksum").get_to(e.checksum);
 }
 
 }  // namespace cskv::checkpoint

@@ -6,8 +6,7 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
-
+#include "checkpoint/step_manifest_json.h"
 #include "trainer/layer_trainer.h"
 
 namespace cskv::checkpoint {
@@ -19,21 +18,8 @@ constexpr const char* kRankFileFormat = "cskv-ckpt-2";
 std::string step_dir_name(int64_t step);
 // "<ckpt_dir>/step-00000012"
 std::string step_dir(const std::string& ckpt_dir, int64_t step);
-// "rank-1.safetensors"
-std::string rank_file_name(int rank);
 // "<ckpt_dir>/step-00000012/rank-1.safetensors"
 std::string rank_file_path(const std::string& ckpt_dir, int64_t step, int rank);
-
-// What the step manifest records about one rank file.
-struct RankFileEntry {
-  int rank = 0;
-  std::string file;      // rank_file_name(rank), relative to the step directory
-  uint64_t bytes = 0;    // file size
-  std::string checksum;  // "xxh64:<16 hex digits>"
-};
-// The entry as JSON {rank, file, bytes, checksum}: in step manifests and gathered by rank 0.
-void to_json(nlohmann::json& j, const RankFileEntry& e);
-void from_json(const nlohmann::json& j, RankFileEntry& e);
 
 // Size and checksum of a rank file as it is on disk (input error naming it when it is missing).
 RankFileEntry describe_rank_file(const std::string& ckpt_dir, int64_t step, int rank);

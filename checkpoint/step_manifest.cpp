@@ -60,57 +60,12 @@ void write_step_manifest(const std::string& ckpt_dir, int64_t step, int world_si
   files::write_file_atomic(path, doc.dump(2) + "\n");
 }
 
-namespace {
-template <typename T>
-T manifest_field(const nlohmann::json& obj, const char* key, const std::string& path,
-                 const std::string& where) {
-  CSKV_CHECK_INPUT(obj.is_object() && obj.contains(key),
-                   path << ": " << where << " has no '" << key << "'");
-  try {
-    return obj.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    CSKV_FAIL_INPUT(path << ": " << where << " field '" << key
-                         << "' has the wrong type: " << obj.at(key).dump());
-  }
-}
-}  // namespace
-
 StepManifest read_step_manifest(const std::string& ckpt_dir, int64_t step) {
   const std::string path = step_manifest_path(ckpt_dir, step);
   const auto text = files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "manifest");
   CSKV_CHECK_INPUT(text, step_dir(ckpt_dir, step)
                              << ": no manifest.json (the save did not complete)");
-  const nlohmann::json doc = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  CSKV_CHECK_INPUT(!doc.is_discarded() && doc.is_object(), path << ": not a valid JSON object");
-  const auto version = manifest_field<int64_t>(doc, "format_version", path, "the manifest");
-  CSKV_CHECK_INPUT(version == kStepManifestFormatVersion, path << ": format_version is " << version
-                                                               << ", this build reads version "
-                                                               << kStepManifestFormatVersion);
-  StepManifest m;
-  m.step = manifest_field<int64_t>(doc, "step", path, "the manifest");
-  CSKV_CHECK_INPUT(m.step == step, path << ": records step " << m.step << ", expected " << step);
-  m.world_size = manifest_field<int>(doc, "world_size", path, "the manifest");
-  CSKV_CHECK_INPUT(doc.contains("files") && doc["files"].is_array(),
-                   path << ": missing array 'files'");
-  CSKV_CHECK_INPUT(
-      m.world_size >= 1 && static_cast<int>(doc["files"].size()) == m.world_size,
-      path << ": lists " << doc["files"].size() << " rank file(s) for world size " << m.world_size);
-  for (const auto& f : doc["files"]) {
-    const std::string where = "files entry " + std::to_string(m.files.size());
-    RankFileEntry e;
-    e.rank = manifest_field<int>(f, "rank", path, where);
-    e.file = manifest_field<std::string>(f, "file", path, where);
-    e.bytes = manifest_field<uint64_t>(f, "bytes", path, where);
-    e.checksum = manifest_field<std::string>(f, "checksum", path, where);
-    CSKV_CHECK_INPUT(e.rank == static_cast<int>(m.files.size()) && e.file == rank_file_name(e.rank),
-                     path << ": " << where << " is rank " << e.rank << " (" << e.file
-                          << "), expected rank " << m.files.size() << " ("
-                          << rank_file_name(static_cast<int>(m.files.size())) << ")");
-    m.files.push_back(std::move(e));
-  }
-  CSKV_CHECK_INPUT(doc.contains("config"), path << ": missing 'config'");
-  m.config_json = doc["config"].dump();
-  return m;
+  return parse_step_manifest(*text, path, step);
 }
 
 std::vector<int64_t> list_steps(const std::string& ckpt_dir) {

@@ -14,17 +14,8 @@
 
 namespace cskv::checkpoint {
 
-constexpr int64_t kStepManifestFormatVersion = 1;
-
 // "<ckpt_dir>/step-00000012/manifest.json"
 std::string step_manifest_path(const std::string& ckpt_dir, int64_t step);
-
-struct StepManifest {
-  int64_t step = 0;
-  int world_size = 0;
-  std::vector<RankFileEntry> files;  // one per rank, in rank order
-  std::string config_json;           // the resolved config (compact JSON)
-};
 
 // Writes step_manifest_path() via temp file → fsync → rename → fsync of the step directory.
 // `files` must hold exactly one entry per rank 0..world_size-1 (any order); the config must be

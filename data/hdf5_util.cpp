@@ -3,6 +3,7 @@
 #include "data/hdf5_util.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
 
 #include "common/error.h"
@@ -16,13 +17,66 @@ std::recursive_mutex& library_mutex() {
   return m;
 }
 
+// HDF5's own shutdown (an atexit handler) closes every id still open and flushes their files.
+// After a failed write (a full disk) a file's state is broken and that shutdown crashes
+// (H5F__close_cb, HDF5 1.10). cskv closes every file it writes explicitly, so the handler has
+// nothing left to do: it is not registered. H5dont_atexit only works before the library is
+// initialised, hence a static initialiser of this file (the first HDF5 call of the process).
+[[maybe_unused]] const bool kNoHdf5Atexit = [] {
+  H5dont_atexit();
+  return true;
+}();
+
+// One line: HDF5's descriptions embed ctime()'s newline ("time = ...\n, filename = ...").
+std::string one_line(std::string s) {
+  for (char& c : s) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return s;
+}
+
 herr_t collect_error(unsigned n, const H5E_error2_t* err, void* client) {
   auto* out = static_cast<std::vector<std::string>*>(client);
   std::string line = std::string(err->func_name ? err->func_name : "?") +
-                     "(): " + (err->desc ? err->desc : "(no description)");
+                     "(): " + one_line(err->desc ? err->desc : "(no description)");
   out->push_back(line);
   (void)n;
   return 0;
+}
+
+// The integer after `key` in text ("errno = 28"), or -1.
+long long number_after(const std::string& text, const std::string& key) {
+  const auto at = text.find(key);
+  if (at == std::string::npos) return -1;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str() + at + key.size(), &end, 10);
+  return end == text.c_str() + at + key.size() ? -1 : v;
+}
+
+// A failed system write or read inside HDF5's file driver (the sec2 driver records errno and
+// the size in its message): "No space left on device (needed 6144 more bytes)". Empty otherwise.
+std::string system_io_failure(const std::vector<std::string>& stack, bool* writing) {
+  for (const auto& line : stack) {
+    const long long err = number_after(line, "errno = ");
+    if (err <= 0) continue;
+    *writing = line.find("write") != std::string::npos;
+    const long long size =
+        number_after(line, "total " + std::string(*writing ? "write" : "read") + " size = ");
+    std::string out = std::strerror(static_cast<int>(err));
+    if (size >= 0) {
+      out += *writing ? " (needed " + std::to_string(size) + " more bytes)"
+                      : " (reading " + std::to_string(size) + " bytes)";
+    }
+    return out;
+  }
+  return "";
+}
+
+std::vector<std::string> take_error_stack() {
+  std::vector<std::string> lines;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_error, &lines);
+  H5Eclear2(H5E_DEFAULT);
+  return lines;
 }
 
 }  // namespace
@@ -52,9 +106,7 @@ Guard::~Guard() {
 }
 
 std::string error_stack_message() {
-  std::vector<std::string> lines;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_error, &lines);
-  H5Eclear2(H5E_DEFAULT);
+  const std::vector<std::string> lines = take_error_stack();
   std::string out;
   for (const auto& l : lines) {
     if (!out.empty()) out += "; ";
@@ -68,10 +120,21 @@ void throw_h5_error(const char* call, const std::string& path, const std::string
   std::string name = call;
   const auto paren = name.find('(');
   if (paren != std::string::npos) name = name.substr(0, paren);
+  const std::vector<std::string> lines = take_error_stack();
   std::ostringstream msg;
+  bool writing = false;
+  const std::string io = system_io_failure(lines, &writing);
+  if (!io.empty()) {
+    // The system's reason alone (a full disk, a file size limit, an I/O error), not HDF5's
+    // stack of the layers it passed through.
+    msg << path << ": cannot " << (writing ? "write " : "read ")
+        << (object.empty() ? "the file" : object) << ": " << io;
+    detail::throw_error(ErrorKind::kRuntime, src_file, src_line, call, msg.str());
+  }
   msg << path << ": " << name << " failed";
   if (!object.empty()) msg << " on " << object;
-  const std::string stack = error_stack_message();
+  std::string stack;
+  for (const auto& l : lines) stack += (stack.empty() ? "" : "; ") + l;
   msg << ": " << (stack.empty() ? "(HDF5 reported no error message)" : stack);
   detail::throw_error(ErrorKind::kRuntime, src_file, src_line, call, msg.str());
 }

@@ -2,13 +2,21 @@
 // Writes go through "<path>.partial" so a killed capture never leaves a stats file behind.
 #include "data/layer_stats.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
+#include <sstream>
+#include <utility>
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/log.h"
+#include "data/capture_identity.h"
+#include "data/manifest.h"
 
 namespace cskv::data {
 
@@ -123,10 +131,31 @@ StatsFile read_header(hid_t file, const std::string& path, const std::string& ex
   CSKV_CHECK_INPUT(expected_hash.empty() || s.model_config_hash == expected_hash,
                    path << ": model_config_hash is '" << s.model_config_hash << "', expected '"
                         << expected_hash << "'");
+  if (H5_CHECK(H5Aexists(file, "capture_identity"), path, "attribute capture_identity") > 0) {
+    s.capture_identity = h5::read_attr_string(file, "capture_identity", path);
+  }
   s.hidden_size = h5::read_attr_i64(file, "hidden_size", path);
   s.token_count = h5::read_attr_i64(file, "token_count", path);
   s.layers = h5::read_attr_i64_array(file, "layers", path);
   return s;
+}
+
+// Refuses a NaN or Inf anywhere in t (float64, contiguous), naming the layer, the matrix and
+// the first such index.
+void check_finite(const at::Tensor& t, int64_t layer, const char* matrix, const std::string& path) {
+  const double* p = t.data_ptr<double>();
+  const int64_t n = t.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isfinite(p[i])) continue;
+    std::ostringstream index;
+    if (t.dim() == 2) {
+      index << i / t.size(1) << ", " << i % t.size(1);
+    } else {
+      index << i;
+    }
+    CSKV_FAIL_INPUT(path << ": layer " << layer << " " << matrix << " holds " << p[i] << " at ["
+                         << index.str() << "] (non-finite statistics; re-run cskv capture)");
+  }
 }
 
 LayerStatistics read_layer(hid_t file, int64_t layer, int64_t hidden, const std::string& path) {
@@ -134,13 +163,15 @@ LayerStatistics read_layer(hid_t file, int64_t layer, int64_t hidden, const std:
   LayerStatistics l;
   l.gram = read_f64_dataset(file, base + "/gram", {hidden, hidden}, path);
   l.abs_mean = read_f64_dataset(file, base + "/abs_mean", {hidden}, path);
+  check_finite(l.gram, layer, "gram", path);
+  check_finite(l.abs_mean, layer, "abs_mean", path);
   return l;
 }
 
 }  // namespace
 
 void write_stats(const std::string& path, const LayerStats& stats,
-                 const std::string& model_config_hash) {
+                 const std::string& model_config_hash, const std::string& capture_identity) {
   CSKV_CHECK(!stats.layers().empty(), path << ": no layers to write");
   const int64_t count = stats.token_count(stats.layers().front());
   for (const int64_t l : stats.layers()) {
@@ -159,6 +190,9 @@ void write_stats(const std::string& path, const LayerStats& stats,
         h5::Handle::Kind::kFile);
     h5::write_attr_i64(file.get(), "format_version", kStatsFormatVersion, tmp);
     h5::write_attr_string(file.get(), "model_config_hash", model_config_hash, tmp);
+    if (!capture_identity.empty()) {
+      h5::write_attr_string(file.get(), "capture_identity", capture_identity, tmp);
+    }
     h5::write_attr_i64(file.get(), "hidden_size", stats.hidden_size(), tmp);
     h5::write_attr_i64_array(file.get(), "layers", stats.layers(), tmp);
     h5::write_attr_i64(file.get(), "token_count", count, tmp);
@@ -200,6 +234,54 @@ LayerStatistics read_layer_stats(const std::string& path, int64_t layer) {
   CSKV_CHECK_INPUT(std::find(s.layers.begin(), s.layers.end(), layer) != s.layers.end(),
                    path << ": layer " << layer << " has no statistics");
   return read_layer(file.get(), layer, s.hidden_size, path);
+}
+
+namespace {
+
+std::string layer_list(const std::vector<int64_t>& layers) {
+  std::ostringstream out;
+  for (size_t i = 0; i < layers.size(); ++i) out << (i ? "," : "") << layers[i];
+  return out.str();
+}
+
+// The layers the capture's shards hold (the first listed shard's; every shard holds the same).
+std::pair<std::string, std::vector<int64_t>> captured_layers(const std::string& acts_dir) {
+  const auto entries = read_manifest(acts_dir);
+  CSKV_CHECK_INPUT(!entries.empty(), manifest_path(acts_dir) << " lists no shard");
+  const std::string shard = acts_dir + "/" + entries.front().file;
+  return {shard, read_shard_header(shard).layers};
+}
+
+}  // namespace
+
+StatsFile read_capture_stats_header(const std::string& acts_dir, const std::string& expected_hash) {
+  const std::string path = acts_dir + "/stats.h5";
+  StatsFile s = read_stats_header(path, expected_hash);
+  const std::optional<std::string> capture = read_capture_identity(acts_dir);
+  if (s.capture_identity.empty()) {
+    log::get("data")->warn(
+        "{} records no capture_identity (written by an older cskv), so it cannot be checked "
+        "against {}; re-run cskv capture --overwrite to record it",
+        path, capture_json_path(acts_dir));
+  } else {
+    CSKV_CHECK_INPUT(capture, path << ": records capture_identity " << s.capture_identity
+                                   << ", but " << capture_json_path(acts_dir)
+                                   << " does not exist (cannot tell which capture it belongs to)");
+    CSKV_CHECK_INPUT(*capture == s.capture_identity,
+                     path << ": capture_identity is " << s.capture_identity << ", but "
+                          << capture_json_path(acts_dir) << " gives " << *capture
+                          << " (stats.h5 belongs to another capture; re-run cskv capture)");
+  }
+  const auto [shard, layers] = captured_layers(acts_dir);
+  std::vector<int64_t> missing;
+  for (const int64_t l : layers) {
+    if (std::find(s.layers.begin(), s.layers.end(), l) == s.layers.end()) missing.push_back(l);
+  }
+  CSKV_CHECK_INPUT(missing.empty(), path << ": no statistics for layer(s) " << layer_list(missing)
+                                         << " that " << shard << " holds (stats.h5 has "
+                                         << layer_list(s.layers)
+                                         << "; re-run cskv capture --overwrite)");
+  return s;
 }
 
 }  // namespace cskv::data

@@ -56,6 +56,7 @@ struct LayerStatistics {
 
 struct StatsFile {
   std::string model_config_hash;
+  std::string capture_identity;  // empty when the file records none (written before it existed)
   int64_t hidden_size = 0;
   int64_t token_count = 0;
   std::vector<int64_t> layers;
@@ -66,15 +67,23 @@ constexpr int64_t kStatsFormatVersion = 1;
 
 // Writes /layers/<l>/gram [H,H] f64 and /layers/<l>/abs_mean [H] f64 with root attributes
 // format_version, model_config_hash, hidden_size, layers, token_count (all layers must have the
-// same count), via "<path>.partial" + fsync + rename.
+// same count) and, when not empty, capture_identity (data/capture_identity.h), via
+// "<path>.partial" + fsync + rename.
 void write_stats(const std::string& path, const LayerStats& stats,
-                 const std::string& model_config_hash);
+                 const std::string& model_config_hash, const std::string& capture_identity = "");
 
 // Reads everything / only the attributes / one layer. A missing or truncated file gives
 // "<path>: cannot open HDF5 file: ..."; a different model gives
-// "<path>: model_config_hash is 'a', expected 'b'" when expected_hash is not empty.
+// "<path>: model_config_hash is 'a', expected 'b'" when expected_hash is not empty; a NaN or Inf
+// gives "<path>: layer 3 gram holds nan at [1, 2] (non-finite statistics; re-run cskv capture)".
 StatsFile read_stats(const std::string& path, const std::string& expected_hash = "");
 StatsFile read_stats_header(const std::string& path, const std::string& expected_hash = "");
 LayerStatistics read_layer_stats(const std::string& path, int64_t layer);
+
+// The header of <acts_dir>/stats.h5, checked against the capture it is read with (input errors):
+// its capture_identity must be <acts_dir>/capture.json's, and it must hold every layer the
+// capture's shards hold (the missing ones are named). A stats.h5 that records no identity (an
+// older cskv wrote it) is accepted with a warning saying to re-run capture.
+StatsFile read_capture_stats_header(const std::string& acts_dir, const std::string& expected_hash);
 
 }  // namespace cskv::data

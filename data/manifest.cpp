@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -48,59 +49,42 @@ void write_manifest(const std::string& acts_dir, const std::vector<ManifestEntry
   files::write_file_atomic(path, doc.dump(2) + "\n");
 }
 
-namespace {
-template <typename T>
-T field(const nlohmann::json& obj, const char* key, const std::string& path, size_t index) {
-  CSKV_CHECK_INPUT(obj.is_object() && obj.contains(key),
-                   path << ": shard entry " << index << " has no '" << key << "'");
-  try {
-    return obj.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    CSKV_FAIL_INPUT(path << ": shard entry " << index << " field '" << key
-                         << "' has the wrong type: " << obj.at(key).dump());
-  }
-}
-}  // namespace
-
 std::vector<ManifestEntry> read_manifest(const std::string& acts_dir) {
   const std::string path = manifest_path(acts_dir);
   const auto text = files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "manifest");
   CSKV_CHECK_INPUT(text, path << ": no manifest (capture has not completed)");
-  nlohmann::json doc;
-  try {
-    doc = nlohmann::json::parse(*text);
-  } catch (const nlohmann::json::exception& e) {
-    CSKV_FAIL_INPUT(path << ": not valid JSON: " << e.what());
+  return parse_manifest(*text, path);
+}
+
+namespace {
+// Refuses two shards holding the same sequence (a shard copied under another name, or listed
+// again): its rows would be trained on twice.
+void check_distinct_sequences(const std::string& acts_dir,
+                              const std::vector<ManifestEntry>& entries,
+                              const std::vector<ShardHeader>& headers) {
+  std::map<int64_t, size_t> owner;  // sequence id -> entry index
+  for (size_t i = 0; i < headers.size(); ++i) {
+    for (const int64_t id : headers[i].sequence_ids) {
+      const auto [it, fresh] = owner.emplace(id, i);
+      CSKV_CHECK_INPUT(fresh, manifest_path(acts_dir)
+                                  << ": " << entries[i].file << " and " << entries[it->second].file
+                                  << " both hold sequence " << id
+                                  << " (a shard is listed twice under two names)");
+    }
   }
-  CSKV_CHECK_INPUT(doc.is_object() && doc.contains("format_version") &&
-                       doc["format_version"].is_number_integer(),
-                   path << ": missing integer 'format_version'");
-  const auto version = doc["format_version"].get<int64_t>();
-  CSKV_CHECK_INPUT(version == kManifestFormatVersion, path << ": format_version is " << version
-                                                           << ", this build reads version "
-                                                           << kManifestFormatVersion);
-  CSKV_CHECK_INPUT(doc.contains("shards") && doc["shards"].is_array(),
-                   path << ": missing array 'shards'");
-  std::vector<ManifestEntry> entries;
-  size_t i = 0;
-  for (const auto& s : doc["shards"]) {
-    ManifestEntry e;
-    e.file = field<std::string>(s, "file", path, i);
-    e.bytes = field<uint64_t>(s, "bytes", path, i);
-    e.checksum = field<std::string>(s, "checksum", path, i);
-    e.split = field<std::string>(s, "split", path, i);
-    e.num_sequences = field<int64_t>(s, "num_sequences", path, i);
-    e.token_count = field<int64_t>(s, "token_count", path, i);
-    CSKV_CHECK_INPUT(e.split == "train" || e.split == "holdout",
-                     path << ": shard entry " << i << " split is '" << e.split
-                          << "', expected train or holdout");
-    CSKV_CHECK_INPUT(!e.file.empty() && e.file.find('/') == std::string::npos,
-                     path << ": shard entry " << i << " file '" << e.file
-                          << "' must be a plain file name inside the acts directory");
-    entries.push_back(std::move(e));
-    ++i;
+}
+}  // namespace
+
+void verify_shard_checksums(const std::string& acts_dir, const std::vector<ManifestEntry>& entries,
+                            int rank, int world) {
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (static_cast<int>(i % static_cast<size_t>(world)) != rank) continue;
+    const ManifestEntry& e = entries[i];
+    const std::string path = acts_dir + "/" + e.file;
+    const std::string sum = format_checksum(xxh64_file(path));
+    CSKV_CHECK_INPUT(sum == e.checksum, path << ": checksum " << sum << ", manifest.json records "
+                                             << e.checksum << " (file is corrupt or changed)");
   }
-  return entries;
 }
 
 std::vector<ShardHeader> validate_manifest(const std::string& acts_dir,
@@ -117,11 +101,7 @@ std::vector<ShardHeader> validate_manifest(const std::string& acts_dir,
     CSKV_CHECK_INPUT(!ec && bytes == e.bytes, path << ": " << bytes
                                                    << " bytes, manifest.json records " << e.bytes
                                                    << " bytes (truncated or rewritten)");
-    if (verify_checksums) {
-      const std::string sum = format_checksum(xxh64_file(path));
-      CSKV_CHECK_INPUT(sum == e.checksum, path << ": checksum " << sum << ", manifest.json records "
-                                               << e.checksum << " (file is corrupt or changed)");
-    }
+    if (verify_checksums) verify_shard_checksums(acts_dir, {e});
     ShardHeader h = read_shard_header(path);
     check_shard_header(path, h, expect);
     CSKV_CHECK_INPUT(h.split == e.split,
@@ -133,6 +113,7 @@ std::vector<ShardHeader> validate_manifest(const std::string& acts_dir,
                           << e.token_count);
     headers.push_back(std::move(h));
   }
+  check_distinct_sequences(acts_dir, entries, headers);
   return headers;
 }
 

@@ -195,7 +195,7 @@ AnalyzeInputs validate(const AnalyzeOptions& o, comm::Communicator& comm) {
   AnalyzeInputs in;
   in.config = model::load_config(o.model_dir);
   in.stats_path = o.acts_dir + "/stats.h5";
-  const auto header = data::read_stats_header(in.stats_path, in.config.hash());
+  const auto header = data::read_capture_stats_header(o.acts_dir, in.config.hash());
   {
     const auto weights = model::SafetensorsModel::open_dir(o.model_dir);
     model::validate_weights(in.config, weights, o.model_dir);

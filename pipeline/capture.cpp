@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,6 +29,7 @@
 #include "common/progress.h"
 #include "common/stop_signal.h"
 #include "data/activation_reader.h"
+#include "data/capture_identity.h"
 #include "data/layer_stats.h"
 #include "data/manifest.h"
 #include "model/config.h"
@@ -128,7 +130,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::string capture_json_path(const std::string& dir) { return dir + "/capture.json"; }
 std::string stats_path(const std::string& dir) { return dir + "/stats.h5"; }
 
 // Whether name is one a capture writes (shards, manifest, stats, capture.json, their temps).
@@ -244,6 +245,18 @@ bool complete_on(const std::string& out_dir, int world, bool holdout) {
       .capture_complete(expected_shard_files(world, holdout));
 }
 
+// Refuses, before writing, a file that cannot fit: `bytes` (the data alone, a lower bound) more
+// than the file system holding dir has free for us.
+void check_free_space(const std::string& dir, const std::string& file, uint64_t bytes,
+                      const std::string& what) {
+  struct statvfs st {};
+  if (::statvfs(dir.c_str(), &st) != 0) return;  // unknown: the write itself will tell
+  const uint64_t free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  CSKV_CHECK(bytes <= free_bytes, file << ": needs at least " << bytes << " bytes (" << what
+                                       << "), but the file system holding " << dir << " has "
+                                       << free_bytes << " bytes free");
+}
+
 // ---- validate ------------------------------------------------------------------------------
 
 void validate_options(const CaptureOptions& opt, int world) {
@@ -343,16 +356,15 @@ OutDirVerdict refused(std::string message) {
 // The verdict on an earlier capture.json in out_dir, or nullopt when it has these settings.
 std::optional<OutDirVerdict> verdict_on_earlier_settings(const CaptureOptions& opt,
                                                          const std::string& cfg_text) {
-  const nlohmann::json old_cfg =
-      nlohmann::json::parse(files::read_whole_file(capture_json_path(opt.out_dir)), nullptr, false);
+  const std::string path = capture_json_path(opt.out_dir);
   // Top-level keys, compared and shown as compact JSON text: "seed: 0 -> 1".
-  const auto diffs = config_differences(old_cfg, nlohmann::json::parse(cfg_text),
-                                        ConfigKeys::kTopLevel, ConfigEquality::kJsonText);
+  const EarlierCapture earlier = compare_capture_settings(
+      files::read_whole_file(path, files::kDefaultMaxReadBytes, "capture"), cfg_text, path);
+  const auto& diffs = earlier.differences;
   if (diffs.empty()) return std::nullopt;
   // A complete capture made on another number of ranks is as good as ours: nothing to do.
   const bool only_world = diffs.size() == 1 && diffs.front().key == "world_size";
-  if (only_world &&
-      complete_on(opt.out_dir, old_cfg.value("world_size", 0), opt.holdout_seqs > 0)) {
+  if (only_world && complete_on(opt.out_dir, earlier.world_size, opt.holdout_seqs > 0)) {
     return OutDirVerdict{OutDirVerdict::Kind::kCompleteOnOtherWorld, ""};
   }
   const std::string diff = format_config_differences(diffs, ConfigValueText::kJson);
@@ -381,8 +393,9 @@ OutDirVerdict judge_out_dir(const CaptureOptions& opt, const CaptureInputs& in,
     expect.hidden_size = in.config.hidden_size;
     expect.seq_len = opt.seq_len;
     expect.dtype = activation_dtype_name(opt.dtype);
+    // Kept shards are re-hashed: the statistics and every later stage build on them.
     validate_manifest(opt.out_dir, read_manifest(opt.out_dir), expect,
-                      /*verify_checksums=*/false);
+                      /*verify_checksums=*/true);
   }
   // Written only when it changes, so a rerun that finds the capture complete touches nothing.
   if (files::read_whole_file_if_exists(cpath) != cfg_text + "\n") {
@@ -466,7 +479,15 @@ class ShardCapturer {
 
  private:
   bool capture(const Split& split, ProgressMeter& progress) {
-    ActivationShardWriter writer(opt_.out_dir + "/" + split.file, header_for(split));
+    const std::string path = opt_.out_dir + "/" + split.file;
+    const auto tokens = static_cast<uint64_t>(split.ids.size() * opt_.seq_len);
+    const uint64_t elem = opt_.dtype == ActivationDtype::kFloat16 ? 2 : 4;
+    const uint64_t row = static_cast<uint64_t>(in_.config.hidden_size) * elem * opt_.layers.size();
+    check_free_space(opt_.out_dir, path, tokens * (row + 4),
+                     std::to_string(tokens) + " tokens x " + std::to_string(opt_.layers.size()) +
+                         " layers x " + std::to_string(in_.config.hidden_size) + " x " +
+                         std::to_string(elem) + " bytes, plus the token ids");
+    ActivationShardWriter writer(path, header_for(split));
     const auto batch = static_cast<size_t>(opt_.batch);
     for (size_t b = 0; b < split.ids.size(); b += batch) {
       if (stop_signal() != 0) return false;
@@ -592,7 +613,15 @@ void write_stats_file(const CaptureOptions& opt, const std::vector<std::string>&
     CSKV_CHECK(have.count(f), manifest_path(opt.out_dir)
                                   << " does not list " << f << " after every rank finished");
   }
-  write_stats(stats_path(opt.out_dir), stats, hash);
+  const auto h = static_cast<uint64_t>(stats.hidden_size());
+  const uint64_t layers = stats.layers().size();
+  check_free_space(opt.out_dir, stats_path(opt.out_dir), layers * (h * h + h) * 8,
+                   std::to_string(layers) + " layers x (" + std::to_string(h) + " x " +
+                       std::to_string(h) + " + " + std::to_string(h) + ") float64");
+  // Ties the statistics to this capture's settings (checked by every stage reading them).
+  const std::optional<std::string> identity = read_capture_identity(opt.out_dir);
+  CSKV_CHECK(identity, capture_json_path(opt.out_dir) << " is missing while writing stats.h5");
+  write_stats(stats_path(opt.out_dir), stats, hash, *identity);
 }
 
 CaptureResult finished(CaptureResult result, Clock::time_point t0) {
@@ -604,6 +633,23 @@ CaptureResult finished(CaptureResult result, Clock::time_point t0) {
 
 void validate_capture_options(const CaptureOptions& options, int world_size) {
   validate_options(options, world_size);
+}
+
+void verify_capture_checksums(const std::string& acts_dir, comm::Communicator& comm,
+                              const std::string& split) {
+  std::vector<ManifestEntry> entries;
+  for (auto& e : read_manifest(acts_dir)) {
+    if (split.empty() || e.split == split) entries.push_back(std::move(e));
+  }
+  // Sizes, headers and distinct sequences first (cheap, every rank), then the full re-hash.
+  validate_manifest(acts_dir, entries, ShardExpectation{}, /*verify_checksums=*/false);
+  std::optional<Error> mine;
+  try {
+    verify_shard_checksums(acts_dir, entries, comm.rank(), comm.size());
+  } catch (const Error& e) {
+    mine = e;
+  }
+  comm::throw_if_any_failed(comm, mine);
 }
 
 CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm) {

@@ -77,4 +77,13 @@ void validate_capture_options(const CaptureOptions& options, int world_size);
 // order and the statistics (summed per sequence in that order) do not depend on W.
 CaptureResult run_capture(const CaptureOptions& options, comm::Communicator& comm);
 
+// Checks every shard of `split` ("" = every split) that <acts_dir>/manifest.json lists (size,
+// header, no sequence held twice: validate_manifest) and re-hashes it against its recorded xxh64,
+// once per run of a stage reading the capture; the re-hashing is
+// shared among the ranks (shard i by rank i mod W). Collective: a mismatch is an input error on
+// every rank, "<acts>/shard-...h5: checksum xxh64:..., manifest.json records xxh64:... (file is
+// corrupt or changed)".
+void verify_capture_checksums(const std::string& acts_dir, comm::Communicator& comm,
+                              const std::string& split = "");
+
 }  // namespace cskv::pipeline

@@ -99,7 +99,7 @@ void check_captured_layers(const EvalOptions& o, EvalInputs& in) {
     }
     return data::ShardHeader{};
   }();
-  const auto stats = data::read_stats_header(o.acts_dir + "/stats.h5", in.hash);
+  const auto stats = data::read_capture_stats_header(o.acts_dir, in.hash);
   std::vector<int64_t> missing_holdout, missing_stats;
   for (const auto& [layer, f] : in.comp.layers) {
     const auto& hl = holdout_header.layers;
@@ -151,6 +151,7 @@ EvalInputs validate(const EvalOptions& o, comm::Communicator& comm) {
   check_compressor_weights(o, in);
   check_capture_weights(o.acts_dir, in.config.hash(), in.fingerprint);
   in.hash = in.config.hash();
+  verify_capture_checksums(o.acts_dir, comm, "holdout");  // the only shards eval reads
   in.sequences = eval::read_holdout_tokens(o.acts_dir, in.hash);
   in.seq_len = in.sequences.size(1);
   check_lengths(o, in);

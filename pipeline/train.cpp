@@ -42,7 +42,7 @@ using Clock = std::chrono::steady_clock;
 
 std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConfig& model,
                                 const model::SafetensorsModel& weights) {
-  const auto header = data::read_stats_header(o.acts_dir + "/stats.h5", model.hash());
+  const auto header = data::read_capture_stats_header(o.acts_dir, model.hash());
   std::vector<int64_t> layers = o.layers.empty() ? header.layers : o.layers;
   for (const int64_t l : layers) {
     CSKV_CHECK_USAGE(
@@ -574,6 +574,7 @@ TrainRunResult run_training(const TrainRunOptions& o) {
 // validate → plan → (lock, check the outputs) → resume → work → share → write
 TrainRunResult run_training(const TrainRunOptions& o, comm::Communicator& comm) {
   validate_options(o);
+  verify_capture_checksums(o.acts_dir, comm);  // once per run: every epoch reads these bytes
   TrainStage stage(o, comm);
   const auto lock = lock_output_dir(comm, o.ckpt_dir, "--ckpt-dir");  // held until the end
   check_train_outputs(o, comm);

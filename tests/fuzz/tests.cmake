@@ -1,5 +1,6 @@
-# libFuzzer target for the safetensors header parser, built with clang++ directly (the rest of the
-# project uses GCC) and run by CTest for a bounded time: test `fuzz_safetensors_header`.
+# libFuzzer targets, built with clang++ directly (the rest of the project uses GCC) and run by
+# CTest for a bounded time: tests `fuzz_safetensors_header` (the safetensors header parser) and
+# `fuzz_json_formats` (manifest.json, capture.json, step manifests, rank-file entries).
 if(NOT CSKV_BUILD_FUZZ)
   return()
 endif()
@@ -39,28 +40,53 @@ foreach(d IN LISTS _cskv_json_dirs)
   endif()
 endforeach()
 
-set(_cskv_fuzz_bin ${CMAKE_CURRENT_BINARY_DIR}/fuzz/fuzz_safetensors_header)
-set(_cskv_fuzz_sources
-  ${CMAKE_CURRENT_LIST_DIR}/fuzz_safetensors_header.cpp
-  ${PROJECT_SOURCE_DIR}/model/safetensors_header.cpp
-  ${PROJECT_SOURCE_DIR}/common/error.cpp)
-add_custom_command(
-  OUTPUT ${_cskv_fuzz_bin}
-  COMMAND ${CSKV_CLANGXX} -std=c++17 ${_cskv_fuzz_flags} ${_cskv_fuzz_includes}
-          ${_cskv_fuzz_sources} -o ${_cskv_fuzz_bin}
-  DEPENDS ${_cskv_fuzz_sources} ${PROJECT_SOURCE_DIR}/model/safetensors_header.h
-          ${PROJECT_SOURCE_DIR}/common/error.h
-  COMMENT "Building the libFuzzer target fuzz_safetensors_header with ${CSKV_CLANGXX}"
-  VERBATIM)
-add_custom_target(cskv_fuzz_safetensors_header ALL DEPENDS ${_cskv_fuzz_bin})
+# cskv_add_fuzzer(NAME SOURCES ... DEPENDS ... ARGS ...): the clang-built libFuzzer binary NAME
+# and its bounded CTest run over the checked-in seed corpus (read only; new inputs go to a corpus
+# dir in the build tree).
+function(cskv_add_fuzzer name)
+  cmake_parse_arguments(F "" "SEEDS" "SOURCES;DEPENDS;ARGS" ${ARGN})
+  set(bin ${CMAKE_CURRENT_BINARY_DIR}/fuzz/${name})
+  add_custom_command(
+    OUTPUT ${bin}
+    COMMAND ${CSKV_CLANGXX} -std=c++17 ${_cskv_fuzz_flags} ${_cskv_fuzz_includes} ${F_SOURCES}
+            -o ${bin}
+    DEPENDS ${F_SOURCES} ${F_DEPENDS}
+    COMMENT "Building the libFuzzer target ${name} with ${CSKV_CLANGXX}"
+    VERBATIM)
+  add_custom_target(cskv_${name} ALL DEPENDS ${bin})
+  set(work ${CMAKE_CURRENT_BINARY_DIR}/fuzz/corpus-${name})
+  file(MAKE_DIRECTORY ${work})
+  add_test(NAME ${name}
+    COMMAND ${bin} ${F_ARGS} -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz/${name}- ${work}
+            ${F_SEEDS})
+  set_tests_properties(${name} PROPERTIES TIMEOUT 120 LABELS fuzz)
+  message(STATUS "cskv: libFuzzer target ${name} ON (${CSKV_CLANGXX})")
+endfunction()
 
-# New inputs go to a corpus dir in the build tree; the checked-in seeds are read only.
-set(_cskv_fuzz_work ${CMAKE_CURRENT_BINARY_DIR}/fuzz/corpus)
-file(MAKE_DIRECTORY ${_cskv_fuzz_work})
-add_test(NAME fuzz_safetensors_header
-  COMMAND ${_cskv_fuzz_bin} -max_total_time=30 -timeout=10 -rss_limit_mb=2048 -max_len=4096
-          -dict=${CMAKE_CURRENT_LIST_DIR}/safetensors.dict
-          -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz/
-          ${_cskv_fuzz_work} ${CMAKE_CURRENT_LIST_DIR}/corpus)
-set_tests_properties(fuzz_safetensors_header PROPERTIES TIMEOUT 120 LABELS fuzz)
-message(STATUS "cskv: libFuzzer target fuzz_safetensors_header ON (${CSKV_CLANGXX})")
+cskv_add_fuzzer(fuzz_safetensors_header
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/fuzz_safetensors_header.cpp
+          ${PROJECT_SOURCE_DIR}/model/safetensors_header.cpp ${PROJECT_SOURCE_DIR}/common/error.cpp
+  DEPENDS ${PROJECT_SOURCE_DIR}/model/safetensors_header.h ${PROJECT_SOURCE_DIR}/common/error.h
+  SEEDS ${CMAKE_CURRENT_LIST_DIR}/corpus
+  ARGS -max_total_time=30 -timeout=10 -rss_limit_mb=2048 -max_len=4096
+       -dict=${CMAKE_CURRENT_LIST_DIR}/safetensors.dict)
+
+# The JSON formats (first input byte picks one; see fuzz_json_formats.cpp). Their readers are
+# split from the LibTorch/HDF5 code so this builds from a handful of files in seconds.
+cskv_add_fuzzer(fuzz_json_formats
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/fuzz_json_formats.cpp
+          ${PROJECT_SOURCE_DIR}/data/manifest_json.cpp
+          ${PROJECT_SOURCE_DIR}/data/capture_identity.cpp
+          ${PROJECT_SOURCE_DIR}/data/checksum.cpp
+          ${PROJECT_SOURCE_DIR}/checkpoint/step_manifest_json.cpp
+          ${PROJECT_SOURCE_DIR}/common/config_diff.cpp
+          ${PROJECT_SOURCE_DIR}/common/fs.cpp
+          ${PROJECT_SOURCE_DIR}/common/error.cpp
+  DEPENDS ${PROJECT_SOURCE_DIR}/data/manifest_json.h ${PROJECT_SOURCE_DIR}/data/capture_identity.h
+          ${PROJECT_SOURCE_DIR}/data/checksum.h
+          ${PROJECT_SOURCE_DIR}/checkpoint/step_manifest_json.h
+          ${PROJECT_SOURCE_DIR}/common/config_diff.h ${PROJECT_SOURCE_DIR}/common/fs.h
+          ${PROJECT_SOURCE_DIR}/common/error.h
+  SEEDS ${CMAKE_CURRENT_LIST_DIR}/json_corpus
+  ARGS -max_total_time=10 -timeout=10 -rss_limit_mb=2048 -max_len=8192
+       -dict=${CMAKE_CURRENT_LIST_DIR}/json.dict)

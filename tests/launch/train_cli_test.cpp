@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "data/capture_identity.h"
+#include "data/checksum.h"
 #include "data/hdf5_util.h"
 #include "data/manifest.h"
 #include "model/config.h"
@@ -192,8 +194,9 @@ TEST_F(TrainCli, BadInputsGiveExactMessages) {
     }
   }
 
-  // Activations of another model: stats.h5 is refused first; with this model's stats.h5 the
-  // shards are.
+  // Activations of another model: stats.h5 is refused first; this model's stats.h5 belongs to
+  // another capture (its capture_identity); with this capture's stats.h5 and capture.json the
+  // shards are refused.
   const std::string hash = model::load_config(model_dir()).hash();
   const std::string other_hash = model::load_config(other_model_dir()).hash();
   ASSERT_NE(hash, other_hash);
@@ -208,6 +211,14 @@ TEST_F(TrainCli, BadInputsGiveExactMessages) {
   for (const auto& e : data::read_manifest(mixed.path())) {
     if (e.split == "train") shard = mixed / e.file;
   }
+  expect_error({}, 1,
+               "cskv train: error: " + mixed / "stats.h5" + ": capture_identity is " +
+                   *data::read_capture_identity(acts_dir()) + ", but " + mixed / "capture.json" +
+                   " gives " + *data::read_capture_identity(other_acts_dir()) +
+                   " (stats.h5 belongs to another capture; re-run cskv capture)",
+               mixed.path());
+  fs::copy_file(acts_dir() + "/capture.json", mixed / "capture.json",
+                fs::copy_options::overwrite_existing);
   expect_error({}, 1,
                "cskv train: error: " + shard + ": model_config_hash is '" + other_hash +
                    "', expected '" + hash + "' (activations captured from another model or config)",
@@ -244,7 +255,14 @@ TEST_F(TrainCli, NonFiniteActivationIsNamedWithLayerAndShard) {
     ds.close(shard, "/layers/1/x");
     file.close(shard, "");
   }
-  ASSERT_EQ(fs::file_size(shard), train_entry->bytes);  // the manifest still matches
+  ASSERT_EQ(fs::file_size(shard), train_entry->bytes);  // the size still matches
+  // As if the capture had stored the NaN: the manifest records the file's checksum (a changed
+  // file with the old checksum is refused before any row is read).
+  std::vector<data::ManifestEntry> updated = entries;
+  for (auto& e : updated) {
+    if (e.file == train_entry->file) e.checksum = data::format_checksum(data::xxh64_file(shard));
+  }
+  data::write_manifest(nan.path(), updated);
   const auto r = train(nan.path() + "/ckpt", {}, nan.path());
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_TRUE(data::capture_testing::has_line(
