@@ -39,12 +39,12 @@ Check in_range(V lo, V hi) {
   };
 }
 
-// Numbers in (0, hi] (lo_open) or [lo, hi]: "--lr: expected a number in (0, 1], found -1".
+// Numbers in (lo, hi] (lo_open) or [lo, hi]: "--lr: expected a value in (0, 1], found -1".
 Check number_in(double lo, double hi, bool lo_open) {
   return [lo, hi, lo_open](const cxxopts::ParseResult& r, const std::string& flag) {
     const double v = r[flag].as<double>();
     CSKV_CHECK_USAGE((lo_open ? v > lo : v >= lo) && v <= hi,
-                     "--" << flag << ": expected a number in " << (lo_open ? "(" : "[") << lo
+                     "--" << flag << ": expected a value in " << (lo_open ? "(" : "[") << lo
                           << ", " << hi << "], found " << v);
   };
 }

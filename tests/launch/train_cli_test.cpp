@@ -17,6 +17,7 @@
 #include "model/safetensors.h"
 #include "model/toy_model.h"
 #include "tests/pipeline/capture_test_util.h"
+#include "tests/support/flag_overrides.h"
 #include "tests/support/test_support.h"
 #include "trainer/spectrum.h"
 
@@ -58,8 +59,7 @@ class TrainCli : public ::testing::Test {
     std::vector<std::string> args = {"train", "--model",    model_dir(), "--acts",
                                      acts,    "--ckpt-dir", ckpt,        "--batch-tokens",
                                      "256",   "--steps",    "4"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return run_cskv(args);
+    return run_cskv(test::with_overrides(args, extra));
   }
   static json metrics(const std::string& ckpt) {
     return json::parse(test::read_file(ckpt + "/metrics.json"));

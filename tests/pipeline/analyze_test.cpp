@@ -21,6 +21,7 @@
 #include "model/safetensors.h"
 #include "model/toy_model.h"
 #include "pipeline/analyze.h"
+#include "tests/support/flag_overrides.h"
 #include "tests/support/test_support.h"
 #include "tests/support/thread_communicator.h"
 #include "trainer/spectrum.h"
@@ -97,7 +98,7 @@ class Analyze : public ::testing::Test {
                                      const std::string& acts = acts_dir()) {
     std::vector<std::string> args = {"analyze", "--model", model,         "--acts", acts,
                                      "--out",   out,       "--log-level", "warn"};
-    args.insert(args.end(), extra.begin(), extra.end());
+    args = test::with_overrides(args, extra);
     return run_cskv(args);
   }
 
