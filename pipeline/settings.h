@@ -92,7 +92,7 @@ constexpr int kMaxThreads = 1024;                        // --threads (per rank)
 SettingCheck one_of(std::vector<std::string> choices);
 // Integers in [lo, hi]: "--epochs: expected an integer in [1, 100000], found -1".
 SettingCheck in_range(int64_t lo, int64_t hi);
-// Numbers in (lo, hi] (lo_open) or [lo, hi]: "--lr: expected a number in (0, 1], found -1".
+// Numbers in (lo, hi] (lo_open) or [lo, hi]: "--lr: expected a value in (0, 1], found -1".
 SettingCheck number_in(double lo, double hi, bool lo_open);
 
 // The floating-point dtype vocabulary of every subcommand. Accepted spellings: f32 fp32 float32

@@ -19,6 +19,7 @@
 #include "model/safetensors.h"
 #include "model/toy_model.h"
 #include "tests/pipeline/capture_test_util.h"
+#include "tests/support/flag_overrides.h"
 #include "tests/support/test_support.h"
 
 namespace cskv {
@@ -68,8 +69,8 @@ class TrainResume : public ::testing::Test {
                                             "warn",
                                             "--ckpt-dir",
                                             ckpt};
-    argv.insert(argv.end(), train.begin(), train.end());
-    argv.insert(argv.end(), extra.begin(), extra.end());
+    const auto with_extra = test::with_overrides(train, extra);
+    argv.insert(argv.end(), with_extra.begin(), with_extra.end());
     return argv;
   }
 

@@ -22,6 +22,7 @@
 #include "model/toy_model.h"
 #include "pipeline/analyze.h"
 #include "tests/pipeline/capture_test_util.h"
+#include "tests/support/flag_overrides.h"
 #include "tests/support/test_support.h"
 #include "tests/support/thread_communicator.h"
 #include "trainer/spectrum.h"
@@ -91,7 +92,7 @@ class Analyze : public ::testing::Test {
                                      const std::string& acts = acts_dir()) {
     std::vector<std::string> args = {"analyze", "--model", model,         "--acts", acts,
                                      "--out",   out,       "--log-level", "warn"};
-    args.insert(args.end(), extra.begin(), extra.end());
+    args = test::with_overrides(args, extra);
     return run_cskv(args);
   }
 

@@ -8,6 +8,7 @@
 #include "model/weights.h"
 #include "pipeline/capture.h"
 #include "tests/pipeline/capture_test_util.h"
+#include "tests/support/flag_overrides.h"
 
 namespace cskv::data {
 namespace {
@@ -35,7 +36,7 @@ class CaptureTest : public ::testing::Test {
     std::vector<std::string> a{"capture",    "--model", model(),     "--tokens", tokens(),
                                "--num-seqs", "6",       "--seq-len", "16",       "--holdout-seqs",
                                "2",          "--batch", "4",         "--out",    out};
-    a.insert(a.end(), extra.begin(), extra.end());
+    a = test::with_overrides(a, extra);
     return a;
   }
   static test::CommandResult capture(const std::string& out,
