@@ -78,6 +78,7 @@ cskv_add_fuzzer(fuzz_json_formats
           ${PROJECT_SOURCE_DIR}/data/manifest_json.cpp
           ${PROJECT_SOURCE_DIR}/data/capture_identity.cpp
           ${PROJECT_SOURCE_DIR}/data/checksum.cpp
+          ${PROJECT_SOURCE_DIR}/common/xxh64.cpp
           ${PROJECT_SOURCE_DIR}/checkpoint/step_manifest_json.cpp
           ${PROJECT_SOURCE_DIR}/common/config_diff.cpp
           ${PROJECT_SOURCE_DIR}/common/fs.cpp

@@ -16,10 +16,7 @@ class CaptureDiskFull : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    make_model_and_tokens(dir_->path(),
-                          {"--layers", "2", "--hidden", "48", "--heads", "4", "--kv-heads", "2",
-                           "--intermediate", "100", "--vocab", "512"},
-                          512, 20000);
+    make_model_and_tokens(dir_->path(), toy_spec(2, 48, 4, 2, 100, 512), 20000);
     const auto r = test::run_cskv(args(reference()));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
