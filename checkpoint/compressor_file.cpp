@@ -175,7 +175,8 @@ CompressorFile read_compressor_file(const std::string& path) {
 
 bool is_compressor_file(const std::string& path) {
   try {
-    const auto& metadata = model::SafetensorsFile::open(path)->header().metadata;
+    const auto file = model::SafetensorsFile::open(path);  // owns the header read below
+    const auto& metadata = file->header().metadata;
     const auto it = metadata.find("format");
     return it != metadata.end() && it->second == kCompressorFormat;
   } catch (const std::exception&) {

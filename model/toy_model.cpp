@@ -237,7 +237,8 @@ bool is_model_file_name(const std::string& f) {
 
 bool is_toy_safetensors(const std::string& path) {
   try {
-    const auto& m = SafetensorsFile::open(path)->header().metadata;
+    const auto file = SafetensorsFile::open(path);  // owns the header read below
+    const auto& m = file->header().metadata;
     const auto it = m.find(kToyModelMarker);
     return it != m.end() && it->second == "1";
   } catch (const std::exception&) {
