@@ -36,6 +36,7 @@ pipeline::CaptureOptions capture_options(const cxxopts::ParseResult& r,
   o.model_dir = required<std::string>(r, "model");
   check_settings(r, capture_settings());
   apply_settings(r, pipeline::capture_bound_settings(), o);
+  pipeline::check_tokenizer_use(o);  // before the runtime starts: one line
   o.seed = r[seed_flag].as<uint64_t>();
   const auto config = model::load_config(o.model_dir);
   o.layers = pipeline::parse_layer_list(r["layers"].as<std::string>(), config.num_hidden_layers);

@@ -85,6 +85,12 @@ std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layer
   return {out.begin(), out.end()};
 }
 
+void check_tokenizer_use(const CaptureOptions& o) {
+  CSKV_CHECK_USAGE(o.tokenizer_path.empty() || !o.text_path.empty(),
+                   "--tokenizer is only used with --text (the token ids of --tokens are already "
+                   "tokenized)");
+}
+
 std::string capture_config_json(const CaptureOptions& o, const std::string& model_hash,
                                 const std::string& weights_fingerprint, int64_t token_stream_size,
                                 int world_size) {
@@ -265,9 +271,7 @@ void validate_options(const CaptureOptions& opt, int world) {
                    "give exactly one of --tokens or --text");
   CSKV_CHECK_USAGE(opt.text_path.empty() || !opt.tokenizer_path.empty(),
                    "--text needs --tokenizer (a SentencePiece tokenizer.model)");
-  CSKV_CHECK_USAGE(opt.tokenizer_path.empty() || !opt.text_path.empty(),
-                   "--tokenizer is only used with --text (the token ids of --tokens are already "
-                   "tokenized)");
+  check_tokenizer_use(opt);
   CSKV_CHECK_USAGE(opt.num_seqs >= 1, "--num-seqs: expected >= 1, found " << opt.num_seqs);
   CSKV_CHECK_USAGE(opt.seq_len >= 2, "--seq-len: expected >= 2, found " << opt.seq_len);
   CSKV_CHECK_USAGE(opt.holdout_seqs >= 0,

@@ -48,6 +48,9 @@ struct CaptureResult {
   double seconds_stats = 0;
 };
 
+// A usage error when a tokenizer is given without --text (it would be silently ignored).
+void check_tokenizer_use(const CaptureOptions& options);
+
 // "0-7", "0,2,5-6" or "all" (empty) → ascending layer list; each must be < num_layers.
 std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layers);
 

@@ -258,9 +258,9 @@ TEST_F(HostileCli, SizesToAllocateAreCheckedFirst) {
   expect_refused({"toy-model", "--out", *dir_ / "m2", "--hidden", "16384", "--heads", "128",
                   "--intermediate", "65536", "--layers", "64"},
                  2,
-                 "cskv toy-model: usage error: toy model: --hidden 16384 --layers 64 "
-                 "--intermediate 65536 --vocab 1024 make about 274911461376 parameters; at most "
-                 "2147483648");
+                 "cskv toy-model: usage error: toy model: --hidden 16384, --layers 64, "
+                 "--intermediate 65536 and --vocab 1024 make about 2.74917e+11 parameters, more "
+                 "than the toy generator's limit of 268435456");
 }
 
 // A missing stats.h5: HDF5's error stack (its own printing is off) joined into the one line.

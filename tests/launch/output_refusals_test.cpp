@@ -12,6 +12,7 @@
 #include "checkpoint/step_manifest.h"
 #include "common/output_dir.h"
 #include "tests/pipeline/capture_test_util.h"
+#include "tests/support/flag_overrides.h"
 #include "tests/support/test_support.h"
 
 namespace cskv {
@@ -62,8 +63,7 @@ class OutputRefusals : public ::testing::Test {
         "train",   "--model",     dir_ / "model",   "--acts",     dir_ / "acts",
         "--steps", "40",          "--batch-tokens", "64",         "--save-every",
         "10",      "--log-level", "warn",           "--ckpt-dir", ckpt};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return test::run_cskv(args);
+    return test::run_cskv(test::with_overrides(args, extra));
   }
 
   void captured() const {
