@@ -1,6 +1,8 @@
 // Step-manifest JSON and rank-file entries: parsing with every field type-checked.
 #include "checkpoint/step_manifest_json.h"
 
+#include <type_traits>
+
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -16,6 +18,9 @@ void to_json(nlohmann::json& j, const RankFileEntry& e) {
 void from_json(const nlohmann::json& j, RankFileEntry& e) {
   j.at("rank").get_to(e.rank);
   j.at("file").get_to(e.file);
+  if (!j.at("bytes").is_number_integer()) {
+    throw nlohmann::json::type_error::create(302, "bytes must be an integer", &j);
+  }
   j.at("bytes").get_to(e.bytes);
   j.at("checksum").get_to(e.checksum);
 }
@@ -26,6 +31,12 @@ T manifest_field(const nlohmann::json& obj, const char* key, const std::string& 
                  const std::string& where) {
   CSKV_CHECK_INPUT(obj.is_object() && obj.contains(key),
                    path << ": " << where << " has no '" << key << "'");
+  // A float where an integer belongs is the wrong type (converting it may overflow).
+  if constexpr (std::is_integral_v<T>) {
+    CSKV_CHECK_INPUT(obj.at(key).is_number_integer(),
+                     path << ": " << where << " field '" << key
+                          << "' has the wrong type: " << obj.at(key).dump());
+  }
   try {
     return obj.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
