@@ -292,8 +292,8 @@ SettingCheck number_in(double lo, double hi, bool lo_open) {
   return [lo, hi, lo_open](const json& value, const std::string& flag) {
     const double v = value.get<double>();
     CSKV_CHECK_USAGE((lo_open ? v > lo : v >= lo) && v <= hi,
-                     "--" << flag << ": expected a value in " << (lo_open ? "(" : "[") << lo
-                          << ", " << hi << "], found " << v);
+                     "--" << flag << ": expected a value in " << (lo_open ? "(" : "[") << lo << ", "
+                          << hi << "], found " << v);
   };
 }
 
