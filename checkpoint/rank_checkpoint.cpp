@@ -142,15 +142,17 @@ RankFileEntry write_rank_checkpoint(const std::string& ckpt_dir, int64_t step, i
                      path << ": " << job << " has rank " << s.job.rank << " but A is "
                           << s.A.sizes() << " and B is " << s.B.sizes());
     const at::Tensor* moments[] = {&s.m_A, &s.v_A, &s.m_B, &s.v_B};
-    tensors.emplace_back(tensor_name(s.job, "A"), s.A.contiguous());
-    tensors.emplace_back(tensor_name(s.job, "B"), s.B.contiguous());
+    // A job trained on a GPU is saved from there: device -> host copies are bit for bit.
+    tensors.emplace_back(tensor_name(s.job, "A"), s.A.to(at::kCPU).contiguous());
+    tensors.emplace_back(tensor_name(s.job, "B"), s.B.to(at::kCPU).contiguous());
     for (int i = 0; i < 4; ++i) {
       check_float_2d(*moments[i], job, kMomentNames[i], path);
       const at::Tensor& like = i < 2 ? s.A : s.B;
       CSKV_CHECK_INPUT(moments[i]->sizes() == like.sizes(),
                        path << ": " << job << ": " << kMomentNames[i] << " is "
                             << moments[i]->sizes() << ", expected " << like.sizes());
-      tensors.emplace_back(tensor_name(s.job, kMomentNames[i]), moments[i]->contiguous());
+      tensors.emplace_back(tensor_name(s.job, kMomentNames[i]),
+                           moments[i]->to(at::kCPU).contiguous());
     }
     const bool has_eigenvalues = s.eigenvalues.defined();
     if (has_eigenvalues) {

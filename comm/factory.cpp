@@ -8,6 +8,7 @@
 
 #include "comm/local_communicator.h"
 #include "comm/mpi_communicator.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/log.h"
 #if CSKV_WITH_NCCL
@@ -34,10 +35,10 @@ bool env_set(const std::function<const char*(const char*)>& getenv, const char* 
 
 std::unique_ptr<Communicator> make_nccl_backend(const CommOptions& options) {
 #if CSKV_WITH_NCCL
-  CSKV_CHECK_USAGE(at::hasCUDA(),
-                   "backend 'nccl' needs CUDA: this LibTorch was built without CUDA");
-  CSKV_CHECK_USAGE(at::getNumGPUs() > 0,
-                   "backend 'nccl' needs CUDA: no CUDA device is visible to this process");
+  std::string why_none;
+  CSKV_CHECK_USAGE(
+      device::visible_gpus(&why_none) > 0,
+      "backend 'nccl' needs CUDA: no CUDA device is visible to this process (" << why_none << ")");
   return make_nccl_communicator(MpiCommunicator::create_world(options));
 #else
   (void)options;
@@ -68,6 +69,28 @@ LaunchInfo detect_launcher() {
 }
 
 bool nccl_compiled() { return CSKV_WITH_NCCL != 0; }
+
+std::string nccl_version() {
+#if CSKV_WITH_NCCL
+  return nccl_library_version();
+#else
+  return "not built";
+#endif
+}
+
+std::unique_ptr<Communicator> make_group(Communicator& world, int color, int key,
+                                         at::Device device) {
+#if CSKV_WITH_NCCL
+  if (device.is_cuda()) {
+    if (auto* mpi = dynamic_cast<MpiCommunicator*>(&world)) {
+      return make_nccl_group(*mpi, color, key, device.index());
+    }
+  }
+#else
+  (void)device;
+#endif
+  return world.split(color, key);
+}
 
 std::unique_ptr<Communicator> make_communicator(const CommOptions& options) {
   const std::string& backend = options.backend;

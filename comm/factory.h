@@ -25,6 +25,15 @@ LaunchInfo detect_launcher();
 // Whether this build contains the NCCL backend (CMake option CSKV_WITH_NCCL).
 bool nccl_compiled();
 
+// The NCCL library's version ("2.28.9 (headers 2.28.9)"), or "not built".
+std::string nccl_version();
+
+// The communicator of one data-parallel group, as world.split(color, key) (a collective of every
+// rank of world): for tensors on a CUDA device over NCCL when this build has it and world is an
+// MPI communicator, otherwise world's own backend (MPI, local, or NCCL when world is NCCL).
+std::unique_ptr<Communicator> make_group(Communicator& world, int color, int key,
+                                         at::Device device);
+
 // Builds the world communicator: backend "auto" is MPI under a launcher and local otherwise;
 // "local", "mpi" and "nccl" are taken as asked (a backend this build or machine cannot provide
 // is a usage error saying why). Sets the rank used by error messages and log lines.

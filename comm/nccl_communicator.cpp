@@ -293,4 +293,23 @@ std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<MpiCommunic
   return std::make_unique<NcclCommunicator>(std::move(mpi), device, /*is_world=*/true);
 }
 
+std::unique_ptr<Communicator> make_nccl_group(MpiCommunicator& world, int color, int key,
+                                              int device) {
+  int devices = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&devices));
+  CSKV_CHECK_USAGE(
+      device >= 0 && device < devices,
+      "a NCCL group on cuda:" << device << ", but " << devices << " CUDA device(s) are visible");
+  return std::make_unique<NcclCommunicator>(world.split_mpi(color, key), device,
+                                            /*is_world=*/false);
+}
+
+std::string nccl_library_version() {
+  int v = 0;
+  if (ncclGetVersion(&v) != ncclSuccess) return "unknown";
+  return std::to_string(v / 10000) + "." + std::to_string(v % 10000 / 100) + "." +
+         std::to_string(v % 100) + " (headers " + std::to_string(NCCL_MAJOR) + "." +
+         std::to_string(NCCL_MINOR) + "." + std::to_string(NCCL_PATCH) + ")";
+}
+
 }  // namespace cskv::comm

@@ -15,4 +15,12 @@ class MpiCommunicator;
 // or timed-out NCCL communicator is aborted (ncclCommAbort) before the error is thrown.
 std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<MpiCommunicator> mpi);
 
+// A NCCL communicator over world.split_mpi(color, key) (a collective of every world rank) on
+// cuda:`device`: the data-parallel groups of CUDA training.
+std::unique_ptr<Communicator> make_nccl_group(MpiCommunicator& world, int color, int key,
+                                              int device);
+
+// The NCCL library's version as loaded ("2.28.9 (headers 2.28.9)").
+std::string nccl_library_version();
+
 }  // namespace cskv::comm

@@ -141,14 +141,24 @@ void ActivationReader::check_finite(const at::Tensor& x, int64_t begin) const {
                                        x.numel(), static_cast<uint32_t>(0x7f800000u));
   if (bad < 0) return;
   const int64_t r = bad / hidden_size_;
-  const int64_t c = bad % hidden_size_;
-  const float v = x.data_ptr<float>()[bad];
-  const int64_t global = begin + r;
+  fail_non_finite(begin + r, bad % hidden_size_, x.data_ptr<float>()[bad]);
+}
+
+void ActivationReader::check_finite(const ActivationBatch& batch, const at::Tensor& x) const {
+  const at::Tensor finite = at::isfinite(x);
+  if (finite.all().item<bool>()) return;
+  const int64_t bad = at::logical_not(finite).reshape({-1}).nonzero()[0][0].item<int64_t>();
+  const float value = x.reshape({-1})[bad].item<float>();
+  fail_non_finite(row_begin_ + batch.row + bad / hidden_size_, bad % hidden_size_, value);
+}
+
+void ActivationReader::fail_non_finite(int64_t global, int64_t channel, float value) const {
   auto it =
       std::upper_bound(shards_.begin(), shards_.end(), global,
                        [](int64_t row, const Shard& s) { return row < s.first_row + s.rows; });
   CSKV_FAIL_INPUT(it->path << ": layer " << opt_.layer << " row " << global - it->first_row
-                           << " channel " << c << " is " << v << " (non-finite activation)");
+                           << " channel " << channel << " is " << value
+                           << " (non-finite activation)");
 }
 
 ActivationBatch ActivationReader::read_batch(int64_t position) const {
@@ -159,17 +169,24 @@ ActivationBatch ActivationReader::read_batch(int64_t position) const {
   b.row = position % len;
   const int64_t n = std::min(opt_.batch_tokens, len - b.row);
   const int64_t begin = row_begin_ + b.row;
+  const auto host = at::TensorOptions().pinned_memory(opt_.pinned);
+  if (!opt_.convert) {
+    const bool half = dtype_ == ActivationDtype::kFloat16;
+    b.x = at::empty({n, hidden_size_}, host.dtype(half ? at::kHalf : at::kFloat));
+    read_rows(begin, n, b.x.data_ptr());
+    return b;
+  }
   if (dtype_ == ActivationDtype::kFloat16) {
     // Reused across batches (only one thread reads at a time: the producer, or next() itself).
     std::vector<uint16_t>& raw = half_buffer_;
     raw.resize(static_cast<size_t>(n * hidden_size_));
     read_rows(begin, n, raw.data());
-    b.x = at::empty({n, hidden_size_}, at::kFloat);
+    b.x = at::empty({n, hidden_size_}, host.dtype(at::kFloat));
     const float* table = half_to_float_table();
     float* dst = b.x.data_ptr<float>();
     for (size_t i = 0; i < raw.size(); ++i) dst[i] = table[raw[i]];
   } else {
-    b.x = at::empty({n, hidden_size_}, at::kFloat);
+    b.x = at::empty({n, hidden_size_}, host.dtype(at::kFloat));
     read_rows(begin, n, b.x.data_ptr());
   }
   check_finite(b.x, begin);

@@ -32,10 +32,16 @@ struct ActivationReaderOptions {
   int64_t row_end = -1;
   ShardExpectation expect;        // its split is replaced by `split`
   bool verify_checksums = false;  // re-hash every shard when opening (a full read)
+  // false: batches hold the rows as stored (float16 or float32), neither converted nor checked;
+  // the consumer converts them where it computes and calls check_finite() there.
+  bool convert = true;
+  // Batches in page-locked host memory (what a CUDA device copies from asynchronously).
+  bool pinned = false;
 };
 
 struct ActivationBatch {
-  at::Tensor x;          // [rows, H] float32, rows <= batch_tokens (shorter at an epoch's end)
+  at::Tensor x;          // [rows, H] float32 (stored dtype without convert), rows <= batch_tokens
+                         // (shorter at an epoch's end)
   int64_t position = 0;  // epoch * epoch_tokens() + row
   int64_t epoch = 0;
   int64_t row = 0;  // first row within the epoch
@@ -63,6 +69,10 @@ class ActivationReader {
   int64_t position() const { return position_; }
   void seek(int64_t position);
 
+  // For batches read without convert: `x` is the batch's rows in float32 on any device; a
+  // non-finite value throws next()'s message for it.
+  void check_finite(const ActivationBatch& batch, const at::Tensor& x) const;
+
  private:
   struct Shard {
     std::string path;
@@ -80,6 +90,7 @@ class ActivationReader {
   ActivationBatch read_batch(int64_t position) const;
   void read_rows(int64_t begin, int64_t n, void* out) const;
   void check_finite(const at::Tensor& x, int64_t begin) const;
+  [[noreturn]] void fail_non_finite(int64_t global_row, int64_t channel, float value) const;
   void start_prefetch();
   void stop_prefetch();
   void producer(int64_t position);

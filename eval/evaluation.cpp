@@ -66,7 +66,7 @@ data::ActivationReaderOptions holdout_reader(const std::string& acts_dir, int64_
 // Per-channel key windows start at each sequence's first token, as in training.
 LayerEval evaluate_layer(const model::SafetensorsModel& weights, const model::ModelConfig& config,
                          const Compressor& c, const std::string& acts_dir, int64_t seq_len,
-                         int64_t layer, at::ScalarType storage) {
+                         int64_t layer, at::ScalarType storage, at::Device device) {
   const LayerFactors& f = c.layers.at(layer);
   LayerEval le;
   le.layer = layer;
@@ -90,17 +90,19 @@ LayerEval evaluate_layer(const model::SafetensorsModel& weights, const model::Mo
     std::vector<double> spec(norm.data_ptr<double>(), norm.data_ptr<double>() + norm.numel());
     (key ? le.k_floor : le.v_floor) = trainer::floor_for_rank(eig, r);
     (key ? le.k_spectrum : le.v_spectrum) = std::move(spec);
-    branches.push_back({kind, w.to(at::kFloat).t().contiguous(), key ? f.k_a : f.v_a,
-                        key ? f.k_b : f.v_b, branch_quant(c, config, kind, r)});
+    branches.push_back({kind, w.to(at::kFloat).t().contiguous().to(device),
+                        (key ? f.k_a : f.v_a).to(device), (key ? f.k_b : f.v_b).to(device),
+                        branch_quant(c, config, kind, r)});
   }
   data::ActivationReader reader(holdout_reader(acts_dir, layer, seq_len, c.model_config_hash));
   while (auto batch = reader.next()) {  // one held-out sequence per batch
+    const at::Tensor x = batch->x.to(device);
     for (Branch& b : branches) {
-      const at::Tensor K = at::mm(batch->x, b.Wt);
-      const at::Tensor lat = at::mm(batch->x, b.A);
+      const at::Tensor K = at::mm(x, b.Wt);
+      const at::Tensor lat = at::mm(x, b.A);
       at::Tensor cached = lat;
       if (b.q.bits < 16) {
-        LatentStore store(lat.size(1), b.q, storage);
+        LatentStore store(lat.size(1), b.q, storage, device);
         store.append(lat);
         cached = store.dequantized();
       } else {
@@ -125,7 +127,8 @@ LayerEval evaluate_layer(const model::SafetensorsModel& weights, const model::Mo
 std::vector<LayerEval> evaluate_layers(const model::SafetensorsModel& weights,
                                        const model::ModelConfig& config, const Compressor& c,
                                        const std::string& acts_dir, int64_t seq_len,
-                                       at::ScalarType storage, comm::Communicator& comm) {
+                                       at::ScalarType storage, at::Device device,
+                                       comm::Communicator& comm) {
   std::vector<int64_t> layers;
   for (const auto& [l, f] : c.layers) layers.push_back(l);
   const int64_t nl = static_cast<int64_t>(layers.size()), D = config.kv_dim();
@@ -136,7 +139,7 @@ std::vector<LayerEval> evaluate_layers(const model::SafetensorsModel& weights,
     Progress progress("layer errors", nl, "layers");
     for (int64_t i = comm.rank(); i < nl; i += comm.size()) {
       const LayerEval le =
-          evaluate_layer(weights, config, c, acts_dir, seq_len, layers[i], storage);
+          evaluate_layer(weights, config, c, acts_dir, seq_len, layers[i], storage, device);
       const double row[6] = {le.k_floor, le.v_floor,       le.k_error,
                              le.v_error, le.k_error_16bit, le.v_error_16bit};
       for (int j = 0; j < 6; ++j) errs[i][j].fill_(row[j]);
@@ -204,16 +207,18 @@ namespace {
 double add_sequence(const model::LlamaModel& model, const Compressor& compressor,
                     const at::Tensor& tokens, int64_t context, int64_t decode,
                     at::ScalarType storage, at::Tensor& sums) {
+  // Logits come to the host in float64 ([decode, vocab] per cache): the sums live there.
   const at::Tensor ref = model.forward(tokens.narrow(1, 0, context + decode))[0]
                              .narrow(0, context, decode)
-                             .to(at::kDouble);
+                             .to(at::kDouble)
+                             .to(at::kCPU);
   auto comp_caches = make_caches(compressor, model, storage);
   const at::Tensor comp =
-      decode_logits(model, raw(comp_caches), tokens, context, decode).to(at::kDouble);
+      decode_logits(model, raw(comp_caches), tokens, context, decode).to(at::kDouble).to(at::kCPU);
   comp_caches.clear();
   auto fp16_caches = make_full_caches(model, at::kHalf);
   const at::Tensor fp16 =
-      decode_logits(model, raw(fp16_caches), tokens, context, decode).to(at::kDouble);
+      decode_logits(model, raw(fp16_caches), tokens, context, decode).to(at::kDouble).to(at::kCPU);
   fp16_caches.clear();
   const at::Tensor target = tokens[0].narrow(0, context + 1, decode).unsqueeze(1);
   const at::Tensor lp_ref = at::log_softmax(ref, -1);

@@ -27,14 +27,14 @@ at::Tensor read_holdout_tokens(const std::string& acts_dir, const std::string& m
 // and the normalised spectra from the training statistics (<acts_dir>/stats.h5).
 LayerEval evaluate_layer(const model::SafetensorsModel& weights, const model::ModelConfig& config,
                          const Compressor& compressor, const std::string& acts_dir, int64_t seq_len,
-                         int64_t layer, at::ScalarType storage);
+                         int64_t layer, at::ScalarType storage, at::Device device = at::kCPU);
 
 // (a) evaluate_layer for every compressed layer in ascending order (the i-th on rank i mod W);
 // every rank returns all of them.
 std::vector<LayerEval> evaluate_layers(const model::SafetensorsModel& weights,
                                        const model::ModelConfig& config,
                                        const Compressor& compressor, const std::string& acts_dir,
-                                       int64_t seq_len, at::ScalarType storage,
+                                       int64_t seq_len, at::ScalarType storage, at::Device device,
                                        comm::Communicator& comm);
 
 // (b) For each sequence (rank r takes r, r + W, ...): the original model's logits over the first

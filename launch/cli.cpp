@@ -13,6 +13,7 @@
 
 #include "comm/collectives.h"
 #include "comm/factory.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/threads.h"
@@ -170,7 +171,7 @@ void require_on_all_ranks(comm::Communicator& world, const std::string& my_error
 }
 
 std::string device_label(const std::string& device, const comm::Communicator& world) {
-  if (device != "cpu") return model::select_device(device, world.local_rank()).str();
+  if (device != "cpu") return device::select(device, world.local_rank()).str();
   if (world.backend_name() == "nccl") return "cuda:" + std::to_string(world.local_rank());
   return device;
 }

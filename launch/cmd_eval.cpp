@@ -31,6 +31,7 @@ int run_eval(int argc, char** argv) {
                                        "compressor.safetensors (cskv merge --out, or cskv train's)",
                                        cxxopts::value<std::string>());
     add_eval_flags(options, "");
+    add_settings(options, device_settings());
     options.add_options("output")("out", "Report directory (created)",
                                   cxxopts::value<std::string>())(
         "no-plots", "Write report.json and report.md only (no gnuplot needed)");
@@ -45,9 +46,11 @@ int run_eval(int argc, char** argv) {
     o.compressor_path = required<std::string>(*r, "compressor");
     o.out_dir = required<std::string>(*r, "out");
     eval_options(*r, "", o);
+    check_settings(*r, device_settings());
+    o.device = (*r)["device"].as<std::string>();
     o.plots = r->count("no-plots") == 0;
     o.overwrite = (*r)["overwrite"].as<bool>();
-    auto world = start_runtime(*r);
+    auto world = start_runtime(*r, o.device);
     const eval::EvalReport report = pipeline::run_eval(o, *world);
     if (world->rank() != 0) return kExitOk;
     std::cout << "eval: " << report.layers.size() << " compressed layer(s); held-out error mean K "

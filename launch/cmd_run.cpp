@@ -68,6 +68,7 @@ pipeline::RunOptions job_options(const cxxopts::ParseResult& r) {
   o.name = r["name"].as<std::string>();
   eval_options(r, "eval-", o.eval);
   o.eval.plots = r["plots"].as<bool>();
+  o.eval.device = o.capture.device;  // one --device for every stage
   o.want_eval = r["eval"].as<bool>();
   return o;
 }

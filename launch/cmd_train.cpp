@@ -49,8 +49,9 @@ int run_train(int argc, char** argv) {
     o.ckpt_dir = required<std::string>(*r, "ckpt-dir");
     o.require_resume = r->count("resume") > 0;
     o.overwrite = (*r)["overwrite"].as<bool>();
-    install_stop_handlers();         // SIGTERM/SIGUSR1/SIGINT: finish the step, checkpoint, exit 75
-    auto world = start_runtime(*r);  // --threads: ATen + OpenBLAS, part of the resolved config
+    install_stop_handlers();  // SIGTERM/SIGUSR1/SIGINT: finish the step, checkpoint, exit 75
+    // --threads: ATen + OpenBLAS, part of the resolved config; the start line names the device.
+    auto world = start_runtime(*r, o.device);
     const auto result = pipeline::run_training(o, *world);
     if (result.interrupted) return kExitPreempted;
     if (world->rank() != 0) return kExitOk;

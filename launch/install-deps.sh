@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# Installs exactly the Debian packages cskv needs (idempotent) and checks that LibTorch will load
-# OpenBLAS, not the reference BLAS (which makes every matmul ~10x slower).
+# Installs what cskv needs (idempotent): the Debian packages below, and the project virtual
+# environment (launch/venv.sh says where: outside the checkout, keyed by launch/requirements.txt)
+# with the pinned torch wheel — the build's LibTorch 2.x with CUDA — and the Python packages the
+# tests use as independent references. Then checks that this LibTorch brings a fast BLAS.
 #   launch/install-deps.sh            build + test dependencies
 #   launch/install-deps.sh --check    only check, install nothing (exit 1 if something is missing)
+# CSKV_VENV overrides the venv's directory; CSKV_BASE_PYTHON the interpreter that creates it.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 BUILD_PKGS=(cmake ninja-build g++ pkg-config
-  libtorch-dev libopenblas0-pthread libopenmpi-dev openmpi-bin libhdf5-dev
+  libopenmpi-dev openmpi-bin libhdf5-dev
   libspdlog-dev libcxxopts-dev nlohmann-json3-dev libgtest-dev libsentencepiece-dev
   gnuplot-nox)  # gnuplot-nox: the PNG plots of `cskv analyze` (skipped with --no-plots)
-# Independent readers of what we write, the libFuzzer toolchain, a real one-node Slurm cluster.
-TEST_PKGS=(python3 python3-numpy python3-torch python3-h5py clang libclang-rt-14-dev
-  slurmctld slurmd slurm-client munge)
+# The libFuzzer toolchain and a real one-node Slurm cluster.
+TEST_PKGS=(python3 clang libclang-rt-14-dev slurmctld slurmd slurm-client munge)
 
 check_only=0
 [[ "${1:-}" == "--check" ]] && check_only=1
 
+base_python=${CSKV_BASE_PYTHON:-python3}
 missing=()
+if ! "$base_python" -m venv --help >/dev/null 2>&1; then
+  base_python=/usr/bin/python3  # Debian's, whose venv module is the python3-venv package
+  TEST_PKGS+=(python3-venv)
+fi
 for p in "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
@@ -40,23 +48,36 @@ else
   echo "install-deps: all ${#BUILD_PKGS[@]} build and ${#TEST_PKGS[@]} test packages present"
 fi
 
-# Which BLAS/LAPACK will libtorch_cpu.so actually load? Resolve through the alternatives links.
-torch_lib=$(ls /usr/lib/x86_64-linux-gnu/libtorch_cpu.so* 2>/dev/null | head -n 1 || true)
-if [[ -z "$torch_lib" ]]; then
-  echo "install-deps: FATAL: libtorch_cpu.so not found after installing libtorch-dev" >&2
-  exit 1
-fi
-bad=0
-for lib in libblas.so.3 liblapack.so.3; do
-  resolved=$(ldd "$torch_lib" | awk -v l="$lib" '$1==l {print $3}')
-  real=$(readlink -f "${resolved:-/nonexistent}" || true)
-  if [[ "$real" != *openblas* ]]; then
-    echo "install-deps: FATAL: LibTorch loads $lib from '$real', not OpenBLAS." >&2
-    echo "  Reference BLAS makes cskv ~10x slower. Fix with:" >&2
-    echo "  update-alternatives --set $lib-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/openblas-pthread/$lib" >&2
-    bad=1
-  else
-    echo "install-deps: LibTorch loads $lib -> $real"
+# The project virtual environment. A directory without the completion stamp (an install that
+# was killed) is removed and made again; concurrent installs wait for each other.
+venv=$(launch/venv.sh)
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+if ! cmp -s launch/requirements.txt "$venv/.cskv-complete"; then
+  if ((check_only)); then
+    echo "install-deps: the project venv $venv is missing or incomplete" >&2
+    exit 1
   fi
-done
-exit $bad
+  echo "install-deps: creating $venv (torch with CUDA and its libraries: ~5 GB, a few minutes)"
+  rm -rf "$venv"
+  "$base_python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --no-input --no-cache-dir -q -r launch/requirements.txt
+  cp launch/requirements.txt "$venv/.cskv-complete"
+fi
+
+# LibTorch must be the pinned one and bring a fast BLAS (MKL or OpenBLAS): with the reference
+# BLAS every matmul is ~10x slower.
+"$venv/bin/python" - "$(awk -F'==' '$1=="torch"{print $2}' launch/requirements.txt)" "$venv" <<'EOF'
+import re, sys
+import torch
+pinned, venv = sys.argv[1], sys.argv[2]
+config = torch.__config__.show()
+blas = re.search(r"BLAS_INFO=([^,\s]+)", config)
+blas = blas.group(1) if blas else "none"
+if torch.__version__.split("+")[0] != pinned:
+    sys.exit(f"install-deps: FATAL: {venv} has torch {torch.__version__}, launch/requirements.txt pins {pinned}")
+if blas not in ("mkl", "open", "openblas"):
+    sys.exit(f"install-deps: FATAL: this LibTorch's BLAS is '{blas}', not MKL or OpenBLAS (~10x slower matmuls)")
+print(f"install-deps: LibTorch {torch.__version__} (CUDA {torch.version.cuda}, BLAS {blas}) in {venv}")
+EOF

@@ -2,6 +2,8 @@
 #include <cstring>
 #include <iostream>
 
+#include "comm/factory.h"
+#include "common/version.h"
 #include "launch/cli.h"
 #include "launch/subcommands.h"
 
@@ -40,7 +42,8 @@ const std::vector<Subcommand>& subcommands() {
 namespace {
 void print_help() {
   std::cout << "cskv — channel-shrinking KV-cache compression (CSKV) for Llama/Mistral/Qwen2\n\n"
-               "Usage: cskv <subcommand> [options]     (cskv <subcommand> --help for its flags)\n\n"
+               "Usage: cskv <subcommand> [options]     (cskv <subcommand> --help for its flags)\n"
+               "       cskv --version                  (cskv, LibTorch, CUDA and NCCL versions)\n\n"
                "Subcommands:\n";
   for (const auto& s : cskv::cli::subcommands()) {
     std::cout << "  " << s.name << std::string(14 - std::min<size_t>(13, s.name.size()), ' ')
@@ -60,7 +63,7 @@ int dispatch(int argc, char** argv) {
     return argc < 2 ? cskv::cli::kExitUsage : cskv::cli::kExitOk;
   }
   if (!std::strcmp(argv[1], "--version")) {
-    std::cout << "cskv 0.1.0" << std::endl;
+    std::cout << cskv::version_text(cskv::comm::nccl_version()) << std::flush;
     return 0;
   }
   for (const auto& s : cskv::cli::subcommands()) {

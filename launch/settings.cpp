@@ -2,6 +2,8 @@
 // pipeline/settings), their declaration as cxxopts flags and their JSON form.
 #include "launch/settings.h"
 
+#include <algorithm>
+
 #include <sstream>
 
 #include "comm/factory.h"
@@ -95,6 +97,11 @@ const SettingTable& runtime_settings() {
   return table;
 }
 
+const SettingTable& device_settings() {
+  static const SettingTable table = {pipeline::device_setting("device")};
+  return table;
+}
+
 const SettingTable& general_settings() {
   static const SettingTable table = {
       {"general",
@@ -162,8 +169,19 @@ const SettingTable& run_settings() {
          "Write the evaluation's PNG plots (needs gnuplot); --plots=false: tables only",
          {}},
     };
+    // A setting two stages share (--device) is one flag of the run, for every stage.
     for (const auto* part : {&job, &capture_settings(), &train_settings(), &merge_and_eval}) {
-      t.insert(t.end(), part->begin(), part->end());
+      for (const Setting& row : *part) {
+        const auto same =
+            std::find_if(t.begin(), t.end(), [&](const Setting& s) { return s.flag == row.flag; });
+        if (same == t.end()) {
+          t.push_back(row);
+          continue;
+        }
+        CSKV_CHECK(same->type == row.type && same->default_value == row.default_value &&
+                       same->help == row.help,
+                   "run settings: --" << row.flag << " is declared twice, differently");
+      }
     }
     const SettingTable eval = eval_settings("eval-");
     t.insert(t.end(), eval.begin(), eval.end());

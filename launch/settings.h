@@ -35,6 +35,8 @@ using pipeline::kMaxTokensPerSequence;
 const SettingTable& capture_settings();
 const SettingTable& train_settings();
 SettingTable eval_settings(const std::string& prefix);
+// --device of cskv eval (capture and train bind the same declaration in their tables).
+const SettingTable& device_settings();
 const SettingTable& runtime_settings();
 const SettingTable& general_settings();
 // --overwrite, the one override of the output refusals (capture, train, eval, merge, toy-model,

@@ -8,22 +8,9 @@
 #include <tuple>
 #include <vector>
 
-#include <ATen/detail/CUDAHooksInterface.h>
-
 #include "common/error.h"
 
 namespace cskv::model {
-
-at::Device select_device(const std::string& name, int local_rank) {
-  if (name == "cpu") return at::kCPU;
-  CSKV_CHECK_USAGE(name == "cuda", "--device: expected cpu|cuda, found '" << name << "'");
-  CSKV_CHECK_USAGE(at::hasCUDA(),
-                   "--device cuda: this LibTorch was built without CUDA (Debian's is CPU-only; "
-                   "build against an official LibTorch CUDA distribution)");
-  const int gpus = static_cast<int>(at::detail::getCUDAHooks().getNumGPUs());
-  CSKV_CHECK_USAGE(gpus > 0, "--device cuda: no GPU is visible to this process");
-  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus));
-}
 
 at::ScalarType default_compute_dtype(at::Device device) {
   return device.is_cuda() ? at::kBFloat16 : at::kFloat;

@@ -93,9 +93,6 @@ class LlamaModel {
   mutable at::Tensor final_norm_, lm_head_;               // forward_cached, keep_converted_
 };
 
-// The device a rank computes on: "cpu", or "cuda" → cuda:<local_rank mod GPUs>. Asking for CUDA
-// when LibTorch was built without it, or no GPU is visible, is a usage error saying which.
-at::Device select_device(const std::string& name, int local_rank);
 // float32 on the CPU, bfloat16 on CUDA.
 at::ScalarType default_compute_dtype(at::Device device);
 

@@ -22,6 +22,7 @@
 
 #include "comm/collectives.h"
 #include "common/config_diff.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -315,7 +316,7 @@ TokenFile open_tokens(const CaptureOptions& opt, const model::ModelConfig& confi
 
 // Loads and checks the inputs; resolves opt.layers against the model.
 CaptureInputs load_inputs(CaptureOptions& opt, const comm::Communicator& comm) {
-  const at::Device device = model::select_device(opt.device, comm.local_rank());
+  const at::Device device = device::select(opt.device, comm.local_rank());
   model::ModelConfig config = model::load_config(opt.model_dir);
   CSKV_CHECK_USAGE(
       config.max_position_embeddings == 0 || opt.seq_len <= config.max_position_embeddings,

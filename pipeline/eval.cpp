@@ -11,6 +11,7 @@
 
 #include "comm/collectives.h"
 #include "comm/local_communicator.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "data/layer_stats.h"
@@ -183,10 +184,10 @@ eval::EvalReport plan(const EvalOptions& o, const EvalInputs& in) {
 
 // work (a): per-layer errors (layer i of the compressed ones on rank i mod W) and their means.
 void work_layer_errors(const EvalOptions& o, const EvalInputs& in,
-                       const model::SafetensorsModel& weights, eval::EvalReport& r,
-                       comm::Communicator& comm) {
+                       const model::SafetensorsModel& weights, at::Device device,
+                       eval::EvalReport& r, comm::Communicator& comm) {
   r.layers = eval::evaluate_layers(weights, in.config, in.comp, o.acts_dir, in.seq_len,
-                                   o.cache_storage, comm);
+                                   o.cache_storage, device, comm);
   const double nl = static_cast<double>(r.layers.size());
   for (const eval::LayerEval& le : r.layers) {
     r.mean_k_error += le.k_error / nl;
@@ -262,10 +263,11 @@ eval::EvalReport run_eval_checked(const EvalOptions& o, comm::Communicator& comm
                            o.compressor_path, layer_list(in.uncompressed));
   }
   const auto& weights = in.weights;
-  model::LlamaModel model(in.config, weights);
+  const at::Device device = device::select(o.device, comm.local_rank());
+  model::LlamaModel model(in.config, weights, at::kFloat, device);
   model.keep_converted_layers(true);  // decoding runs every layer once per token
   eval::EvalReport r = plan(o, in);
-  work_layer_errors(o, in, *weights, r, comm);
+  work_layer_errors(o, in, *weights, device, r, comm);
   work_end_to_end(o, in, model, r, comm);
   work_memory(o, in, model, r, comm);
   r.seconds = since(t0);

@@ -24,6 +24,9 @@ struct EvalOptions {
   int64_t max_sequences = 0;    // held-out sequences used end to end; 0: all
   std::vector<int64_t> memory_contexts = {1024, 2048, 4096, 8192, 16384, 32768};
   bool plots = true;
+  // "cpu" | "cuda" (GPU local rank mod visible GPUs): the forward, the caches and the layer
+  // errors run there in float32; the model's layers are converted once, on the device.
+  std::string device = "cpu";
   // Storage of the caches' full-precision parts (window K/V and latents, scale/zero, 16-bit
   // latents). float16 is what the memory accounting states; float32 exists for exactness checks.
   at::ScalarType cache_storage = at::kHalf;

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "common/device.h"
 #include "common/error.h"
 #include "data/activation_shard.h"
 #include "data/token_source.h"
@@ -104,14 +105,7 @@ BoundTable<C> capture_compute_rows() {
       {{"capture", "batch", T::kInt64, "1", "Sequences per forward pass", in_range(1, 4096)},
        [](C& o, const json& v) { o.batch = v.get<int64_t>(); },
        [](const C& o) { return json(o.batch); }},
-      {{"capture",
-        "device",
-        T::kString,
-        "cpu",
-        "cpu (float32 compute) | cuda (bfloat16 compute on GPU <local rank mod GPUs>; needs a "
-        "LibTorch with CUDA)",
-        {}},
-       [](C& o, const json& v) { o.device = v.get<std::string>(); },
+      {device_setting("capture"), [](C& o, const json& v) { o.device = v.get<std::string>(); },
        [](const C& o) { return json(o.device); }},
   };
 }
@@ -227,6 +221,33 @@ BoundTable<Tr> train_optimizer_rows() {
   };
 }
 
+// The device and the matmul precision decide the numbers (identity); residency does not.
+BoundTable<Tr> train_device_rows() {
+  return {
+      {device_setting("device"), [](Tr& o, const json& v) { o.device = v.get<std::string>(); },
+       [](const Tr& o) { return json(o.device); }},
+      {{"device", "precision", T::kString, "fp32",
+        "Matmul precision of the training step and the errors: fp32 | tf32 (CUDA tensor cores) "
+        "| bf16 (bf16 operands, float32 accumulation)",
+        one_of({"fp32", "tf32", "bf16"})},
+       [](Tr& o, const json& v) {
+         o.cfg.precision = device::parse_precision(v.get<std::string>());
+       },
+       [](const Tr& o) { return json(device::precision_name(o.cfg.precision)); }},
+      {{"device", "resident", T::kString, "auto",
+        "Hold a layer's activations in device memory (read once, shared by its K and V job, "
+        "every epoch from there): auto (on CUDA when they fit in --resident-share of the free "
+        "GPU memory) | on | off (stream from the shards every epoch)",
+        one_of({"auto", "on", "off"})},
+       [](Tr& o, const json& v) { o.resident = trainer::parse_residency(v.get<std::string>()); },
+       {}},
+      {{"device", "resident-share", T::kDouble, "0.5",
+        "Share of the device's free memory --resident auto may fill", number_in(0, 1, true)},
+       [](Tr& o, const json& v) { o.resident_share = v.get<double>(); },
+       {}},
+  };
+}
+
 // Not part of the identity: they decide when state is saved and where the numbers are stated,
 // not the numbers (dp = 1, the default, gives the same numbers on any number of ranks).
 BoundTable<Tr> train_checkpoint_rows() {
@@ -259,13 +280,23 @@ BoundTable<Tr> train_checkpoint_rows() {
 const BoundTable<TrainRunOptions>& train_bound_settings() {
   static const BoundTable<Tr> table = [] {
     BoundTable<Tr> t = train_rank_rows();
-    for (auto* part :
-         {train_init_rows, train_quantization_rows, train_optimizer_rows, train_checkpoint_rows}) {
+    for (auto* part : {train_init_rows, train_quantization_rows, train_optimizer_rows,
+                       train_device_rows, train_checkpoint_rows}) {
       for (auto& row : part()) t.push_back(std::move(row));
     }
     return t;
   }();
   return table;
+}
+
+Setting device_setting(const std::string& group) {
+  return {group,
+          "device",
+          T::kString,
+          "cpu",
+          "Compute device: cpu | cuda (GPU <local rank mod visible GPUs>; capture computes in "
+          "bfloat16 there, train in --precision; needs a build with CUDA)",
+          one_of({"cpu", "cuda"})};
 }
 
 SettingCheck one_of(std::vector<std::string> choices) {

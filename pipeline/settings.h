@@ -88,6 +88,10 @@ constexpr int64_t kMaxEpochs = 100'000;                  // --epochs
 constexpr int kMaxRanks = 1 << 16;                       // --dp
 constexpr int kMaxThreads = 1024;                        // --threads (per rank)
 
+// --device, declared once: bound by the capture and the train table (under --help group
+// `group`), read by eval; `cskv run` offers it once for every stage.
+Setting device_setting(const std::string& group);
+
 // Checks shared by the tables of every stage.
 SettingCheck one_of(std::vector<std::string> choices);
 // Integers in [lo, hi]: "--epochs: expected an integer in [1, 100000], found -1".

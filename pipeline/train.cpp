@@ -15,7 +15,9 @@
 #include "checkpoint/compressor_file.h"
 #include "checkpoint/rank_checkpoint.h"
 #include "comm/collectives.h"
+#include "comm/factory.h"
 #include "comm/local_communicator.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -211,12 +213,17 @@ struct RankAssignment {
   std::vector<size_t> my_jobs;
 };
 
-RankAssignment assign_ranks(const std::vector<double>& costs, int dp, comm::Communicator& comm) {
+// A data-parallel group on a CUDA device allreduces over NCCL where the build has it
+// (comm::make_group decides).
+RankAssignment assign_ranks(const std::vector<double>& costs, int dp, comm::Communicator& comm,
+                            at::Device device) {
   const int me = comm.rank();
   RankAssignment a;
   a.placement = place_jobs(costs, dp, comm.size(), me);
   const Placement& p = a.placement;
-  if (p.dp > 1) a.group = comm.split(p.my_group >= 0 ? p.my_group : p.groups + me, me);
+  if (p.dp > 1) {
+    a.group = comm::make_group(comm, p.my_group >= 0 ? p.my_group : p.groups + me, me, device);
+  }
   if (me == 0 && p.groups * p.dp < comm.size()) {
     log::get("trainer")->warn("{} rank(s) idle: {} ranks do not divide into groups of {}",
                               comm.size() - p.groups * p.dp, comm.size(), p.dp);
@@ -453,12 +460,14 @@ class TrainStage {
             model::SafetensorsModel::open_dir(o.model_dir))),
         fingerprint_(model_fingerprint(o, model_, *weights_)),
         jobs_(plan_jobs(o, model_, *weights_)),
-        trainer_(o.cfg, model_, weights_, o.acts_dir),
+        device_(device::select(o.device, comm.local_rank())),
+        trainer_(o.cfg, model_, weights_, o.acts_dir,
+                 trainer::TrainDevice{device_, o.resident, o.resident_share, std::nullopt}),
         policy_(checkpoint_policy(o, resolved_config_json(o, model_, fingerprint_))),
         // A job's numbers depend only on the job (its data, seed and the fixed thread count),
         // never on which rank or how many ranks (dp = 1).
         costs_(job_costs(jobs_, trainer_, model_, o.cfg)),
-        ranks_(assign_ranks(costs_.costs, o.dp, comm)) {}
+        ranks_(assign_ranks(costs_.costs, o.dp, comm, device_)) {}
 
   // Continues from the newest complete step, if there is one: this group's saved states.
   void resume() {
@@ -475,8 +484,15 @@ class TrainStage {
   bool work() {
     comm::Communicator* group = ranks_.group.get();
     const Placement& placement = ranks_.placement;
-    const DataParallelSlice slice{placement.my_index, placement.dp,
-                                  [group](at::Tensor& t) { group->allreduce_sum(t); }};
+    const DataParallelSlice slice{placement.my_index, placement.dp, [group](at::Tensor& t) {
+                                    if (!t.is_cuda() || group->backend_name() == "nccl") {
+                                      group->allreduce_sum(t);
+                                      return;
+                                    }
+                                    at::Tensor host = t.to(at::kCPU);  // an MPI group
+                                    group->allreduce_sum(host);
+                                    t.copy_(host);
+                                  }};
     progress_.emplace("train", "steps", costs_.all_steps, comm_.rank() == 0);
     progress_->set_start(std::max<int64_t>(0, result_.resumed_from));
     Coordinator coord(policy_, comm_, group, placement, states_, ranks_.my_jobs,
@@ -534,6 +550,7 @@ class TrainStage {
   const std::shared_ptr<model::SafetensorsModel> weights_;
   const std::string fingerprint_;  // model::weights_fingerprint of weights_
   const std::vector<LayerJob> jobs_;
+  const at::Device device_;  // this rank's
   LayerTrainer trainer_;
   const CheckpointPolicy policy_;
   const JobCosts costs_;

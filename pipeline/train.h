@@ -31,6 +31,11 @@ struct TrainRunOptions {
   std::vector<int64_t> layers;  // empty: every layer in stats.h5
   int64_t context = 4096;       // the context the memory accounting is stated at
   int threads = 1;              // intra-op threads (set by the caller); in the resolved config
+  // "cpu" | "cuda" (GPU local rank mod visible GPUs); in the resolved config, as cfg.precision.
+  std::string device = "cpu";
+  // Activations in device memory (read once per layer, every epoch from there) or streamed.
+  trainer::Residency resident = trainer::Residency::kAuto;
+  double resident_share = 0.5;  // auto: resident when the split fits in this share of free memory
 
   // Checkpoints (DESIGN.md §3): a collective save every `save_every` optimizer steps of any rank
   // (0: only when a job finishes and on a stop signal), when a job finishes, on SIGTERM/SIGUSR1/

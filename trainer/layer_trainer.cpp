@@ -2,6 +2,7 @@
 // (straight-through for the quantizer), linear warmup/decay and grad-norm clipping.
 #include "trainer/layer_trainer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/error.h"
@@ -9,6 +10,7 @@
 #include "data/activation_reader.h"
 #include "data/layer_stats.h"
 #include "data/manifest.h"
+#include "trainer/batch_source.h"
 #include "trainer/hadamard.h"
 
 namespace cskv::trainer {
@@ -40,11 +42,35 @@ QuantConfig job_quant_config(const TrainConfig& cfg, const model::ModelConfig& m
 
 LayerTrainer::LayerTrainer(TrainConfig cfg, model::ModelConfig model,
                            std::shared_ptr<const model::SafetensorsModel> weights,
-                           std::string acts_dir)
+                           std::string acts_dir, TrainDevice device)
     : cfg_(cfg),
       model_(std::move(model)),
       weights_(std::move(weights)),
-      acts_dir_(std::move(acts_dir)) {}
+      acts_dir_(std::move(acts_dir)),
+      dev_(device) {
+  device::configure(dev_.device, cfg_.precision);
+}
+
+BatchStream LayerTrainer::stream(const LayerJob& job, const std::string& split,
+                                 int64_t num_epochs) const {
+  data::ActivationReaderOptions ro;
+  ro.acts_dir = acts_dir_;
+  ro.layer = job.layer;
+  ro.split = split;
+  ro.batch_tokens = cfg_.batch_tokens;
+  ro.num_epochs = num_epochs;
+  ro.expect.model_config_hash = model_.hash();
+  for (const auto& r : resident_) {
+    if (r->layer == job.layer && r->split == split) return BatchStream(ro, dev_, r);
+  }
+  if (!use_resident(ro, dev_)) return BatchStream(ro, dev_, nullptr);
+  // Another layer's splits go first: at most one layer's train and held-out rows stay.
+  resident_.erase(std::remove_if(resident_.begin(), resident_.end(),
+                                 [&](const auto& r) { return r->layer != job.layer; }),
+                  resident_.end());
+  resident_.push_back(load_resident(ro, dev_.device));
+  return BatchStream(ro, dev_, resident_.back());
+}
 
 at::Tensor LayerTrainer::weight(const LayerJob& job) const {
   return weights_->get(kv_weight_name(job.layer, job.kind)).to(at::kFloat).contiguous();
@@ -106,6 +132,12 @@ JobState LayerTrainer::init(const LayerJob& job) const {
 }
 
 namespace {
+void move_state(JobState& s, at::Device device) {
+  for (at::Tensor* t : {&s.A, &s.B, &s.m_A, &s.v_A, &s.m_B, &s.v_B}) {
+    if (t->defined()) *t = t->to(device);
+  }
+}
+
 double lr_at(const TrainConfig& cfg, int64_t step, int64_t total) {
   // HF get_linear_schedule_with_warmup: linear warmup to lr, then linear decay to 0.
   if (step < cfg.warmup)
@@ -140,22 +172,18 @@ void LayerTrainer::train(JobState& s, int64_t until_step,
   const auto qcfg = job_quant_config(cfg_, model_, s.job);
   // Rows of a batch are dealt out in units that keep every key window on one rank.
   const int64_t unit = uses_channel_windows(qcfg) && qcfg.bits < 16 ? qcfg.window : 1;
-  const at::Tensor Wt = weight(s.job).t().contiguous();  // [H, D]
-  data::ActivationReaderOptions ro;
-  ro.acts_dir = acts_dir_;
-  ro.layer = s.job.layer;
-  ro.split = "train";
-  ro.batch_tokens = cfg_.batch_tokens;
-  ro.num_epochs = -1;
-  ro.expect.model_config_hash = model_.hash();
-  data::ActivationReader reader(ro);
-  reader.seek(s.data_position);
+  const at::Device dev = dev_.device;
+  const device::Precision prec = cfg_.precision;
+  const at::Tensor Wt = weight(s.job).t().contiguous().to(dev);  // [H, D]
+  BatchStream batches = stream(s.job, "train", -1);
+  batches.seek(s.data_position);
+  move_state(s, dev);
   const int64_t r = s.job.rank;
   while (s.step < until_step) {
-    auto batch = reader.next();
+    auto batch = batches.next();
     CSKV_CHECK(batch.has_value(), s.job.name() << ": activation stream ended early");
-    const int64_t n = batch->x.size(0), D = Wt.size(1);
-    at::Tensor X = batch->x;  // [n, H]
+    const int64_t n = batch->size(0), D = Wt.size(1);
+    at::Tensor X = *batch;  // [n, H]
     if (dp.count > 1) {
       const int64_t units = n / unit;
       const int64_t begin = units * dp.index / dp.count * unit;
@@ -165,24 +193,25 @@ void LayerTrainer::train(JobState& s, int64_t until_step,
     at::Tensor dA, dB;
     double loss_sum = 0;
     if (X.size(0) > 0) {
-      const at::Tensor K = at::mm(X, Wt);
-      const at::Tensor c = at::mm(X, s.A);
+      const at::Tensor K = device::matmul(X, Wt, prec);
+      const at::Tensor c = device::matmul(X, s.A, prec);
       const QuantizedLatent ql = fake_quantize_with_mask(c, qcfg);
-      const at::Tensor R = at::mm(ql.values, s.B).sub_(K);  // K̂ − K
+      const at::Tensor R = device::matmul(ql.values, s.B, prec).sub_(K);  // K̂ − K
       loss_sum = R.pow(2).sum().item<double>();
       // The gradient of the mean over the whole batch (all slices): scale by the full n.
       const at::Tensor G = R.mul_(2.0 / static_cast<double>(n * D));
-      dB = at::mm(ql.values.t(), G);
-      at::Tensor dc = at::mm(G, s.B.t());
+      dB = device::matmul(ql.values.t(), G, prec);
+      at::Tensor dc = device::matmul(G, s.B.t(), prec);
       if (ql.mask.defined()) dc.mul_(ql.mask);
-      dA = at::mm(X.t(), dc);
+      dA = device::matmul(X.t(), dc, prec);
     } else {
       dA = at::zeros_like(s.A);
       dB = at::zeros_like(s.B);
     }
     if (dp.count > 1) {
-      at::Tensor flat = at::cat({dA.reshape({-1}), dB.reshape({-1}),
-                                 at::full({1}, loss_sum, at::TensorOptions().dtype(at::kFloat))});
+      at::Tensor flat =
+          at::cat({dA.reshape({-1}), dB.reshape({-1}),
+                   at::full({1}, loss_sum, at::TensorOptions().dtype(at::kFloat).device(dev))});
       dp.allreduce_sum(flat);
       const int64_t H = s.A.size(0);
       dA = flat.slice(0, 0, H * r).view({H, r});
@@ -200,34 +229,34 @@ void LayerTrainer::train(JobState& s, int64_t until_step,
     s.step += 1;
     adamw(s.A, s.m_A, s.v_A, dA, cfg_, lr, s.step);
     adamw(s.B, s.m_B, s.v_B, dB, cfg_, lr, s.step);
-    s.data_position = reader.position();
+    s.data_position = batches.position();
     if (on_step && !on_step(s)) break;
   }
+  move_state(s, at::kCPU);
 }
 
 double LayerTrainer::relative_error(const JobState& s, const std::string& split,
                                     bool quantize) const {
   const auto qcfg = job_quant_config(cfg_, model_, s.job);
-  const at::Tensor Wt = weight(s.job).t().contiguous();
-  data::ActivationReaderOptions ro;
-  ro.acts_dir = acts_dir_;
-  ro.layer = s.job.layer;
-  ro.split = split;
-  ro.batch_tokens = cfg_.batch_tokens;
-  ro.num_epochs = 1;
-  ro.expect.model_config_hash = model_.hash();
-  data::ActivationReader reader(ro);
-  double err = 0, ref = 0;
-  while (auto batch = reader.next()) {
-    const at::Tensor K = at::mm(batch->x, Wt);
-    at::Tensor c = at::mm(batch->x, s.A);
+  const at::Device dev = dev_.device;
+  const device::Precision prec = cfg_.precision;
+  const at::Tensor Wt = weight(s.job).t().contiguous().to(dev);
+  const at::Tensor A = s.A.to(dev), B = s.B.to(dev);
+  BatchStream batches = stream(s.job, split, 1);
+  // Sums in float64 on the device; one transfer at the end.
+  at::Tensor err = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(dev));
+  at::Tensor ref = at::zeros_like(err);
+  while (auto x = batches.next()) {
+    const at::Tensor K = device::matmul(*x, Wt, prec);
+    at::Tensor c = device::matmul(*x, A, prec);
     if (quantize) c = fake_quantize_with_mask(c, qcfg).values;
-    const at::Tensor R = at::mm(c, s.B).sub_(K);
-    err += R.to(at::kDouble).pow(2).sum().item<double>();
-    ref += K.to(at::kDouble).pow(2).sum().item<double>();
+    const at::Tensor R = device::matmul(c, B, prec).sub_(K);
+    err.add_(R.to(at::kDouble).pow(2).sum());
+    ref.add_(K.to(at::kDouble).pow(2).sum());
   }
-  CSKV_CHECK_INPUT(ref > 0, s.job.name() << ": the " << split << " split has no data");
-  return err / ref;
+  const double err_sum = err.item<double>(), ref_sum = ref.item<double>();
+  CSKV_CHECK_INPUT(ref_sum > 0, s.job.name() << ": the " << split << " split has no data");
+  return err_sum / ref_sum;
 }
 
 }  // namespace cskv::trainer

@@ -11,11 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "common/device.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "trainer/init.h"
 #include "trainer/quantizer.h"
 #include "trainer/spectrum.h"
+#include "trainer/train_device.h"
 
 namespace cskv::trainer {
 
@@ -37,6 +39,9 @@ struct TrainConfig {
   double clip = 1.0;  // grad-norm clip
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   uint64_t seed = 0;
+  // The matmuls of the step and of the errors: fp32 (default; exact on every device) | tf32 |
+  // bf16 operands (GPU opt-ins).
+  device::Precision precision = device::Precision::kFp32;
 };
 
 // One unit of work: the factors of one layer's key or value projection at a given rank.
@@ -52,14 +57,16 @@ inline constexpr double kNotEvaluated = std::numeric_limits<double>::quiet_NaN()
 // The whole state of a job: what a checkpoint stores and a resume continues from.
 struct JobState {
   LayerJob job;
-  at::Tensor A, B;                // [H, r], [r, D] float32
-  at::Tensor m_A, v_A, m_B, v_B;  // AdamW moments, float32
-  int64_t step = 0;               // optimizer steps done
-  int64_t total_steps = 0;        // of the whole job
-  int64_t data_position = 0;      // ActivationReader position of the next batch
-  double floor = 0;               // 16-bit training-set floor Σ_{i≥r}λ_i/Σλ_i
-  at::Tensor eigenvalues;         // [D] float64, descending
-  double last_loss = 0;           // loss of the last step
+  // [H, r], [r, D] float32, and the AdamW moments: on the CPU, except on the training device
+  // while LayerTrainer::train runs (checkpoints save them from there).
+  at::Tensor A, B;
+  at::Tensor m_A, v_A, m_B, v_B;
+  int64_t step = 0;           // optimizer steps done
+  int64_t total_steps = 0;    // of the whole job
+  int64_t data_position = 0;  // ActivationReader position of the next batch
+  double floor = 0;           // 16-bit training-set floor Σ_{i≥r}λ_i/Σλ_i
+  at::Tensor eigenvalues;     // [D] float64, descending
+  double last_loss = 0;       // loss of the last step
   // Evaluation (NaN until computed): relative errors at step 0 and once the job has finished.
   double train_error_init = kNotEvaluated;      // training split, 16 bits
   double holdout_error_init_q = kNotEvaluated;  // held-out split, quantized as configured
@@ -89,10 +96,14 @@ struct DataParallelSlice {
   std::function<void(at::Tensor&)> allreduce_sum;
 };
 
+class BatchStream;
+struct ResidentSplit;
+
 class LayerTrainer {
  public:
   LayerTrainer(TrainConfig cfg, model::ModelConfig model,
-               std::shared_ptr<const model::SafetensorsModel> weights, std::string acts_dir);
+               std::shared_ptr<const model::SafetensorsModel> weights, std::string acts_dir,
+               TrainDevice device = {});
 
   // Initialisation from stats.h5 (+ the Hadamard rotation when configured); step 0.
   JobState init(const LayerJob& job) const;
@@ -107,15 +118,22 @@ class LayerTrainer {
   // with the job's quantizer (quantize = false: at 16 bits).
   double relative_error(const JobState& state, const std::string& split, bool quantize) const;
 
-  // The weight [D, H] of the job's projection in float32.
+  // The weight [D, H] of the job's projection in float32 (on the CPU).
   at::Tensor weight(const LayerJob& job) const;
   int64_t total_steps(const LayerJob& job) const;
+  const TrainDevice& device() const { return dev_; }
 
  private:
+  // The batches of one split of job's layer on the device; resident splits are kept for the
+  // layer last used (its K and V jobs and their errors read them once).
+  BatchStream stream(const LayerJob& job, const std::string& split, int64_t num_epochs) const;
+
   TrainConfig cfg_;
   model::ModelConfig model_;
   std::shared_ptr<const model::SafetensorsModel> weights_;
   std::string acts_dir_;
+  TrainDevice dev_;
+  mutable std::vector<std::shared_ptr<const ResidentSplit>> resident_;
 };
 
 }  // namespace cskv::trainer

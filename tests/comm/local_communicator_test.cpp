@@ -8,6 +8,7 @@
 
 #include "comm/factory.h"
 #include "comm/local_communicator.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "tests/support/test_support.h"
 
@@ -249,12 +250,14 @@ TEST(Factory, NcclWithoutCudaSaysWhy) {
     EXPECT_CSKV_ERROR(make_communicator(options),
                       "backend 'nccl' is not available: cskv was built without NCCL (configure "
                       "with -DCSKV_WITH_NCCL=ON where the CUDA toolkit and NCCL are installed)");
-  } else if (!at::hasCUDA()) {
-    EXPECT_CSKV_ERROR(make_communicator(options),
-                      "backend 'nccl' needs CUDA: this LibTorch was built without CUDA");
-  } else if (at::getNumGPUs() == 0) {
-    EXPECT_CSKV_ERROR(make_communicator(options),
-                      "backend 'nccl' needs CUDA: no CUDA device is visible to this process");
+  } else if (device::visible_gpus() == 0) {
+    std::string why_none;
+    device::visible_gpus(&why_none);
+    EXPECT_EQ(why_none.rfind("CUDA runtime " + device::cuda_runtime_version() + ": ", 0), 0u)
+        << why_none;
+    EXPECT_CSKV_ERROR(
+        make_communicator(options),
+        "backend 'nccl' needs CUDA: no CUDA device is visible to this process (" + why_none + ")");
   } else {
     GTEST_SKIP() << "CUDA and NCCL are present; the NCCL backend is tested under mpirun";
   }

@@ -226,5 +226,41 @@ TEST(ReaderNonFinite, NanAndInfNameLayerShardAndRow) {
                                   ": layer 3 row 2 channel 0 is -inf (non-finite activation)");
 }
 
+// Without convert the rows arrive as stored; converted where they are used (a GPU, or here the
+// CPU), they are the converted batches bit for bit, and check_finite there says what next() says.
+TEST(ActivationReaderChecks, UnconvertedBatchesConvertAndCheckWhereTheyAreUsed) {
+  TempDir dir;
+  ShardSpec spec;
+  spec.world = 1;
+  spec.rank = 0;
+  spec.layers = {3};
+  spec.num_layers = 4;
+  spec.dtype = ActivationDtype::kFloat16;
+  at::Tensor c = activations(12, 8, 3);
+  c[9][4] = -1e6f;  // -inf once stored as float16
+  write_manifest(dir.path(), {manifest_entry(write_shard(dir.path(), spec, {c}, {0, 1, 2}))});
+  ActivationReaderOptions o;
+  o.acts_dir = dir.path();
+  o.layer = 3;
+  o.batch_tokens = 5;
+  ActivationReader converted(o);
+  o.convert = false;
+  ActivationReader raw(o);
+  {  // rows 0-4
+    const auto want = converted.next();
+    const auto got = raw.next();
+    ASSERT_TRUE(want && got);
+    EXPECT_EQ(got->x.scalar_type(), at::kHalf);
+    EXPECT_TRUE(at::equal(got->x.to(at::kFloat), want->x));
+    raw.check_finite(*got, got->x.to(at::kFloat));  // rows 0-4 are finite
+  }
+  const std::string msg =
+      dir / "shard-00000-of-00001.h5" + ": layer 3 row 9 channel 4 is -inf (non-finite activation)";
+  EXPECT_CSKV_ERROR(converted.next(), msg);
+  const auto bad = raw.next();  // rows 5-9, unchecked
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_CSKV_ERROR(raw.check_finite(*bad, bad->x.to(at::kFloat)), msg);
+}
+
 }  // namespace
 }  // namespace cskv::data

@@ -43,6 +43,29 @@ TEST(Cli, TopLevelHelpListsSubcommands) {
   EXPECT_EQ(bad.err, "cskv: usage error: unknown subcommand 'frobnicate' (see 'cskv --help')\n");
 }
 
+// --version against the project venv's own torch (an independent report of the same libraries).
+TEST(Cli, VersionNamesLibTorchCudaAndNccl) {
+  const auto r = run_cskv({"--version"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto py = test::run_command(
+      {test::python3(), "-c",
+       "import re, torch\n"
+       "blas = re.search(r'BLAS_INFO=([^,\\s]+)', torch.__config__.show()).group(1)\n"
+       "print('LibTorch', torch.__version__.split('+')[0], f'(BLAS: {blas})')\n"
+       "print('CUDA runtime', torch.version.cuda or 'none')\n"
+       "v = torch.cuda.nccl.version() if torch.version.cuda else None\n"
+       "print('NCCL', '.'.join(map(str, v)) if v else 'not built')\n"});
+  ASSERT_EQ(py.exit_code, 0) << py.err;
+  std::istringstream ours(r.out), theirs(py.out);
+  std::string line, ref;
+  std::getline(ours, line);
+  EXPECT_EQ(line, "cskv 0.1.0");
+  while (std::getline(theirs, ref)) {  // each of ours starts with the reference's line
+    ASSERT_TRUE(std::getline(ours, line)) << r.out;
+    EXPECT_EQ(line.rfind(ref, 0), 0u) << "cskv: " << line << "\ntorch: " << ref;
+  }
+}
+
 // Help text with every whitespace run collapsed to one space (cxxopts wraps long lines).
 std::string flat(const std::string& text) {
   std::string out;

@@ -10,6 +10,7 @@
 #include <set>
 #include <string>
 
+#include "common/device.h"
 #include "data/activation_shard.h"
 #include "data/token_source.h"
 #include "model/config.h"
@@ -48,6 +49,8 @@ json hand_written_train_identity(const TrainRunOptions& o, const std::string& mo
   j["steps"] = c.steps;
   j["epochs"] = c.epochs;
   j["batch_tokens"] = c.batch_tokens;
+  j["device"] = o.device;  // since issue 12: the device kind and the matmul precision
+  j["precision"] = device::precision_name(c.precision);
   j["clip"] = c.clip;
   j["seed"] = c.seed;
   j["threads"] = o.threads;
@@ -95,6 +98,8 @@ json other_value(const Setting& s) {
       if (s.flag == "sampling") return "contiguous";
       if (s.flag == "dtype") return "float32";
       if (s.flag == "device") return "cuda";
+      if (s.flag == "precision") return "bf16";
+      if (s.flag == "resident") return "on";
       return d + "-other";
     case SettingType::kDouble:
       return std::stod(d) / 2 + 0.125;
@@ -161,7 +166,8 @@ TEST(BoundSettings, EachIdentityRowChangesItsOwnKeyAndNoOther) {
     for (auto& c : json_key) c = c == '-' ? '_' : c;
     EXPECT_EQ(moved, std::set<std::string>{json_key}) << "--" << row.setting.flag;
   }
-  EXPECT_EQ(without_identity, (std::set<std::string>{"save-every", "keep", "dp", "context"}));
+  EXPECT_EQ(without_identity, (std::set<std::string>{"save-every", "keep", "dp", "context",
+                                                     "resident", "resident-share"}));
 }
 
 TEST(BoundSettings, ChecksNameTheFlag) {

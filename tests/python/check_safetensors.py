@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Independent safetensors reader/writer (json/struct/numpy only) for cskv's interop tests.
 
   check_safetensors.py check FILE EXPECTED.json   parse FILE, compare with EXPECTED (exit 0 = equal)

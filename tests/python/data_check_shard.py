@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 # Interop check of an activation shard with h5py (DESIGN.md §3 schema): datasets, shapes, dtypes
 # and attributes. Usage: data_check_shard.py SHARD HIDDEN SEQ_LEN NUM_SEQS DTYPE LAYER[,LAYER...]
 import sys

@@ -133,7 +133,7 @@ void allow_mpirun_as_root() {
   setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
 }
 
-std::string python3() { return "/usr/bin/python3"; }
+std::string python3() { return CSKV_TEST_PYTHON; }
 
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

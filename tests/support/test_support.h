@@ -56,7 +56,8 @@ CommandResult run_cskv(const std::vector<std::string>& args);
 // mpirun as root (CI containers) needs Open MPI's consent; a spawned mpirun inherits it.
 void allow_mpirun_as_root();
 
-// Debian's python3 (/usr/bin/python3), which has python3-torch and python3-h5py.
+// The project venv's Python (CMake's CSKV_PYTHON): numpy, h5py, torch, safetensors, transformers,
+// tokenizers and sentencepiece at the versions launch/requirements.txt pins.
 std::string python3();
 
 std::string read_file(const std::string& path);

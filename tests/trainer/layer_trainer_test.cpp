@@ -102,6 +102,69 @@ TEST_F(LayerTrainerTest, PcaInitAttainsTheEckartYoungOptimum) {
   }
 }
 
+// What a GPU runs — batches converted and NaN-checked where they are used, the layer's splits
+// resident in device memory, the state moved to the device and back around train() — is the
+// same arithmetic: on the CPU every path gives the default path's bits, across epochs and a stop.
+TEST_F(LayerTrainerTest, DevicePathsGiveTheSameBitsOnTheCpu) {
+  TrainConfig cfg;
+  cfg.batch_tokens = 1024;
+  cfg.steps = 10;  // 4096 training rows: 2.5 epochs
+  cfg.k_bits = 4;
+  cfg.lr = 1e-3;
+  const LayerJob j = job(1, KvKind::kKey, 0.5);
+  auto run = [&](const TrainDevice& dev) {
+    const LayerTrainer t(cfg, *config_, *weights_, acts_dir(), dev);
+    JobState s = t.init(j);
+    t.train(s, 3);  // stopped, then continued as after a resume
+    t.train(s, s.total_steps);
+    s.holdout_error_q = t.relative_error(s, "holdout", true);
+    s.train_error = t.relative_error(s, "train", false);
+    return s;
+  };
+  const JobState ref = run({});
+  const TrainDevice paths[] = {{at::kCPU, Residency::kOn, 0.5, std::nullopt},
+                               {at::kCPU, Residency::kOff, 0.5, false},
+                               {at::kCPU, Residency::kOn, 0.5, false}};
+  for (const TrainDevice& dev : paths) {
+    SCOPED_TRACE(std::string("resident ") + residency_name(dev.resident) + ", host convert " +
+                 (dev.host_convert.value_or(true) ? "yes" : "no"));
+    const JobState s = run(dev);
+    for (const auto& [got, want] : {std::pair{s.A, ref.A},
+                                    {s.B, ref.B},
+                                    {s.m_A, ref.m_A},
+                                    {s.v_A, ref.v_A},
+                                    {s.m_B, ref.m_B},
+                                    {s.v_B, ref.v_B}}) {
+      EXPECT_TRUE(got.device().is_cpu());
+      EXPECT_TRUE(at::equal(got, want));
+    }
+    EXPECT_EQ(s.data_position, ref.data_position);
+    EXPECT_EQ(s.last_loss, ref.last_loss);
+    EXPECT_EQ(s.holdout_error_q, ref.holdout_error_q);
+    EXPECT_EQ(s.train_error, ref.train_error);
+  }
+}
+
+// bf16 operands are a real, recorded choice: close to fp32 at this size, not the same numbers.
+TEST_F(LayerTrainerTest, Bf16PrecisionRoundsTheMatmulOperands) {
+  TrainConfig cfg;
+  cfg.batch_tokens = 1024;
+  cfg.steps = 4;
+  cfg.lr = 1e-3;
+  const LayerJob j = job(0, KvKind::kValue, 0.5);
+  const LayerTrainer fp32 = trainer(cfg);
+  cfg.precision = device::Precision::kBf16;
+  const LayerTrainer bf16 = trainer(cfg);
+  JobState a = fp32.init(j), b = bf16.init(j);
+  fp32.train(a, a.total_steps);
+  bf16.train(b, b.total_steps);
+  const double ea = fp32.relative_error(a, "holdout", false);
+  const double eb = bf16.relative_error(b, "holdout", false);
+  EXPECT_NE(ea, eb);
+  EXPECT_LT(rel_diff(eb, ea), 0.05) << ea << " vs " << eb;
+  EXPECT_FALSE(at::equal(a.A, b.A));
+}
+
 TEST_F(LayerTrainerTest, TrainingFromSvdApproachesTheFloorFromAbove) {
   TrainConfig cfg;
   cfg.init = InitMethod::kSvd;
