@@ -1,6 +1,7 @@
 // Benchmark of the trainer: training-step GFLOP/s vs torch::mm on the same shapes, init time per
 // layer (pca / asvd / svd) at hidden 4096, optimizer steps from asvd to pca's step-0 error, and
-// the cost of a checkpoint save against the step.
+// the cost of a checkpoint save against the step; (g) the step on --device (a GPU) at Llama-3-8B's
+// K/V shapes in fp32 and bf16 against at::mm of the same shapes, streamed and resident.
 #include <ATen/ATen.h>
 #include <fcntl.h>
 #include <spawn.h>
@@ -19,6 +20,7 @@
 
 #include "checkpoint/rank_checkpoint.h"
 #include "checkpoint/step_manifest.h"
+#include "common/device.h"
 #include "common/threads.h"
 #include "data/activation_reader.h"
 #include "data/activation_shard.h"
@@ -51,6 +53,8 @@ struct Args {
   int64_t ttq_cap = 2000;  // time-to-quality: step cap
   int64_t ttq_every = 10;  // held-out evaluation interval
   std::string parts = "abc";
+  std::string device = "cpu";  // part g
+  int64_t rows = 65536;        // part g: calibration rows of the synthetic capture
 };
 
 Args parse(int argc, char** argv) {
@@ -71,6 +75,10 @@ Args parse(int argc, char** argv) {
       a.ttq_every = std::stoll(v);
     } else if (k == "--parts") {
       a.parts = v;
+    } else if (k == "--device") {
+      a.device = v;
+    } else if (k == "--rows") {
+      a.rows = std::stoll(v);
     } else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       std::exit(2);
@@ -230,6 +238,103 @@ void part_a(const Args& a) {
       fs::remove_all(dir);
     }
   }
+}
+
+// Part g: the six step matmuls timed on `device` in `precision` (TFLOP/s).
+double mm_tflops_on(const StepShapes& s, at::Device device, cskv::device::Precision p, int reps) {
+  const auto o = at::TensorOptions().device(device);
+  const at::Tensor X = at::randn({s.n, s.h}, o), Wt = at::randn({s.d, s.h}, o).t().contiguous();
+  const at::Tensor A = at::randn({s.h, s.r}, o), B = at::randn({s.r, s.d}, o);
+  const at::Tensor c = at::randn({s.n, s.r}, o), G = at::randn({s.n, s.d}, o);
+  const bool bf = p == cskv::device::Precision::kBf16;
+  const auto cast = [&](const at::Tensor& t) { return bf ? t.to(at::kBFloat16) : t; };
+  const at::Tensor Xc = cast(X), Wc = cast(Wt), Ac = cast(A), Bc = cast(B), cc = cast(c),
+                   Gc = cast(G);
+  auto once = [&] {
+    (void)at::mm(Xc, Wc);
+    (void)at::mm(Xc, Ac);
+    (void)at::mm(cc, Bc);
+    (void)at::mm(cc.t(), Gc);
+    (void)at::mm(Gc, Bc.t());
+    (void)at::mm(Xc.t(), cc);
+  };
+  once();
+  cskv::device::synchronize(device);
+  const auto t0 = Clock::now();
+  for (int i = 0; i < reps; ++i) once();
+  cskv::device::synchronize(device);
+  return s.flops() * reps / since(t0) / 1e12;
+}
+
+// Wall seconds of LayerTrainer::train for `steps` steps after 2 warm-up steps, the device's
+// queue drained at both ends.
+double job_step_seconds(const std::string& dir, const cskv::model::ModelConfig& c, int64_t rank,
+                        const tr::TrainConfig& base, const tr::TrainDevice& dev, int64_t steps) {
+  tr::TrainConfig cfg = base;
+  cfg.steps = steps + 2;
+  auto weights = std::make_shared<cskv::model::SafetensorsModel>(
+      cskv::model::SafetensorsModel::open_dir(dir + "/model"));
+  tr::LayerTrainer trainer(cfg, c, weights, dir + "/acts", dev);
+  tr::JobState s;
+  s.job = {0, tr::KvKind::kKey, rank};
+  at::manual_seed(2);
+  s.A = at::randn({c.hidden_size, rank}) * 0.02;
+  s.B = at::randn({rank, c.kv_dim()}) * 0.02;
+  s.m_A = at::zeros_like(s.A);
+  s.v_A = at::zeros_like(s.A);
+  s.m_B = at::zeros_like(s.B);
+  s.v_B = at::zeros_like(s.B);
+  s.total_steps = cfg.steps;
+  Clock::time_point t_first;
+  trainer.train(s, s.total_steps, [&](const tr::JobState& st) {
+    if (st.step == 2) {
+      cskv::device::synchronize(dev.device);
+      t_first = Clock::now();
+    }
+    return true;
+  });
+  cskv::device::synchronize(dev.device);
+  return since(t_first) / static_cast<double>(steps);
+}
+
+// Llama-3-8B's K job shapes (hidden 4096, 8 KV heads x 128, r = D/2) on --device: the step in
+// fp32 and bf16 next to at::mm in the same precision, streamed from the shards and resident.
+// busy = resident step time / streamed step time: the share of a streamed job the device works
+// (1.0: the reader and the transfers never hold it up).
+void part_g(const Args& a) {
+  const at::Device device = cskv::device::select(a.device, 0);
+  std::printf("\n## (g) training step on %s: hidden 4096, D 1024, r 512, batch %lld, %lld rows\n",
+              device.str().c_str(), static_cast<long long>(a.batch_tokens),
+              static_cast<long long>(a.rows));
+  std::printf(
+      "| precision | residency | step ms | step TFLOP/s | at::mm TFLOP/s | share | busy |\n"
+      "|---|---|---|---|---|---|---|\n");
+  const std::string dir = a.dir + "/gpu";
+  const auto c =
+      write_synthetic(dir, 4096, 8, 128, a.rows, cskv::data::ActivationDtype::kFloat16);
+  const int64_t d = c.kv_dim(), r = d / 2;
+  const StepShapes shapes{a.batch_tokens, 4096, d, r};
+  for (const auto p : {cskv::device::Precision::kFp32, cskv::device::Precision::kBf16}) {
+    tr::TrainConfig cfg;
+    cfg.k_bits = 4;
+    cfg.batch_tokens = a.batch_tokens;
+    cfg.lr = 1e-4;
+    cfg.precision = p;
+    cskv::device::configure(device, p);
+    const double mm = mm_tflops_on(shapes, device, p, 5);
+    double resident_s = 0;
+    for (const auto res : {tr::Residency::kOn, tr::Residency::kOff}) {
+      const tr::TrainDevice dev{device, res, 0.5, std::nullopt};
+      const double sec = job_step_seconds(dir, c, r, cfg, dev, a.steps);
+      if (res == tr::Residency::kOn) resident_s = sec;
+      const double tf = shapes.flops() / sec / 1e12;
+      std::printf("| %s | %s | %.2f | %.1f | %.1f | %.0f%% | %.0f%% |\n",
+                  cskv::device::precision_name(p), tr::residency_name(res), sec * 1e3, tf, mm,
+                  100 * tf / mm, 100 * resident_s / sec);
+      std::fflush(stdout);
+    }
+  }
+  fs::remove_all(dir);
 }
 
 void part_b(const Args& a) {
@@ -404,6 +509,7 @@ int main(int argc, char** argv) {
   if (a.parts.find('b') != std::string::npos) part_b(a);
   if (a.parts.find('c') != std::string::npos) part_c(a);
   if (a.parts.find('d') != std::string::npos) part_d(a);
+  if (a.parts.find('g') != std::string::npos) part_g(a);
   fs::remove_all(a.dir);
   return 0;
 }
