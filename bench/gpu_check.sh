@@ -7,7 +7,7 @@
 #   1. cskv --version, nvidia-smi
 #   2. comm-check on the NCCL backend (one rank: MPI singleton + NCCL on the GPU)
 #   3. capture, train, eval with --device cuda on a model of Llama-3-8B layer shapes (hidden 4096,
-#      32 heads / 8 KV heads, intermediate 14336; 4 layers, toy weights), 128 x 2048 = 262144
+#      32 heads / 8 KV heads, intermediate 14336; 2 layers, toy weights), 128 x 2048 = 262144
 #      calibration tokens + 8 held-out sequences; 4-bit K/V at density 0.5, 1 epoch
 #   4. the same training of layer 0 on the CPU: held-out errors GPU vs CPU (tolerance below)
 #   5. cskv_bench_train part g: the step's TFLOP/s next to fp32 and bf16 at::mm of the same
@@ -42,7 +42,7 @@ bench="$PWD/$carry/bin/cskv_bench_train"
 threads=$(nproc)
 
 if [[ $scale == full ]]; then
-  model_flags=(--hidden 4096 --layers 4 --heads 32 --kv-heads 8 --intermediate 14336 --vocab 32000)
+  model_flags=(--hidden 4096 --layers 2 --heads 32 --kv-heads 8 --intermediate 14336 --vocab 32000)
   capture_flags=(--num-seqs 128 --seq-len 2048 --holdout-seqs 8 --batch 4)
   bench_flags=(--rows 65536 --steps 20)
 else

@@ -46,8 +46,9 @@ struct ToySpectrum {
 };
 
 // The most parameters toy_config accepts (the generator holds every tensor in memory, with
-// float64 work matrices per shape): 2^28, i.e. 512 MiB of f16 weights.
-constexpr int64_t kMaxToyParams = int64_t{1} << 28;
+// float64 work matrices per shape): 2^31, i.e. 4 GiB of f16 weights — room for a few layers of
+// Llama-3-8B shapes (bench/gpu_check.sh).
+constexpr int64_t kMaxToyParams = int64_t{1} << 31;
 
 // The config the spec describes; throws a usage cskv::Error naming the field for an invalid spec
 // (and the flags whose sizes make more than kMaxToyParams parameters).

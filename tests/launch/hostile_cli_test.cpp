@@ -260,7 +260,7 @@ TEST_F(HostileCli, SizesToAllocateAreCheckedFirst) {
                  2,
                  "cskv toy-model: usage error: toy model: --hidden 16384, --layers 64, "
                  "--intermediate 65536 and --vocab 1024 make about 2.74917e+11 parameters, more "
-                 "than the toy generator's limit of 268435456");
+                 "than the toy generator's limit of 2147483648");
 }
 
 // A missing stats.h5: HDF5's error stack (its own printing is off) joined into the one line.

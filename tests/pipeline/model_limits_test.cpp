@@ -159,7 +159,7 @@ TEST_F(ModelLimits, ToyModelSizesBeyondTheGeneratorAreOneLine) {
   EXPECT_EQ(r.err,
             "cskv toy-model: usage error: toy model: --hidden 16384, --layers 256, --intermediate "
             "688 and --vocab 1024 make about 2.83589e+11 parameters, more than the toy "
-            "generator's limit of 268435456\n");
+            "generator's limit of 2147483648\n");
   EXPECT_FALSE(fs::exists(out));
 }
 
