@@ -310,8 +310,7 @@ void part_g(const Args& a) {
       "| precision | residency | step ms | step TFLOP/s | at::mm TFLOP/s | share | busy |\n"
       "|---|---|---|---|---|---|---|\n");
   const std::string dir = a.dir + "/gpu";
-  const auto c =
-      write_synthetic(dir, 4096, 8, 128, a.rows, cskv::data::ActivationDtype::kFloat16);
+  const auto c = write_synthetic(dir, 4096, 8, 128, a.rows, cskv::data::ActivationDtype::kFloat16);
   const int64_t d = c.kv_dim(), r = d / 2;
   const StepShapes shapes{a.batch_tokens, 4096, d, r};
   for (const auto p : {cskv::device::Precision::kFp32, cskv::device::Precision::kBf16}) {

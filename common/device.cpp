@@ -85,6 +85,12 @@ void configure(at::Device device, Precision precision) {
   ctx.setAllowTF32CuBLAS(precision == Precision::kTf32);
 }
 
+void check_choice(const std::string& name, Precision precision) {
+  const at::Device device = select(name, 0);
+  if (device.is_cpu())
+    configure(device, precision);  // the CPU's refusal; CUDA's waits for the rank
+}
+
 at::Tensor matmul(const at::Tensor& a, const at::Tensor& b, Precision precision) {
   if (precision != Precision::kBf16) return at::mm(a, b);
   return at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(at::kFloat);

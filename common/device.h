@@ -38,6 +38,10 @@ const char* precision_name(Precision precision);
 // a usage error (there are no TF32 units).
 void configure(at::Device device, Precision precision);
 
+// select()'s and configure()'s refusals, which need no rank: called before the runtime starts,
+// so that they are one line, not one per rank after the start-up log.
+void check_choice(const std::string& name, Precision precision = Precision::kFp32);
+
 // a @ b in `precision`: float32 operands as they are (kFp32, kTf32), or rounded to bf16 with the
 // product returned in float32 (kBf16).
 at::Tensor matmul(const at::Tensor& a, const at::Tensor& b, Precision precision);

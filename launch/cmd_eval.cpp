@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "comm/communicator.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "launch/cli.h"
 #include "launch/settings.h"
@@ -48,6 +49,7 @@ int run_eval(int argc, char** argv) {
     eval_options(*r, "", o);
     check_settings(*r, device_settings());
     o.device = (*r)["device"].as<std::string>();
+    device::check_choice(o.device);  // before the runtime starts: one line
     o.plots = r->count("no-plots") == 0;
     o.overwrite = (*r)["overwrite"].as<bool>();
     auto world = start_runtime(*r, o.device);

@@ -2,6 +2,7 @@
 // converted here into the stage options.
 #include "launch/stage_flags.h"
 
+#include "common/device.h"
 #include "common/error.h"
 #include "launch/cli.h"
 #include "launch/settings.h"
@@ -37,6 +38,7 @@ pipeline::CaptureOptions capture_options(const cxxopts::ParseResult& r,
   check_settings(r, capture_settings());
   apply_settings(r, pipeline::capture_bound_settings(), o);
   pipeline::check_tokenizer_use(o);  // before the runtime starts: one line
+  device::check_choice(o.device);
   o.seed = r[seed_flag].as<uint64_t>();
   const auto config = model::load_config(o.model_dir);
   o.layers = pipeline::parse_layer_list(r["layers"].as<std::string>(), config.num_hidden_layers);
@@ -53,6 +55,7 @@ pipeline::TrainRunOptions train_options(const cxxopts::ParseResult& r) {
   o.cfg.seed = r["seed"].as<uint64_t>();
   o.layers = layers_flag(r, o.model_dir);
   o.threads = r["threads"].as<int>();
+  device::check_choice(o.device, o.cfg.precision);  // before the runtime starts: one line
   return o;
 }
 

@@ -91,6 +91,20 @@ TEST(LocalCommunicator, CollectivesAreIdentity) {
   EXPECT_EQ(blob, "payload");
 }
 
+// The data-parallel group factory: on a CPU device it is the world's own split (NCCL groups are
+// only for CUDA tensors of an MPI world).
+TEST(Factory, GroupOnTheCpuIsTheWorldsSplit) {
+  LocalCommunicator comm(3);
+  auto group = make_group(comm, 2, 0, at::kCPU);
+  ASSERT_NE(group, nullptr);
+  EXPECT_EQ(group->backend_name(), "local");
+  EXPECT_EQ(group->size(), 1);
+  at::Tensor t = at::ones({4});
+  group->allreduce_sum(t);
+  EXPECT_TRUE(at::equal(t, at::ones({4})));
+  EXPECT_EQ(nccl_version() == "not built", !nccl_compiled());
+}
+
 TEST(LocalCommunicator, SplitGivesAnotherSizeOneCommunicator) {
   LocalCommunicator comm(3);
   auto group = comm.split(5, 0);

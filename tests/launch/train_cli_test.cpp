@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/device.h"
 #include "data/capture_identity.h"
 #include "data/checksum.h"
 #include "data/hdf5_util.h"
@@ -116,6 +117,35 @@ TEST_F(TrainCli, FloorIsTheEckartYoungOptimumAndIsPrinted) {
                              format6g(init);
     EXPECT_NE(r.err.find(line), std::string::npos) << line << "\n" << r.err;
   }
+}
+
+// --device cuda with no GPU visible: one line naming what the CUDA runtime said, before any work
+// (train, eval and run share the flag and the message).
+TEST_F(TrainCli, CudaWithoutAGpuIsOneLineNamingWhatWasFound) {
+  if (device::visible_gpus() > 0) GTEST_SKIP() << "a GPU is visible; bench/gpu_check.sh runs it";
+  std::string why;
+  device::visible_gpus(&why);
+  const std::string cause = device::cuda_compiled()
+                                ? "no CUDA GPU is visible to this process (" + why + ")"
+                                : std::string("this cskv was built without CUDA");
+  test::TempDir ckpt;
+  auto r = train(ckpt.path(), {"--device", "cuda"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "cskv train: usage error: --device cuda: " + cause + "\n");
+  EXPECT_TRUE(fs::is_empty(ckpt.path()));
+  r = test::run_cskv({"eval", "--model", model_dir(), "--acts", acts_dir(), "--compressor",
+                      ckpt / "compressor.safetensors", "--out", ckpt / "eval", "--device", "cuda",
+                      "--no-plots"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "cskv eval: usage error: --device cuda: " + cause + "\n");
+  r = train(ckpt.path(), {"--device", "tpu"});
+  EXPECT_EQ(r.err, "cskv train: usage error: --device: expected cpu|cuda, found 'tpu'\n");
+  r = train(ckpt.path(), {"--precision", "fp16"});
+  EXPECT_EQ(r.err, "cskv train: usage error: --precision: expected fp32|tf32|bf16, found 'fp16'\n");
+  r = train(ckpt.path(), {"--precision", "tf32"});
+  EXPECT_EQ(r.err,
+            "cskv train: usage error: --precision tf32: TF32 is a CUDA tensor-core format; on the "
+            "CPU use fp32 or bf16\n");
 }
 
 TEST_F(TrainCli, BudgetBeatsUniformRanksOfTheSameWidth) {
