@@ -1,11 +1,14 @@
 // Step-manifest JSON and rank-file entries: parsing with every field type-checked.
 #include "checkpoint/step_manifest_json.h"
 
+#include <string>
 #include <type_traits>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/json_bounds.h"
+#include "common/json_integer.h"
 
 namespace cskv::checkpoint {
 
@@ -15,13 +18,21 @@ void to_json(nlohmann::json& j, const RankFileEntry& e) {
   j = {{"rank", e.rank}, {"file", e.file}, {"bytes", e.bytes}, {"checksum", e.checksum}};
 }
 
-void from_json(const nlohmann::json& j, RankFileEntry& e) {
-  j.at("rank").get_to(e.rank);
-  j.at("file").get_to(e.file);
-  if (!j.at("bytes").is_number_integer()) {
-    throw nlohmann::json::type_error::create(302, "bytes must be an integer", &j);
+namespace {
+template <typename T>
+void integer_to(const nlohmann::json& j, const char* key, T& out) {
+  if (!json_integer_fits<T>(j.at(key))) {
+    throw nlohmann::json::type_error::create(
+        302, std::string(key) + " must be an integer that fits, found " + j.at(key).dump(), &j);
   }
-  j.at("bytes").get_to(e.bytes);
+  out = j.at(key).get<T>();
+}
+}  // namespace
+
+void from_json(const nlohmann::json& j, RankFileEntry& e) {
+  integer_to(j, "rank", e.rank);
+  j.at("file").get_to(e.file);
+  integer_to(j, "bytes", e.bytes);
   j.at("checksum").get_to(e.checksum);
 }
 
@@ -33,7 +44,7 @@ T manifest_field(const nlohmann::json& obj, const char* key, const std::string& 
                    path << ": " << where << " has no '" << key << "'");
   // A float where an integer belongs is the wrong type (converting it may overflow).
   if constexpr (std::is_integral_v<T>) {
-    CSKV_CHECK_INPUT(obj.at(key).is_number_integer(),
+    CSKV_CHECK_INPUT(json_integer_fits<T>(obj.at(key)),
                      path << ": " << where << " field '" << key
                           << "' has the wrong type: " << obj.at(key).dump());
   }
@@ -47,6 +58,7 @@ T manifest_field(const nlohmann::json& obj, const char* key, const std::string& 
 }  // namespace
 
 StepManifest parse_step_manifest(const std::string& text, const std::string& path, int64_t step) {
+  check_json_bounds(text, path);
   const nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   CSKV_CHECK_INPUT(!doc.is_discarded() && doc.is_object(), path << ": not a valid JSON object");
   const auto version = manifest_field<int64_t>(doc, "format_version", path, "the manifest");

@@ -15,6 +15,7 @@ struct Registry {
   std::mutex mu;
   std::vector<spdlog::sink_ptr> sinks{std::make_shared<spdlog::sinks::stderr_color_sink_mt>()};
   std::string pattern = "[%H:%M:%S.%e] [%n] %^%l%$: %v";
+  int rank = 0;
   spdlog::level::level_enum level = spdlog::level::info;
   std::map<std::string, std::shared_ptr<spdlog::logger>> loggers;
 };
@@ -43,9 +44,16 @@ std::shared_ptr<spdlog::logger> get(const std::string& component) {
 void set_rank(int rank, int world_size) {
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
+  r.rank = rank;
   r.pattern = world_size > 1 ? "[%H:%M:%S.%e] [r" + std::to_string(rank) + "] [%n] %^%l%$: %v"
                              : "[%H:%M:%S.%e] [%n] %^%l%$: %v";
   for (auto& [name, l] : r.loggers) apply(r, *l);
+}
+
+int rank() {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return r.rank;
 }
 
 void set_level(const std::string& level) {

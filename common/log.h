@@ -13,6 +13,9 @@ std::shared_ptr<spdlog::logger> get(const std::string& component);
 
 // Called once the rank is known; every logger's lines then carry "r<rank>".
 void set_rank(int rank, int world_size);
+// The rank set_rank gave (0 before): for what one rank says for all (a warning every rank would
+// repeat).
+int rank();
 
 // "trace" | "debug" | "info" | "warn" | "error" | "off"; throws a usage error otherwise.
 void set_level(const std::string& level);

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/json_bounds.h"
 #include "data/checksum.h"
 
 namespace cskv::data {
@@ -12,6 +13,7 @@ namespace cskv::data {
 std::string capture_json_path(const std::string& acts_dir) { return acts_dir + "/capture.json"; }
 
 std::string capture_identity(const std::string& capture_json_text, const std::string& path) {
+  check_json_bounds(capture_json_text, path);
   nlohmann::json doc =
       nlohmann::json::parse(capture_json_text, nullptr, /*allow_exceptions=*/false);
   CSKV_CHECK_INPUT(doc.is_object(), path << ": not a JSON object (expected the capture settings)");
@@ -25,6 +27,7 @@ std::string capture_identity(const std::string& capture_json_text, const std::st
 
 EarlierCapture compare_capture_settings(const std::string& earlier_text,
                                         const std::string& current_text, const std::string& path) {
+  check_json_bounds(earlier_text, path);
   const nlohmann::json earlier = nlohmann::json::parse(earlier_text, nullptr, false);
   CSKV_CHECK_INPUT(earlier.is_object(),
                    path << ": not a JSON object (expected the settings of the "

@@ -259,10 +259,12 @@ StatsFile read_capture_stats_header(const std::string& acts_dir, const std::stri
   StatsFile s = read_stats_header(path, expected_hash);
   const std::optional<std::string> capture = read_capture_identity(acts_dir);
   if (s.capture_identity.empty()) {
-    log::get("data")->warn(
-        "{} records no capture_identity (written by an older cskv), so it cannot be checked "
-        "against {}; re-run cskv capture --overwrite to record it",
-        path, capture_json_path(acts_dir));
+    if (log::rank() == 0) {  // every rank reads the same file: one warning for all
+      log::get("data")->warn(
+          "{} records no capture_identity (written by an older cskv), so it cannot be checked "
+          "against {}; re-run cskv capture --overwrite to record it",
+          path, capture_json_path(acts_dir));
+    }
   } else {
     CSKV_CHECK_INPUT(capture, path << ": records capture_identity " << s.capture_identity
                                    << ", but " << capture_json_path(acts_dir)

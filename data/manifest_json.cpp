@@ -3,8 +3,11 @@
 
 #include <map>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "common/error.h"
+#include "common/json_bounds.h"
+#include "common/json_integer.h"
 
 namespace cskv::data {
 
@@ -13,6 +16,12 @@ template <typename T>
 T field(const nlohmann::json& obj, const char* key, const std::string& path, size_t index) {
   CSKV_CHECK_INPUT(obj.is_object() && obj.contains(key),
                    path << ": shard entry " << index << " has no '" << key << "'");
+  // A float, or an integer out of T's range, is the wrong type (get<T> would overflow).
+  if constexpr (std::is_integral_v<T>) {
+    CSKV_CHECK_INPUT(json_integer_fits<T>(obj.at(key)),
+                     path << ": shard entry " << index << " field '" << key
+                          << "' has the wrong type: " << obj.at(key).dump());
+  }
   try {
     return obj.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
@@ -23,6 +32,7 @@ T field(const nlohmann::json& obj, const char* key, const std::string& path, siz
 }  // namespace
 
 std::vector<ManifestEntry> parse_manifest(const std::string& text, const std::string& path) {
+  check_json_bounds(text, path);
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(text);

@@ -62,6 +62,52 @@ void refuse_repeated_flags(const cxxopts::ParseResult& r) {
   }
 }
 
+// What a flag of the setting tables takes, for a value that does not parse: "an integer".
+std::string expected_value(const std::string& flag) {
+  for (const SettingTable* table : {&run_settings(), &runtime_settings()}) {
+    for (const Setting& s : *table) {
+      if (s.flag != flag) continue;
+      switch (s.type) {
+        case SettingType::kBool:
+          return "true or false";
+        case SettingType::kInt:
+        case SettingType::kInt64:
+          return "an integer";
+        case SettingType::kUint64:
+          return "a non-negative integer";
+        case SettingType::kDouble:
+          return "a number";
+        case SettingType::kString:
+          return "a string";
+      }
+    }
+  }
+  return "a value of its type";
+}
+
+// cxxopts says "Argument ‘abc’ failed to parse" without the flag: find the flag that was given
+// that value ("--epochs abc" or "--epochs=abc") and name it, with what it takes.
+std::string bad_value_message(const std::string& what, int argc, char** argv) {
+  const std::string open = "\xe2\x80\x98", close = "\xe2\x80\x99";  // ‘ ’
+  const size_t a = what.find(open), b = what.rfind(close);
+  if (a == std::string::npos || b == std::string::npos || b < a) return what;
+  const std::string value = what.substr(a + open.size(), b - a - open.size());
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    std::string flag;
+    if (arg.rfind("--", 0) == 0 && arg.size() > value.size() + 3 &&
+        arg.compare(arg.size() - value.size() - 1, std::string::npos, "=" + value) == 0) {
+      flag = arg.substr(2, arg.size() - value.size() - 3);
+    } else if (arg == value && i > 1 && std::strncmp(argv[i - 1], "--", 2) == 0) {
+      flag = argv[i - 1] + 2;
+    }
+    if (!flag.empty()) {
+      return "--" + flag + ": expected " + expected_value(flag) + ", found '" + value + "'";
+    }
+  }
+  return what;
+}
+
 }  // namespace
 
 std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, char** argv,
@@ -70,6 +116,9 @@ std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, c
   cxxopts::ParseResult r;
   try {
     r = options.parse(argc, argv);
+  } catch (const cxxopts::exceptions::incorrect_argument_type& e) {
+    throw Error(ErrorKind::kUsage, bad_value_message(e.what(), argc, argv) + " (see '" +
+                                       options.program() + " --help')");
   } catch (const cxxopts::exceptions::exception& e) {
     throw Error(ErrorKind::kUsage,
                 std::string(e.what()) + " (see '" + options.program() + " --help')");

@@ -5,6 +5,7 @@
 
 #include "comm/communicator.h"
 #include "launch/cli.h"
+#include "launch/settings.h"
 #include "launch/subcommands.h"
 #include "pipeline/analyze.h"
 
@@ -26,6 +27,7 @@ int run_analyze(int argc, char** argv) {
     options.add_options("output")("out", "Report directory (created)",
                                   cxxopts::value<std::string>())(
         "no-plots", "Write CSV and markdown only (no gnuplot needed)");
+    add_settings(options, overwrite_settings());
     add_runtime_options(options);
     const auto r = parse(options, argc, argv);
     if (!r) return kExitOk;
@@ -35,6 +37,7 @@ int run_analyze(int argc, char** argv) {
     o.out_dir = required<std::string>(*r, "out");
     o.plots = r->count("no-plots") == 0;
     o.layers = (*r)["layers"].as<std::string>();
+    o.overwrite = (*r)["overwrite"].as<bool>();
     auto world = start_runtime(*r);
     const pipeline::AnalyzeReport report = pipeline::run_analyze(o, *world);
     if (world->rank() == 0) std::cout << pipeline::analyze_summary(o, report) << std::endl;

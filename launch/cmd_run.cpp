@@ -69,6 +69,10 @@ pipeline::RunOptions job_options(const cxxopts::ParseResult& r) {
   eval_options(r, "eval-", o.eval);
   o.eval.plots = r["plots"].as<bool>();
   o.eval.device = o.capture.device;  // one --device for every stage
+  // One --overwrite for every stage: each replaces only what it would otherwise refuse (a
+  // stage recorded complete with these settings is still skipped, a partial one resumed,
+  // except a partial capture, which starts over).
+  o.capture.overwrite = o.train.overwrite = o.eval.overwrite = r["overwrite"].as<bool>();
   o.want_eval = r["eval"].as<bool>();
   return o;
 }

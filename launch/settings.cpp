@@ -185,6 +185,7 @@ const SettingTable& run_settings() {
     }
     const SettingTable eval = eval_settings("eval-");
     t.insert(t.end(), eval.begin(), eval.end());
+    t.insert(t.end(), overwrite_settings().begin(), overwrite_settings().end());
     t.insert(t.end(), runtime_settings().begin(), runtime_settings().end());
     return t;
   }();

@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/json_bounds.h"
 
 namespace cskv::model {
 namespace {
@@ -288,6 +289,7 @@ const char* model_type_name(Arch a) {
 }
 
 ModelConfig parse_config_json(const std::string& json_text, const std::string& path) {
+  check_json_bounds(json_text, path);
   json obj;
   try {
     obj = json::parse(json_text);

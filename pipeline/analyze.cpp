@@ -19,6 +19,7 @@
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "pipeline/capture.h"
+#include "pipeline/stage_outputs.h"
 #include "trainer/spectrum.h"
 
 namespace cskv::pipeline {
@@ -280,10 +281,50 @@ void write(const AnalyzeOptions& o, const AnalyzeInputs& in, const AnalyzeReport
   }
 }
 
+// The files analyze writes, each recognised as cskv's: the CSVs by their header line, analyze.md
+// by its title, the plot script, its log and the PNGs beside an analyze.md of ours.
+std::vector<OwnedOutput> analyze_outputs(const std::string& out_dir) {
+  const bool have_report = starts_with_text(out_dir + "/analyze.md", "# K/V cache spectra\n");
+  const auto beside_report = [have_report](const std::string&) { return have_report; };
+  std::vector<OwnedOutput> out = {
+      {"spectrum.csv",
+       [](const std::string& p) {
+         return starts_with_text(p, "layer,kind,index,eigenvalue,normalized,cumulative\n");
+       },
+       "a cskv analyze spectrum table"},
+      {"ranks.csv",
+       [](const std::string& p) { return starts_with_text(p, "layer,kind,D,r90,r95,r99\n"); },
+       "a cskv analyze rank table"},
+      {"analyze.md",
+       [](const std::string& p) { return starts_with_text(p, "# K/V cache spectra\n"); },
+       "a cskv analyze report"},
+      {"plots.gp", beside_report, "a plot script beside a cskv analyze.md"},
+      {"plots.log", beside_report, "a gnuplot log beside a cskv analyze.md"}};
+  for (const char* png : kPlotFiles) {
+    out.push_back({png, beside_report, "a plot beside a cskv analyze.md"});
+  }
+  return out;
+}
+
+// Rank 0 checks for every rank (one collective refusal) that out_dir holds only files of ours.
+void check_analyze_outputs(const AnalyzeOptions& o, comm::Communicator& comm) {
+  comm::root_decides(comm, std::function<void()>([&] {
+                       if (o.overwrite) return;
+                       try {
+                         refuse_foreign_outputs(o.out_dir, analyze_outputs(o.out_dir), "--out");
+                       } catch (const Error& e) {
+                         throw Error(e.kind(), e.message(), {}, /*collective=*/true);
+                       }
+                     }));
+}
+
 }  // namespace
 
+// validate → (lock, check the outputs) → work → share → write
 AnalyzeReport run_analyze(const AnalyzeOptions& options, comm::Communicator& comm) {
   const AnalyzeInputs in = validate(options, comm);
+  const auto lock = lock_output_dir(comm, options.out_dir, "--out");  // held until written
+  check_analyze_outputs(options, comm);
   AnalyzeReport report = share(in, work(options, in, comm), comm);
   if (comm.rank() == 0) write(options, in, report);
   return report;

@@ -19,6 +19,8 @@ struct AnalyzeOptions {
   std::string out_dir;         // spectrum.csv, ranks.csv, analyze.md, plots
   std::string layers = "all";  // all (every captured layer) | 0-7 | 0,2,5
   bool plots = true;           // plots.gp + spectrum_k.png, spectrum_v.png, ranks.png (gnuplot)
+  // Replace files in out_dir that cskv did not write (refused otherwise, before any work).
+  bool overwrite = false;
 };
 
 // The energy fractions of the ranks in LayerSpectrum::ranks.

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -25,6 +26,7 @@
 #include "common/device.h"
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/json_bounds.h"
 #include "common/log.h"
 #include "common/output_dir.h"
 #include "common/progress.h"
@@ -114,6 +116,7 @@ void check_capture_weights(const std::string& acts_dir, const std::string& confi
   CSKV_CHECK_INPUT(text, path << " is missing: cannot tell which model's weights the activations "
                                  "come from; capture again (cskv capture --out "
                               << acts_dir << " --overwrite)");
+  check_json_bounds(*text, path);
   const nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   CSKV_CHECK_INPUT(j.is_object(), path << ": expected a JSON object written by `cskv capture`");
   // Another config: stats.h5 and every shard record the config hash and their readers refuse
@@ -314,6 +317,27 @@ TokenFile open_tokens(const CaptureOptions& opt, const model::ModelConfig& confi
       opt.text_path, config.vocab_size);
 }
 
+// The forward holds [batch, heads, T, T] attention scores of one layer, their softmax and the
+// causal mask at once (compute dtype: float32 on the CPU, bfloat16 on CUDA). More than the
+// device has free is refused by name here, not as an allocator failure mid-capture.
+void check_attention_memory(const CaptureOptions& opt, const model::ModelConfig& config,
+                            at::Device device) {
+  const double t = static_cast<double>(opt.seq_len);
+  const double elem = device.is_cuda() ? 2.0 : 4.0;
+  const double need = 3.0 * static_cast<double>(opt.batch) *
+                      static_cast<double>(config.num_attention_heads) * t * t * elem;
+  const double free_bytes = static_cast<double>(device::memory(device).free_bytes);
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  CSKV_CHECK_USAGE(need <= free_bytes,
+                   "--seq-len " << opt.seq_len << " with --batch " << opt.batch
+                                << ": one layer's attention needs "
+                                << std::round(need / gib * 10) / 10 << " GiB (scores, softmax and "
+                                << "mask of [" << opt.batch << ", " << config.num_attention_heads
+                                << ", " << opt.seq_len << ", " << opt.seq_len << "]) and "
+                                << device.str() << " has " << std::round(free_bytes / gib * 10) / 10
+                                << " GiB free; use a shorter --seq-len or a smaller --batch");
+}
+
 // Loads and checks the inputs; resolves opt.layers against the model.
 CaptureInputs load_inputs(CaptureOptions& opt, const comm::Communicator& comm) {
   const at::Device device = device::select(opt.device, comm.local_rank());
@@ -322,6 +346,7 @@ CaptureInputs load_inputs(CaptureOptions& opt, const comm::Communicator& comm) {
       config.max_position_embeddings == 0 || opt.seq_len <= config.max_position_embeddings,
       "--seq-len " << opt.seq_len << " exceeds the model's max_position_embeddings "
                    << config.max_position_embeddings << " (" << opt.model_dir << "/config.json)");
+  check_attention_memory(opt, config, device);
   auto weights =
       std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(opt.model_dir));
   model::validate_weights(config, *weights, opt.model_dir);

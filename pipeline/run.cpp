@@ -15,6 +15,7 @@
 #include "checkpoint/resume_config.h"
 #include "comm/collectives.h"
 #include "common/fs.h"
+#include "common/json_bounds.h"
 #include "common/log.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -87,6 +88,7 @@ RunOptions with_layout(RunOptions o) {
 json read_stages(const std::string& path) {
   const auto text = files::read_whole_file_if_exists(path, files::kDefaultMaxReadBytes, "record");
   if (!text) return json::object();
+  check_json_bounds(*text, path);
   const json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
   return j.is_object() ? j : json::object();
 }

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "checkpoint/resume_config.h"
+#include "checkpoint/step_manifest_json.h"
 #include "common/log.h"
 #include "data/checksum.h"
 #include "tests/checkpoint/checkpoint_test_util.h"
@@ -96,6 +97,27 @@ TEST(StepManifest, RefusesAnIncompleteRankList) {
                         "step-00000001/manifest.json: expected one entry per rank 0..1; entry 1 "
                         "is rank 0 (rank-0.safetensors)");
   EXPECT_FALSE(fs::exists(dir / "step-00000001/manifest.json"));
+}
+
+// Numbers that an integer field cannot hold exactly are the wrong type, never converted (a float
+// beyond the range was undefined behaviour; found by fuzz_json_formats, now in its corpus).
+TEST(StepManifest, IntegersThatDoNotFitAreTheWrongType) {
+  for (const char* rank : {"184467440737095516150", "1.5", "4294967296", "-1"}) {
+    const std::string entry = std::string("{\"rank\": ") + rank +
+                              ", \"file\": \"rank-0.safetensors\", \"bytes\": 8, "
+                              "\"checksum\": \"xxh64:729a587c3413e13c\"}";
+    if (std::string(rank) == "-1") {  // an int holds it; the manifest's own checks name it
+      EXPECT_EQ(nlohmann::json::parse(entry).get<RankFileEntry>().rank, -1);
+      continue;
+    }
+    EXPECT_THROW(nlohmann::json::parse(entry).get<RankFileEntry>(), nlohmann::json::type_error)
+        << rank;
+  }
+  const std::string manifest =
+      "{\"format_version\": 1, \"step\": 4, \"world_size\": 1e30, \"files\": [], "
+      "\"config\": {}}";
+  EXPECT_CSKV_ERROR(parse_step_manifest(manifest, "m.json", 4),
+                    "m.json: the manifest field 'world_size' has the wrong type: 1e+30");
 }
 
 TEST(StepSearch, NewestCompleteStepWins) {

@@ -83,11 +83,13 @@ cskv_add_fuzzer(fuzz_json_formats
           ${PROJECT_SOURCE_DIR}/common/config_diff.cpp
           ${PROJECT_SOURCE_DIR}/common/fs.cpp
           ${PROJECT_SOURCE_DIR}/common/error.cpp
+          ${PROJECT_SOURCE_DIR}/common/json_bounds.cpp
   DEPENDS ${PROJECT_SOURCE_DIR}/data/manifest_json.h ${PROJECT_SOURCE_DIR}/data/capture_identity.h
           ${PROJECT_SOURCE_DIR}/data/checksum.h
           ${PROJECT_SOURCE_DIR}/checkpoint/step_manifest_json.h
           ${PROJECT_SOURCE_DIR}/common/config_diff.h ${PROJECT_SOURCE_DIR}/common/fs.h
-          ${PROJECT_SOURCE_DIR}/common/error.h
+          ${PROJECT_SOURCE_DIR}/common/error.h ${PROJECT_SOURCE_DIR}/common/json_bounds.h
+          ${PROJECT_SOURCE_DIR}/common/json_integer.h
   SEEDS ${CMAKE_CURRENT_LIST_DIR}/json_corpus
   ARGS -max_total_time=10 -timeout=10 -rss_limit_mb=2048 -max_len=8192
        -dict=${CMAKE_CURRENT_LIST_DIR}/json.dict)

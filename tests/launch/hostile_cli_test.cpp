@@ -191,6 +191,23 @@ TEST_F(HostileCli, OutOfRangeSettingsAreUsageErrors) {
       2, "cskv train: usage error: --threads: expected an integer in [1, 1024], found 100000");
 }
 
+// A value of the wrong type names its flag and what the flag takes (cxxopts alone says only
+// "Argument 'abc' failed to parse").
+TEST_F(HostileCli, ValuesOfTheWrongTypeNameTheFlag) {
+  expect_refused({"train", "--model", model(), "--epochs", "abc"}, 2,
+                 "cskv train: usage error: --epochs: expected an integer, found 'abc' (see 'cskv "
+                 "train --help')");
+  expect_refused({"train", "--model", model(), "--lr=fast"}, 2,
+                 "cskv train: usage error: --lr: expected a number, found 'fast' (see 'cskv "
+                 "train --help')");
+  expect_refused({"capture", "--model", model(), "--seed", "-3"}, 2,
+                 "cskv capture: usage error: --seed: expected a non-negative integer, found '-3' "
+                 "(see 'cskv capture --help')");
+  expect_refused({"comm-check", "--iters", "many"}, 2,
+                 "cskv comm-check: usage error: --iters: expected a value of its type, found "
+                 "'many' (see 'cskv comm-check --help')");
+}
+
 TEST_F(HostileCli, CrossFlagChecks) {
   expect_refused({"capture", "--model", model(), "--tokens", tokens(), "--tokenizer", "t.model",
                   "--out", *dir_ / "a2"},
@@ -264,6 +281,26 @@ TEST_F(HostileCli, SizesToAllocateAreCheckedFirst) {
 }
 
 // A missing stats.h5: HDF5's error stack (its own printing is off) joined into the one line.
+// A sequence whose attention cannot fit is refused by name before any work (the free memory in
+// the message is the machine's, so only the rest is compared).
+TEST_F(HostileCli, AttentionThatCannotFitNamesSeqLen) {
+  const auto before = snapshot(dir_->path());
+  const auto r = test::run_cskv({"capture", "--model", model(), "--tokens", tokens(), "--num-seqs",
+                                 "2", "--seq-len", "200000", "--batch", "2", "--out", *dir_ / "a3",
+                                 "--log-level", "warn"});
+  EXPECT_EQ(r.exit_code, 2);
+  const std::string head =
+      "cskv capture: usage error: --seq-len 200000 with --batch 2: one layer's attention needs ";
+  EXPECT_EQ(r.err.rfind(head, 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(" GiB (scores, softmax and mask of [2, "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(", 200000, 200000]) and cpu has "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(" GiB free; use a shorter --seq-len or a smaller --batch\n"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_TRUE(snapshot(dir_->path()) == before);
+}
+
 TEST_F(HostileCli, LibraryErrorStacksBecomeOneLine) {
   test::TempDir acts2;
   fs::copy(acts(), acts2.path(), fs::copy_options::recursive);

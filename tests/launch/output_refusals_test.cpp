@@ -243,6 +243,33 @@ TEST_F(OutputRefusals, MergeEvalAndToyCommandsNeverReplaceFilesCskvDidNotWrite) 
   ASSERT_EQ(r.exit_code, 0) << r.err;
 }
 
+// analyze --out: a user's file with one of its names is refused before any work; its own
+// outputs it replaces; --overwrite replaces the user's.
+TEST_F(OutputRefusals, AnalyzeNeverReplacesFilesCskvDidNotWrite) {
+  captured();
+  const std::string out = dir_ / "spectra";
+  fs::create_directories(out);
+  test::write_file(out + "/ranks.csv", "my ranks\n");
+  const std::vector<std::string> args = {
+      "analyze", "--model", dir_ / "model", "--acts",      dir_ / "acts",
+      "--out",   out,       "--no-plots",   "--log-level", "warn"};
+  auto r = test::run_cskv(args);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "cskv analyze: error: " +
+                       foreign(out + "/ranks.csv", "expected a cskv analyze rank table", "--out") +
+                       "\n");
+  EXPECT_EQ(tree_bytes(out), (std::map<std::string, std::string>{{"ranks.csv", "my ranks\n"}}));
+  std::vector<std::string> overwrite = args;
+  overwrite.push_back("--overwrite");
+  r = test::run_cskv(overwrite);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (int i = 0; i < 2; ++i) {  // its own outputs it replaces
+    r = test::run_cskv(args);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  EXPECT_EQ(test::read_file(out + "/ranks.csv").rfind("layer,kind,D,r90,r95,r99\n", 0), 0u);
+}
+
 TEST_F(OutputRefusals, RunChecksEveryStageFirstAndARefusedRunLeavesRunJson) {
   const std::string job = dir_ / "job.json";
   test::write_file(job, nlohmann::json({{"model", dir_ / "model"},

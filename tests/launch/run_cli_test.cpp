@@ -159,6 +159,30 @@ TEST_F(RunCli, SecondRunDoesNothingAndFlagsOverrideTheFile) {
   EXPECT_EQ(checksums(out), before);
 }
 
+// Other capture settings in the same --out: refused with what differs, naming the way out that
+// `cskv run` has; with --overwrite every stage replaces what it refused and the run completes.
+TEST_F(RunCli, OtherSettingsAreRefusedAndOverwriteStartsOver) {
+  const std::string out = dir_ / "out";
+  const std::string file = job({{"steps", 20}, {"eval", false}});
+  ASSERT_EQ(test::run_command(run_argv(1, {"--config", file, "--out", out})).exit_code, 0);
+  const auto before = checksums(out);
+  const auto refused = test::run_command(
+      run_argv(1, {"--config", file, "--out", out, "--num-seqs", "12", "--log-level", "warn"}));
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_EQ(refused.err, "cskv run: error: " + out +
+                             "/acts holds a capture with other settings (num_seqs: 16 -> 12); "
+                             "use another --out or --overwrite\n");
+  EXPECT_EQ(checksums(out), before);
+  const auto again = test::run_command(
+      run_argv(1, {"--config", file, "--out", out, "--num-seqs", "12", "--overwrite"}));
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  const json capture = json::parse(test::read_file(out + "/acts/capture.json"));
+  EXPECT_EQ(capture.at("num_seqs"), 12);
+  EXPECT_TRUE(has_line(again.out, "  tokens   " + std::to_string((12 + 3) * 64) +
+                                      " captured (calibration + held-out)"))
+      << again.out;
+}
+
 TEST_F(RunCli, MpirunStoppedBySigusrOneResumesToTheUninterruptedBits) {
   // Reference: 1 process, uninterrupted; plain progress lines (stderr is a pipe, not a TTY).
   setenv("CSKV_PROGRESS_INTERVAL_S", "0.05", 1);
