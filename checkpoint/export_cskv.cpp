@@ -15,6 +15,7 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/output_dir.h"
 
 namespace cskv::checkpoint {
 
@@ -53,10 +54,43 @@ int64_t layer_count(const FactorMap& factors) {
 
 }  // namespace
 
-ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir,
-                          const std::string& name) {
+bool is_cskv_export(const std::string& path) {
+  try {
+    const std::string bytes = files::read_whole_file(path, files::kDefaultMaxReadBytes, "export");
+    const c10::IValue v = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+    if (!v.isList()) return false;
+    for (const c10::IValue& item : v.toListRef()) {
+      if (!item.isTuple() || item.toTupleRef().elements().size() != 2) return false;
+      for (const c10::IValue& d : item.toTupleRef().elements()) {
+        if (!d.isGenericDict()) return false;
+        const auto dict = d.toGenericDict();
+        if (dict.size() != 1 || !dict.contains("weight") || !dict.at("weight").isTensor()) {
+          return false;
+        }
+      }
+    }
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+void check_export_outputs(const std::string& dir, const std::string& name, bool overwrite) {
   CSKV_CHECK_INPUT(!name.empty() && name.find('/') == std::string::npos,
                    "--name: expected a plain file-name prefix, found '" << name << "'");
+  if (overwrite) return;
+  for (const char* kind : {"_k.ckpt", "_v.ckpt"}) {
+    const std::string path = dir + "/" + name + kind;
+    std::error_code ec;
+    if (fs::exists(fs::symlink_status(path, ec)) && !is_cskv_export(path)) {
+      files::refuse_foreign_file(path, "expected a cskv --export-cskv file", "--export-cskv");
+    }
+  }
+}
+
+ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir, const std::string& name,
+                          bool overwrite) {
+  check_export_outputs(dir, name, overwrite);
   const int64_t n = layer_count(factors);
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -83,8 +117,8 @@ ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir,
 }
 
 ExportedFiles export_cskv(const std::string& compressor_path, const std::string& dir,
-                          const std::string& name) {
-  return export_cskv(read_merged_factors(compressor_path), dir, name);
+                          const std::string& name, bool overwrite) {
+  return export_cskv(read_merged_factors(compressor_path), dir, name, overwrite);
 }
 
 }  // namespace cskv::checkpoint

@@ -17,11 +17,21 @@ struct ExportedFiles {
 // tuple ({"weight": a [r, H]}, {"weight": b [D, r]}) of layer l, float32. The list index is the
 // layer index, so the factors must cover layers 0..n-1 for both K and V (input error naming the
 // missing ones otherwise). `name` must be a plain file-name prefix.
-ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir,
-                          const std::string& name);
+// An existing file at either path that is not such an export is refused (unless overwrite),
+// naming it (check_export_outputs).
+ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir, const std::string& name,
+                          bool overwrite = false);
 
 // Same, from a merged compressor.safetensors.
 ExportedFiles export_cskv(const std::string& compressor_path, const std::string& dir,
-                          const std::string& name);
+                          const std::string& name, bool overwrite = false);
+
+// The check export_cskv makes before writing, for callers that refuse before any work: `name` a
+// plain prefix, and <dir>/<name>_{k,v}.ckpt absent or a pickled list of ({"weight": tensor},
+// {"weight": tensor}) tuples — the format above — unless overwrite.
+void check_export_outputs(const std::string& dir, const std::string& name, bool overwrite);
+
+// Whether path holds the export format above (torch::pickle_load reads it and it has its shape).
+bool is_cskv_export(const std::string& path);
 
 }  // namespace cskv::checkpoint

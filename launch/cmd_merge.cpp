@@ -1,9 +1,11 @@
 // `cskv merge`: the newest complete checkpoint step of a training run → one
 // compressor.safetensors (HF Linear layout), optionally also the reference-format .ckpt files.
 #include <iostream>
+#include <optional>
 
 #include "checkpoint/export_cskv.h"
 #include "checkpoint/merge.h"
+#include "common/output_dir.h"
 #include "launch/cli.h"
 #include "launch/settings.h"
 #include "launch/subcommands.h"
@@ -33,13 +35,21 @@ int run_merge(int argc, char** argv) {
     if (!r) return kExitOk;
     const std::string ckpt_dir = required<std::string>(*r, "ckpt-dir");
     const std::string out = required<std::string>(*r, "out");
-    const auto merged =
-        checkpoint::merge_checkpoint(ckpt_dir, out, {}, (*r)["overwrite"].as<bool>());
+    const bool overwrite = (*r)["overwrite"].as<bool>();
+    // The export directory is locked and its files checked before anything is written.
+    std::optional<files::DirectoryLock> export_lock;
+    if (r->count("export-cskv")) {
+      const std::string dir = (*r)["export-cskv"].as<std::string>();
+      export_lock.emplace(files::DirectoryLock::acquire(dir, "--export-cskv"));
+      checkpoint::check_export_outputs(dir, (*r)["name"].as<std::string>(), overwrite);
+    }
+    const auto merged = checkpoint::merge_checkpoint(ckpt_dir, out, {}, overwrite);
     std::cout << "merged " << merged.jobs << " job(s) of step " << merged.step << " into " << out
               << std::endl;
     if (r->count("export-cskv")) {
-      const auto files = checkpoint::export_cskv(
-          merged.factors, (*r)["export-cskv"].as<std::string>(), (*r)["name"].as<std::string>());
+      const auto files =
+          checkpoint::export_cskv(merged.factors, (*r)["export-cskv"].as<std::string>(),
+                                  (*r)["name"].as<std::string>(), overwrite);
       std::cout << "exported " << files.k_path << " and " << files.v_path << std::endl;
     }
     return kExitOk;

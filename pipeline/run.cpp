@@ -223,7 +223,8 @@ void merge_stage(RunState& s) {
     std::string w =
         std::to_string(m.jobs) + " jobs of step " + std::to_string(m.step) + " -> " + merged;
     if (s.o.export_cskv) {
-      const auto files = checkpoint::export_cskv(m.factors, s.o.out + "/export", s.o.name);
+      const auto files =
+          checkpoint::export_cskv(m.factors, s.o.out + "/export", s.o.name, s.o.train.overwrite);
       w += ", exported " + files.k_path + " and " + files.v_path;
     }
     return w;

@@ -243,6 +243,38 @@ TEST_F(OutputRefusals, MergeEvalAndToyCommandsNeverReplaceFilesCskvDidNotWrite) 
   ASSERT_EQ(r.exit_code, 0) << r.err;
 }
 
+// merge --export-cskv: a user's file with an export's name is refused before the merge writes
+// anything; its own export (a pickled list of ({"weight"}, {"weight"}) tuples) it replaces.
+TEST_F(OutputRefusals, MergeExportNeverReplacesFilesCskvDidNotWrite) {
+  captured();
+  const std::string ckpt = dir_ / "ckpt";
+  auto r = train(ckpt, {"--steps", "4"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string exp = dir_ / "export";
+  fs::create_directories(exp);
+  test::write_file(exp + "/mine_v.ckpt", "my checkpoint\n");
+  const std::string merged = dir_ / "m.safetensors";
+  r = test::run_cskv(
+      {"merge", "--ckpt-dir", ckpt, "--out", merged, "--export-cskv", exp, "--name", "mine"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "cskv merge: error: " +
+                       foreign(exp + "/mine_v.ckpt", "expected a cskv --export-cskv file",
+                               "--export-cskv") +
+                       "\n");
+  EXPECT_FALSE(fs::exists(merged));
+  EXPECT_EQ(tree_bytes(exp),
+            (std::map<std::string, std::string>{{"mine_v.ckpt", "my checkpoint\n"}}));
+  for (int i = 0; i < 2; ++i) {  // another name, then its own files again
+    r = test::run_cskv({"merge", "--ckpt-dir", ckpt, "--out", merged, "--export-cskv", exp});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  r = test::run_cskv({"merge", "--ckpt-dir", ckpt, "--out", merged, "--export-cskv", exp, "--name",
+                      "mine", "--overwrite"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(test::read_file(exp + "/mine_v.ckpt"), "my checkpoint\n");
+  EXPECT_FALSE(fs::exists(exp + "/.cskv.lock"));
+}
+
 // analyze --out: a user's file with one of its names is refused before any work; its own
 // outputs it replaces; --overwrite replaces the user's.
 TEST_F(OutputRefusals, AnalyzeNeverReplacesFilesCskvDidNotWrite) {
