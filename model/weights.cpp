@@ -4,10 +4,13 @@
 #include <algorithm>
 #include <filesystem>
 #include <iomanip>
+#include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 
 #include <ATen/Parallel.h>
+#include <sys/stat.h>
 
 #include "common/error.h"
 #include "common/xxh64.h"
@@ -73,7 +76,27 @@ WeightsReport validate_weights(const ModelConfig& config, const SafetensorsModel
   return report;
 }
 
-std::string weights_fingerprint(const ModelConfig& config, const SafetensorsModel& weights) {
+namespace {
+// What identifies the bytes of the files that hold `list` without reading them: path, device,
+// inode, size, modification and status-change times of each (any write changes the last two).
+std::string files_key(const ModelConfig& config, const SafetensorsModel& weights,
+                      const std::vector<std::pair<std::string, std::vector<int64_t>>>& list) {
+  std::set<std::string> paths;
+  for (const auto& [name, shape] : list) paths.insert(weights.file_of(name));
+  std::ostringstream key;
+  key << config.hash();
+  for (const std::string& p : paths) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) return "";  // not cacheable: compute
+    key << '\n'
+        << p << ' ' << st.st_dev << ' ' << st.st_ino << ' ' << st.st_size << ' '
+        << st.st_mtim.tv_sec << '.' << st.st_mtim.tv_nsec << ' ' << st.st_ctim.tv_sec << '.'
+        << st.st_ctim.tv_nsec;
+  }
+  return key.str();
+}
+
+std::string compute_fingerprint(const ModelConfig& config, const SafetensorsModel& weights) {
   const auto list = expected_weight_list(config);
   std::vector<uint64_t> digests(list.size());
   at::parallel_for(0, static_cast<int64_t>(list.size()), 1, [&](int64_t begin, int64_t end) {
@@ -95,6 +118,24 @@ std::string weights_fingerprint(const ModelConfig& config, const SafetensorsMode
     all.update(&digests[i], sizeof digests[i]);
   }
   return format_xxh64(all.digest());
+}
+}  // namespace
+
+std::string weights_fingerprint(const ModelConfig& config, const SafetensorsModel& weights) {
+  // Every stage of `cskv run` asks for the same model's: its files are read once per process.
+  static std::mutex mu;
+  static std::map<std::string, std::string> known;
+  const std::string key = files_key(config, weights, expected_weight_list(config));
+  if (!key.empty()) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (const auto it = known.find(key); it != known.end()) return it->second;
+  }
+  std::string fingerprint = compute_fingerprint(config, weights);
+  if (!key.empty()) {
+    std::lock_guard<std::mutex> lock(mu);
+    known[key] = fingerprint;
+  }
+  return fingerprint;
 }
 
 int64_t count_params(const ModelConfig& config) {

@@ -33,7 +33,9 @@ WeightsReport validate_weights(const ModelConfig& config, const SafetensorsModel
 // k/v projections and the forward is covered; tensors the config does not imply are not). Two
 // models with the same config.json but other weights differ here. The tensors are hashed in
 // parallel on ATen's intra-op pool; the result does not depend on the thread count. Call after
-// validate_weights (a missing tensor throws as SafetensorsModel::entry does).
+// validate_weights (a missing tensor throws as SafetensorsModel::entry does). Within a process the
+// result is remembered per set of files (path, inode, size, mtime, ctime): the stages of one
+// `cskv run` read the weights once; a rewritten file is read again.
 std::string weights_fingerprint(const ModelConfig& config, const SafetensorsModel& weights);
 
 // Parameter count the config implies (what validate_weights().params must equal).

@@ -237,7 +237,10 @@ TEST(WeightsFingerprint, DependsOnEveryWeightByteAndNotOnThreads) {
   EXPECT_NE(fp(dir / "b"), a);
   const int threads = at::get_num_threads();
   at::set_num_threads(1);
-  EXPECT_EQ(fp(dir / "a"), a);
+  ToyModelSpec same_as_a = spec;
+  same_as_a.seed = 0;
+  write_toy_model(same_as_a, dir / "a3");  // files not seen yet: computed again, on one thread
+  EXPECT_EQ(fp(dir / "a3"), a);
   at::set_num_threads(threads);
 
   // One element of one tensor (the last layer's MLP) changed: another fingerprint.
@@ -254,6 +257,12 @@ TEST(WeightsFingerprint, DependsOnEveryWeightByteAndNotOnThreads) {
   fs::copy_file(dir / "a/config.json", dir / "c/config.json");
   write_safetensors(dir / "c/model.safetensors", tensors);
   EXPECT_NE(fp(dir / "c"), a);
+
+  // Remembered per files: the same files give the same answer; rewritten ones are read again
+  // (here a's weights replaced by c's under a's name).
+  EXPECT_EQ(fp(dir / "a"), a);
+  write_safetensors(dir / "a/model.safetensors", tensors);
+  EXPECT_EQ(fp(dir / "a"), fp(dir / "c"));
 }
 
 }  // namespace
