@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "launch/job_file.h"
+
 namespace cskv::cli {
 
 // Exit statuses documented in README.md.
@@ -29,10 +31,6 @@ const std::vector<Subcommand>& subcommands();
 
 // Options object for `cskv <sub>` with the flags every subcommand shares (--help, --log-level).
 cxxopts::Options make_options(const std::string& sub, const std::string& description);
-
-// The longest command-line argument accepted ("--flag=value" or a value alone): longer ones are
-// refused before the option parser sees them (its regex recursion would exhaust the stack).
-constexpr std::size_t kMaxArgumentBytes = 8192;
 
 // Whether a flag may appear more than once: never on a user's command line; `cskv run` places the
 // job file's settings before the command line, where the later one wins.

@@ -15,9 +15,6 @@
 
 namespace cskv::cli {
 
-// The largest job file read (a job file is a flat object of settings).
-constexpr std::uint64_t kMaxJobFileBytes = 1 << 20;
-
 // "--key=value" arguments for every key of the JSON object in `path`. Input errors, naming the
 // file and the key: not a JSON object, an unknown key (`job.json: unknown key "k_densty"`), a
 // value of the wrong type (`job.json: "seq_len" must be an integer, found 0.5`), a key given twice

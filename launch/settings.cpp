@@ -226,52 +226,6 @@ void check_settings(const cxxopts::ParseResult& r, const SettingTable& table) {
   }
 }
 
-std::string key_of(const std::string& flag) {
-  std::string k = flag;
-  for (auto& c : k) c = c == '-' ? '_' : c;
-  return k;
-}
-
-std::string flag_of(const std::string& key) {
-  std::string f = key;
-  for (auto& c : f) c = c == '_' ? '-' : c;
-  return f;
-}
-
-const char* json_type_name(SettingType type) {
-  switch (type) {
-    case T::kBool:
-      return "true or false";
-    case T::kString:
-      return "a string";
-    case T::kDouble:
-      return "a number";
-    case T::kInt:
-    case T::kInt64:
-      return "an integer";
-    case T::kUint64:
-      return "a non-negative integer";
-  }
-  return "?";
-}
-
-bool json_value_fits(SettingType type, const json& value) {
-  switch (type) {
-    case T::kBool:
-      return value.is_boolean();
-    case T::kString:
-      return value.is_string();
-    case T::kDouble:
-      return value.is_number();
-    case T::kInt:
-    case T::kInt64:
-      return value.is_number_integer();
-    case T::kUint64:
-      return value.is_number_unsigned();
-  }
-  return false;
-}
-
 json resolved_value(const cxxopts::ParseResult& r, const Setting& s) {
   if (!r.count(s.flag) && !r[s.flag].has_default()) return json();
   switch (s.type) {

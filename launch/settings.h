@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/job_file.h"
 #include "pipeline/settings.h"
 
 namespace cskv::cli {
@@ -50,14 +51,7 @@ void add_settings(cxxopts::Options& options, const SettingTable& table);
 // Runs the checks of the table's settings, in table order.
 void check_settings(const cxxopts::ParseResult& r, const SettingTable& table);
 
-// job.json key <-> flag name.
-std::string key_of(const std::string& flag);
-std::string flag_of(const std::string& key);
-
-// What job.json must hold for a setting of this type ("a number", "true or false", ...) and
-// whether `value` is of it.
-const char* json_type_name(SettingType type);
-bool json_value_fits(SettingType type, const nlohmann::json& value);
+// key_of, flag_of, json_type_name, json_value_fits: launch/job_file.h.
 // The setting's final value (given or default) as JSON of its type; null when it has neither.
 nlohmann::json resolved_value(const cxxopts::ParseResult& r, const Setting& setting);
 

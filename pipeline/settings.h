@@ -12,11 +12,10 @@
 #include <vector>
 
 #include "pipeline/capture.h"
+#include "pipeline/setting_type.h"
 #include "pipeline/train.h"
 
 namespace cskv::pipeline {
-
-enum class SettingType { kBool, kString, kDouble, kInt, kInt64, kUint64 };
 
 // Throws a usage error naming --flag when the value (given or default, as JSON of the setting's
 // type) is invalid.

@@ -4,6 +4,7 @@
 //   1 acts/capture.json            data::capture_identity + data::compare_capture_settings
 //   2 ckpt/step-*/manifest.json    checkpoint::parse_step_manifest
 //   3 a rank-file entry            checkpoint::from_json(RankFileEntry) (what ranks gather)
+//   4 cskv run's job.json           cli::job_file_arguments (over keys of every setting type)
 // Only cskv::Error may escape a reader (the rank-file entry's converter may also throw nlohmann's
 // exceptions: its callers turn them into errors naming the operation); anything else is a bug.
 #include <cstddef>
@@ -15,6 +16,7 @@
 #include "common/error.h"
 #include "data/capture_identity.h"
 #include "data/manifest_json.h"
+#include "launch/job_file.h"
 
 namespace {
 
@@ -67,13 +69,30 @@ void rank_file_entry(const std::string& text) {
   }
 }
 
+void job_file(const std::string& text) {
+  using cskv::cli::JobKey;
+  using T = cskv::cli::SettingType;
+  static const std::vector<JobKey> keys = {{"model", T::kString},    {"export-cskv", T::kBool},
+                                           {"lr", T::kDouble},       {"epochs", T::kInt64},
+                                           {"threads", T::kInt},     {"seed", T::kUint64},
+                                           {"k-density", T::kDouble}};
+  const auto args = cskv::cli::job_file_arguments(text, "fuzz/job.json", keys);
+  for (const std::string& a : args) {  // each an "--flag=value" of a known flag
+    const size_t eq = a.find('=');
+    if (a.rfind("--", 0) != 0 || eq == std::string::npos) __builtin_trap();
+    bool known = false;
+    for (const JobKey& k : keys) known = known || a.compare(2, eq - 2, k.flag) == 0;
+    if (!known || a.size() > cskv::cli::kMaxArgumentBytes + 64) __builtin_trap();
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const std::string text(reinterpret_cast<const char*>(data) + 1, size - 1);
   try {
-    switch (data[0] % 4) {
+    switch (data[0] % 5) {
       case 0:
         manifest(text);
         break;
@@ -83,8 +102,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case 2:
         step_manifest(text);
         break;
-      default:
+      case 3:
         rank_file_entry(text);
+        break;
+      default:
+        job_file(text);
         break;
     }
   } catch (const cskv::Error&) {

@@ -1,6 +1,6 @@
 # libFuzzer targets, built with clang++ directly (the rest of the project uses GCC) and run by
 # CTest for a bounded time: tests `fuzz_safetensors_header` (the safetensors header parser) and
-# `fuzz_json_formats` (manifest.json, capture.json, step manifests, rank-file entries).
+# `fuzz_json_formats` (manifest.json, capture.json, step manifests, rank-file entries, job.json).
 if(NOT CSKV_BUILD_FUZZ)
   return()
 endif()
@@ -84,12 +84,14 @@ cskv_add_fuzzer(fuzz_json_formats
           ${PROJECT_SOURCE_DIR}/common/fs.cpp
           ${PROJECT_SOURCE_DIR}/common/error.cpp
           ${PROJECT_SOURCE_DIR}/common/json_bounds.cpp
+          ${PROJECT_SOURCE_DIR}/launch/job_file.cpp
   DEPENDS ${PROJECT_SOURCE_DIR}/data/manifest_json.h ${PROJECT_SOURCE_DIR}/data/capture_identity.h
           ${PROJECT_SOURCE_DIR}/data/checksum.h
           ${PROJECT_SOURCE_DIR}/checkpoint/step_manifest_json.h
           ${PROJECT_SOURCE_DIR}/common/config_diff.h ${PROJECT_SOURCE_DIR}/common/fs.h
           ${PROJECT_SOURCE_DIR}/common/error.h ${PROJECT_SOURCE_DIR}/common/json_bounds.h
-          ${PROJECT_SOURCE_DIR}/common/json_integer.h
+          ${PROJECT_SOURCE_DIR}/common/json_integer.h ${PROJECT_SOURCE_DIR}/launch/job_file.h
+          ${PROJECT_SOURCE_DIR}/pipeline/setting_type.h
   SEEDS ${CMAKE_CURRENT_LIST_DIR}/json_corpus
   ARGS -max_total_time=10 -timeout=10 -rss_limit_mb=2048 -max_len=8192
        -dict=${CMAKE_CURRENT_LIST_DIR}/json.dict)
