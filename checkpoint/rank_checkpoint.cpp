@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/json_integer.h"
 #include "data/checksum.h"
 #include "model/safetensors.h"
 
@@ -91,8 +92,9 @@ const nlohmann::json& job_field(const nlohmann::json& j, const char* key, const 
 
 int64_t job_int(const nlohmann::json& j, const char* key, const std::string& path, size_t index) {
   const auto& v = job_field(j, key, path, index);
-  CSKV_CHECK_INPUT(v.is_number_integer(), path << ": job entry " << index << " field '" << key
-                                               << "' must be an integer, found " << v.dump());
+  CSKV_CHECK_INPUT(json_integer_fits<int64_t>(v) && v.get<int64_t>() >= 0,
+                   path << ": job entry " << index << " field '" << key
+                        << "' must be a non-negative integer, found " << v.dump());
   return v.get<int64_t>();
 }
 
