@@ -159,6 +159,22 @@ double mm_gflops(const StepShapes& s, int reps) {
   return s.flops() * reps / since(t0) / 1e9;
 }
 
+// A layer-0 K job at `rank` with small random factors and zero moments (seeded: the same each
+// time), to be trained for total_steps.
+tr::JobState random_state(const cskv::model::ModelConfig& c, int64_t rank, int64_t total_steps) {
+  tr::JobState s;
+  s.job = {0, tr::KvKind::kKey, rank};
+  at::manual_seed(2);
+  s.A = at::randn({c.hidden_size, rank}) * 0.02;
+  s.B = at::randn({rank, c.kv_dim()}) * 0.02;
+  s.m_A = at::zeros_like(s.A);
+  s.v_A = at::zeros_like(s.A);
+  s.m_B = at::zeros_like(s.B);
+  s.v_B = at::zeros_like(s.B);
+  s.total_steps = total_steps;
+  return s;
+}
+
 // Steady-state seconds per optimizer step of LayerTrainer::train (real reader, prefetch on).
 double step_seconds(const std::string& dir, const cskv::model::ModelConfig& c, int64_t rank,
                     int bits, int64_t batch_tokens, int64_t steps) {
@@ -170,16 +186,7 @@ double step_seconds(const std::string& dir, const cskv::model::ModelConfig& c, i
   auto weights = std::make_shared<cskv::model::SafetensorsModel>(
       cskv::model::SafetensorsModel::open_dir(dir + "/model"));
   tr::LayerTrainer trainer(cfg, c, weights, dir + "/acts");
-  tr::JobState s;
-  s.job = {0, tr::KvKind::kKey, rank};
-  at::manual_seed(2);
-  s.A = at::randn({c.hidden_size, rank}) * 0.02;
-  s.B = at::randn({rank, c.kv_dim()}) * 0.02;
-  s.m_A = at::zeros_like(s.A);
-  s.v_A = at::zeros_like(s.A);
-  s.m_B = at::zeros_like(s.B);
-  s.v_B = at::zeros_like(s.B);
-  s.total_steps = cfg.steps;
+  tr::JobState s = random_state(c, rank, cfg.steps);
   Clock::time_point t_first;
   trainer.train(s, s.total_steps, [&](const tr::JobState& st) {
     if (st.step == 2) t_first = Clock::now();  // steps 1-2: reader start-up, first touches
@@ -275,16 +282,7 @@ double job_step_seconds(const std::string& dir, const cskv::model::ModelConfig& 
   auto weights = std::make_shared<cskv::model::SafetensorsModel>(
       cskv::model::SafetensorsModel::open_dir(dir + "/model"));
   tr::LayerTrainer trainer(cfg, c, weights, dir + "/acts", dev);
-  tr::JobState s;
-  s.job = {0, tr::KvKind::kKey, rank};
-  at::manual_seed(2);
-  s.A = at::randn({c.hidden_size, rank}) * 0.02;
-  s.B = at::randn({rank, c.kv_dim()}) * 0.02;
-  s.m_A = at::zeros_like(s.A);
-  s.v_A = at::zeros_like(s.A);
-  s.m_B = at::zeros_like(s.B);
-  s.v_B = at::zeros_like(s.B);
-  s.total_steps = cfg.steps;
+  tr::JobState s = random_state(c, rank, cfg.steps);
   Clock::time_point t_first;
   trainer.train(s, s.total_steps, [&](const tr::JobState& st) {
     if (st.step == 2) {

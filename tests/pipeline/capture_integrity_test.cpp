@@ -61,6 +61,17 @@ class CaptureIntegrity : public ::testing::Test {
   static std::string error_line(const std::string& command, const std::string& message) {
     return "cskv " + command + ": error: " + message + "\n";
   }
+  // Each of `commands` (train, eval, analyze) on acts fails with exit 1 and exactly `message`.
+  void expect_refused_by(const std::vector<std::string>& commands, const std::string& acts,
+                         const std::string& message) {
+    for (const std::string& c : commands) {
+      const auto r = c == "train"  ? train(acts, tmp_ / "ckpt")
+                     : c == "eval" ? eval(acts, tmp_ / "eval")
+                                   : analyze(acts, tmp_ / "report");
+      EXPECT_EQ(r.exit_code, 1) << c;
+      EXPECT_EQ(r.err, error_line(c, message));
+    }
+  }
 
   test::TempDir tmp_;
 
@@ -149,15 +160,7 @@ TEST_F(CaptureIntegrity, StatsOfAnotherCaptureAreRefusedByTrainEvalAndAnalyze) {
   const std::string message = acts + "/stats.h5: capture_identity is " + theirs + ", but " + acts +
                               "/capture.json gives " + mine +
                               " (stats.h5 belongs to another capture; re-run cskv capture)";
-  auto r = train(acts, tmp_ / "ckpt");
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, error_line("train", message));
-  r = eval(acts, tmp_ / "eval");
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, error_line("eval", message));
-  r = analyze(acts, tmp_ / "report");
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, error_line("analyze", message));
+  expect_refused_by({"train", "eval", "analyze"}, acts, message);
   EXPECT_EQ(dir_bytes(acts), before);
 }
 
@@ -179,12 +182,7 @@ TEST_F(CaptureIntegrity, StatsMissingALayerOfTheShardsAreRefused) {
   const std::string message = acts + "/stats.h5: no statistics for layer(s) 1 that " + acts +
                               "/holdout-00000-of-00001.h5 holds (stats.h5 has 0; re-run cskv "
                               "capture --overwrite)";
-  auto r = train(acts, tmp_ / "ckpt");
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, error_line("train", message));
-  r = analyze(acts, tmp_ / "report");
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, error_line("analyze", message));
+  expect_refused_by({"train", "analyze"}, acts, message);
   EXPECT_EQ(dir_bytes(acts), before);
 }
 
@@ -195,12 +193,7 @@ TEST_F(CaptureIntegrity, NonFiniteStatisticsAreRefusedNamingLayerAndMatrix) {
   const std::string message = acts +
                               "/stats.h5: layer 1 gram holds nan at [2, 3] (non-finite "
                               "statistics; re-run cskv capture)";
-  auto r = train(acts, tmp_ / "ckpt");
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, error_line("train", message));
-  r = analyze(acts, tmp_ / "report");
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, error_line("analyze", message));
+  expect_refused_by({"train", "analyze"}, acts, message);
   EXPECT_EQ(dir_bytes(acts), before);
   EXPECT_CSKV_ERROR(read_stats(acts + "/stats.h5"), message);
 }
