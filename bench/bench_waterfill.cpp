@@ -4,7 +4,10 @@
 // against the full PCA basis with static per-channel ranges fitted on the training split and
 // widths allocated under the same budget. Both measured on the held-out split.
 //   cskv_bench_waterfill --model DIR --acts DIR --layer 0 --kind K --density 0.25 --bits 4
+//     [--seq-len T: also the first held-out positions' share of values outside the ranges]
 #include <ATen/ATen.h>
+
+#include <algorithm>
 
 #include <cstdio>
 #include <map>
@@ -51,8 +54,8 @@ double uniform_bits(const tr::QuantConfig& q, int64_t r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> a = {{"--layer", "0"}, {"--kind", "K"},
-                                          {"--density", "0.25"}, {"--bits", "4"}};
+  std::map<std::string, std::string> a = {
+      {"--layer", "0"}, {"--kind", "K"}, {"--density", "0.25"}, {"--bits", "4"}};
   for (int i = 1; i + 1 < argc; i += 2) a[argv[i]] = argv[i + 1];
   const std::string model_dir = a["--model"], acts = a["--acts"];
   const int64_t layer = std::stoll(a["--layer"]);
@@ -99,6 +102,38 @@ int main(int argc, char** argv) {
   const at::Tensor Kq = at::mm(tr::quantize_channels(at::mm(xh, A), codes), B);
   const double wf_err = (Kq - K).to(at::kDouble).pow(2).sum().item<double>() /
                         K.to(at::kDouble).pow(2).sum().item<double>();
+  // Outlier tokens: per position of the held-out sequences, the share of latent values outside
+  // their channel's calibrated range (channels with bits > 0) and the error of those positions.
+  const int64_t seq_len = std::stoll(a.count("--seq-len") ? a["--seq-len"] : "0");
+  if (seq_len > 0) {
+    const at::Tensor ch = at::mm(xh, A);
+    std::vector<float> lo_v, hi_v;
+    for (const tr::ChannelCode& code : codes) {
+      lo_v.push_back(code.offset);
+      hi_v.push_back(code.bits ? code.offset + code.scale * static_cast<float>((1 << code.bits) - 1)
+                               : code.offset);
+    }
+    const at::Tensor lo = at::tensor(lo_v), hi = at::tensor(hi_v);
+    const at::Tensor used = at::tensor(bits).gt(0);
+    const at::Tensor outside = ((ch < lo) | (ch > hi)) & used;  // [n, D]
+    const int64_t n_seq = ch.size(0) / seq_len;
+    const at::Tensor by_pos =
+        outside.to(at::kDouble).view({n_seq, seq_len, D}).sum(at::IntArrayRef{0, 2}) /
+        static_cast<double>(n_seq * std::max<int64_t>(1, used.sum().item<int64_t>()));
+    const at::Tensor err_pos =
+        (Kq - K).to(at::kDouble).pow(2).view({n_seq, seq_len, -1}).sum(at::IntArrayRef{0, 2});
+    const at::Tensor ref_pos =
+        K.to(at::kDouble).pow(2).view({n_seq, seq_len, -1}).sum(at::IntArrayRef{0, 2});
+    const at::Tensor rel_pos = err_pos / ref_pos;
+    std::printf(
+        "%s positions 0-3: outside range %.4f %.4f %.4f %.4f, rel. error %.5f %.5f %.5f %.5f;"
+        " positions >= 4: outside %.4f, rel. error %.5f\n",
+        job.name().c_str(), by_pos[0].item<double>(), by_pos[1].item<double>(),
+        by_pos[2].item<double>(), by_pos[3].item<double>(), rel_pos[0].item<double>(),
+        rel_pos[1].item<double>(), rel_pos[2].item<double>(), rel_pos[3].item<double>(),
+        by_pos.slice(0, 4).mean().item<double>(),
+        (err_pos.slice(0, 4).sum() / ref_pos.slice(0, 4).sum()).item<double>());
+  }
   std::printf("| %s | %.0f | %.5f | %.5f | %lld of %lld, %lld bits | %.5f (%.2fx) |\n",
               job.name().c_str(), budget, uniform_err, uniform_floor, static_cast<long long>(kept),
               static_cast<long long>(D), static_cast<long long>(spent), wf_err,
