@@ -3,14 +3,17 @@
 #include "trainer/layer_trainer.h"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
 
 #include <ATen/ATen.h>
 
 #include <cstdio>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "common/log.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/toy_model.h"
@@ -143,6 +146,39 @@ TEST_F(LayerTrainerTest, DevicePathsGiveTheSameBitsOnTheCpu) {
     EXPECT_EQ(s.holdout_error_q, ref.holdout_error_q);
     EXPECT_EQ(s.train_error, ref.train_error);
   }
+}
+
+// K and V jobs of one layer read its activations once when resident: one load per split of the
+// layer, whatever the number of jobs and error passes that use it.
+TEST_F(LayerTrainerTest, ResidentSplitsAreReadOncePerLayer) {
+  TrainConfig cfg;
+  cfg.batch_tokens = 1024;
+  cfg.steps = 3;
+  const LayerTrainer t(cfg, *config_, *weights_, acts_dir(),
+                       TrainDevice{at::kCPU, Residency::kOn, 0.5, std::nullopt});
+  auto logger = log::get("trainer");
+  std::ostringstream out;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+  sink->set_pattern("%v");
+  logger->sinks().push_back(sink);
+  const auto level = logger->level();
+  logger->set_level(spdlog::level::debug);
+  for (const KvKind kind : kKinds) {
+    JobState s = t.init(job(1, kind, 0.5));
+    t.train(s, s.total_steps);
+    (void)t.relative_error(s, "train", false);
+    (void)t.relative_error(s, "holdout", true);
+  }
+  logger->set_level(level);
+  logger->sinks().pop_back();
+  const std::string text = out.str();
+  const auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("layer 1 train: 4096 rows resident on cpu"), 1u) << text;
+  EXPECT_EQ(count("layer 1 holdout: 512 rows resident on cpu"), 1u) << text;
 }
 
 // bf16 operands are a real, recorded choice: close to fp32 at this size, not the same numbers.
