@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 
 #include "common/error.h"
 
@@ -81,6 +82,29 @@ std::vector<int> allocate_bits(const std::vector<ChannelCurve>& curves, int64_t 
     bits[static_cast<size_t>(best_channel)] += best_jump;
     spent += best_jump;
   }
+}
+
+std::vector<std::vector<int>> allocate_jobs(const std::vector<std::vector<ChannelCurve>>& jobs,
+                                            const std::vector<double>& energy, int64_t total_bits) {
+  CSKV_CHECK(jobs.size() == energy.size(),
+             "allocate_jobs: " << jobs.size() << " jobs, " << energy.size() << " energies");
+  std::vector<ChannelCurve> all;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    CSKV_CHECK(energy[j] > 0, "allocate_jobs: job " << j << " has energy " << energy[j]);
+    for (ChannelCurve c : jobs[j]) {
+      for (double& e : c.error) e /= energy[j];
+      all.push_back(c);
+    }
+  }
+  const std::vector<int> flat = allocate_bits(all, total_bits);
+  std::vector<std::vector<int>> out;
+  size_t k = 0;
+  for (const auto& job : jobs) {
+    out.emplace_back(flat.begin() + static_cast<std::ptrdiff_t>(k),
+                     flat.begin() + static_cast<std::ptrdiff_t>(k + job.size()));
+    k += job.size();
+  }
+  return out;
 }
 
 at::Tensor quantize_channels(const at::Tensor& latent, const std::vector<ChannelCode>& codes) {

@@ -45,6 +45,13 @@ ChannelCurve fit_channel(const at::Tensor& values);
 // lower channel index, then the smaller jump.
 std::vector<int> allocate_bits(const std::vector<ChannelCurve>& curves, int64_t budget_bits);
 
+// One budget over several jobs (layers, K and V): widths for every channel of every job that
+// minimise the summed *relative* error Σ_jobs error/energy (energy: the job's ‖K‖² over the same
+// tokens as its curves), at most total_bits in all — allocate_bits over the channels of all jobs
+// with each job's curves divided by its energy. Returns the widths per job, in order.
+std::vector<std::vector<int>> allocate_jobs(const std::vector<std::vector<ChannelCurve>>& jobs,
+                                            const std::vector<double>& energy, int64_t total_bits);
+
 // Applies per-channel codes to a latent [n, r] (codes.size() == r), on the latent's device.
 at::Tensor quantize_channels(const at::Tensor& latent, const std::vector<ChannelCode>& codes);
 

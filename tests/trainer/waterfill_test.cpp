@@ -10,6 +10,8 @@
 #include <limits>
 #include <vector>
 
+#include "tests/support/test_support.h"
+
 namespace cskv::trainer {
 namespace {
 
@@ -72,6 +74,34 @@ TEST(Waterfill, HullJumpsFindTheOptimumThatSingleStepsMiss) {
   // Where it may lose: budget 1 cannot take the jump; the optimum is channel 1's first bit.
   EXPECT_EQ(allocate_bits(curves, 1), (std::vector<int>{0, 1}));
   EXPECT_DOUBLE_EQ(total(curves, allocate_bits(curves, 1)), brute_force(curves, 1, 2));
+}
+
+// One budget over two jobs: what minimises the summed relative error, by brute force over the
+// channels of both; a job of ten times the energy is worth ten times less per unit of error.
+TEST(Waterfill, OneBudgetOverJobsMinimisesTheSummedRelativeError) {
+  const std::vector<std::vector<ChannelCurve>> jobs = {
+      {curve_of({8, 2, 0.5, 0.125}), curve_of({2, 0.5, 0.125})},
+      {curve_of({80, 20, 5, 1.25}), curve_of({40, 10, 2.5, 0.6})}};
+  const std::vector<double> energy = {10, 100};
+  for (int64_t budget = 0; budget <= 8; ++budget) {
+    const auto widths = allocate_jobs(jobs, energy, budget);
+    ASSERT_EQ(widths.size(), 2u);
+    std::vector<ChannelCurve> scaled;
+    double got = 0;
+    int64_t spent = 0;
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      for (size_t i = 0; i < jobs[j].size(); ++i) {
+        ChannelCurve c = jobs[j][i];
+        for (double& e : c.error) e /= energy[j];
+        scaled.push_back(c);
+        got += c.error[widths[j][i]];
+        spent += widths[j][i];
+      }
+    }
+    EXPECT_LE(spent, budget);
+    EXPECT_NEAR(got, brute_force(scaled, budget, 3), 1e-12) << "budget " << budget;
+  }
+  EXPECT_CSKV_ERROR(allocate_jobs(jobs, {10, 0}, 4), "allocate_jobs: job 1 has energy 0");
 }
 
 TEST(Waterfill, FittedCodesAreTheQuantizerAndClippingBeatsMinMax) {
