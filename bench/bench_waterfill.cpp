@@ -1,14 +1,15 @@
-// Per-channel widths (trainer/waterfill.h) against today's uniform quantizer on one captured job,
-// at the same bits per token: the closed-form PCA factors at the uniform run's rank and bits
-// (window-32 per-channel key groups / per-token value groups, their fp16 scale and zero counted),
-// against the full PCA basis with static per-channel ranges fitted on the training split and
-// widths allocated under the same budget. Both measured on the held-out split.
+// Per-channel widths (trainer/waterfill.h) against today's uniform quantizer, at the same bits per
+// token: the closed-form PCA factors at the uniform run's rank and bits (window-32 per-channel
+// key groups / per-token value groups, their fp16 scale and zero counted), against the full PCA
+// basis with static per-channel ranges fitted on the training split and widths allocated under
+// the same budget. Both measured on the held-out split.
 //   cskv_bench_waterfill --model DIR --acts DIR --layer 0 --kind K --density 0.25 --bits 4
 //     [--seq-len T: also the first held-out positions' share of values outside the ranges]
+//   cskv_bench_waterfill --model DIR --acts DIR --all 1 --k-density 0.25 --v-density 0.5 --bits 4
+//     every job of every layer, one budget: the uniform run's total bits (allocate_jobs)
 #include <ATen/ATen.h>
 
 #include <algorithm>
-
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -51,92 +52,165 @@ double uniform_bits(const tr::QuantConfig& q, int64_t r) {
   return codes + 32.0 * static_cast<double>(r / q.group_size);
 }
 
+// One job measured both ways: the uniform scheme's numbers and the full basis's curves.
+struct Job {
+  tr::LayerJob job;
+  double uniform_err = 0, uniform_floor = 0, budget = 0;
+  at::Tensor A, B, W;                    // full PCA basis [H, D], [D, D]; the projection [D, H]
+  std::vector<tr::ChannelCurve> curves;  // errors weighted by ‖B_j‖² (squared error of K)
+  double train_energy = 0;               // ‖K‖² over the training split
+};
+
+Job measure(const std::string& model_dir, const std::string& acts, const tr::LayerJob& job,
+            int bits, const cskv::model::ModelConfig& config,
+            const std::shared_ptr<cskv::model::SafetensorsModel>& weights) {
+  Job j;
+  j.job = job;
+  tr::TrainConfig cfg;
+  (job.kind == tr::KvKind::kKey ? cfg.k_bits : cfg.v_bits) = bits;
+  const tr::LayerTrainer trainer(cfg, config, weights, acts);
+  const tr::JobState s = trainer.init(job);
+  j.uniform_err = trainer.relative_error(s, "holdout", true);
+  j.uniform_floor = trainer.relative_error(s, "holdout", false);
+  j.budget = uniform_bits(tr::job_quant_config(cfg, config, job), job.rank);
+  const auto stats = cskv::data::read_layer_stats(acts + "/stats.h5", job.layer);
+  const at::Tensor w = weights->get(tr::kv_weight_name(job.layer, job.kind));
+  const int64_t D = config.kv_dim();
+  const tr::InitResult pca =
+      tr::init_factors(tr::InitMethod::kPca, w, D, stats.gram, stats.abs_mean, job.name());
+  j.A = pca.A.to(at::kFloat);
+  j.B = pca.B.to(at::kFloat);
+  j.W = w.to(at::kFloat);
+  const at::Tensor x = read_split(acts, job.layer, "train");
+  const at::Tensor c = at::mm(x, j.A);
+  j.train_energy = at::mm(x, j.W.t()).to(at::kDouble).pow(2).sum().item<double>();
+  const at::Tensor row_energy = j.B.pow(2).sum(1).to(at::kDouble);  // ‖B_j‖²
+  for (int64_t ch = 0; ch < D; ++ch) {
+    tr::ChannelCurve curve = tr::fit_channel(c.select(1, ch).contiguous());
+    for (double& e : curve.error) e *= row_energy[ch].item<double>();
+    j.curves.push_back(curve);
+  }
+  (void)model_dir;
+  return j;
+}
+
+struct Coded {
+  double err = 0;
+  int64_t kept = 0, spent = 0;
+  at::Tensor K, Kq;  // held-out K and its reconstruction
+};
+
+Coded held_out(const Job& j, const std::string& acts, const std::vector<int>& bits) {
+  std::vector<tr::ChannelCode> codes;
+  Coded out;
+  for (size_t ch = 0; ch < bits.size(); ++ch) {
+    codes.push_back(j.curves[ch].code[bits[ch]]);
+    out.spent += bits[ch];
+    out.kept += bits[ch] > 0;
+  }
+  const at::Tensor xh = read_split(acts, j.job.layer, "holdout");
+  out.K = at::mm(xh, j.W.t());
+  out.Kq = at::mm(tr::quantize_channels(at::mm(xh, j.A), codes), j.B);
+  out.err = (out.Kq - out.K).to(at::kDouble).pow(2).sum().item<double>() /
+            out.K.to(at::kDouble).pow(2).sum().item<double>();
+  return out;
+}
+
+void print_row(const Job& j, const Coded& c, int64_t D) {
+  std::printf("| %s | %.0f | %.5f | %.5f | %lld of %lld, %lld bits | %.5f (%.2fx) |\n",
+              j.job.name().c_str(), j.budget, j.uniform_err, j.uniform_floor,
+              static_cast<long long>(c.kept), static_cast<long long>(D),
+              static_cast<long long>(c.spent), c.err, c.err / j.uniform_err);
+}
+
+// Outlier tokens: per position of the held-out sequences, the share of latent values outside
+// their channel's calibrated range (channels with bits > 0) and the error at those positions.
+void print_positions(const Job& j, const std::string& acts, const std::vector<int>& bits,
+                     const Coded& c, int64_t seq_len) {
+  const at::Tensor ch = at::mm(read_split(acts, j.job.layer, "holdout"), j.A);
+  std::vector<float> lo_v, hi_v;
+  for (size_t i = 0; i < bits.size(); ++i) {
+    const tr::ChannelCode& code = j.curves[i].code[bits[i]];
+    lo_v.push_back(code.offset);
+    hi_v.push_back(code.offset + code.scale * static_cast<float>((1 << code.bits) - 1));
+  }
+  const int64_t D = ch.size(1);
+  const at::Tensor used = at::tensor(bits).gt(0);
+  const at::Tensor outside = ((ch < at::tensor(lo_v)) | (ch > at::tensor(hi_v))) & used;
+  const int64_t n_seq = ch.size(0) / seq_len;
+  const std::vector<int64_t> dims = {0, 2};
+  const at::Tensor by_pos =
+      outside.to(at::kDouble).view({n_seq, seq_len, D}).sum(dims) /
+      static_cast<double>(n_seq * std::max<int64_t>(1, used.sum().item<int64_t>()));
+  const at::Tensor err_pos =
+      (c.Kq - c.K).to(at::kDouble).pow(2).view({n_seq, seq_len, -1}).sum(dims);
+  const at::Tensor ref_pos = c.K.to(at::kDouble).pow(2).view({n_seq, seq_len, -1}).sum(dims);
+  const at::Tensor rel = err_pos / ref_pos;
+  std::printf(
+      "%s positions 0-3: outside range %.4f %.4f %.4f %.4f, rel. error %.5f %.5f %.5f %.5f; "
+      "positions >= 4: outside %.4f, rel. error %.5f\n",
+      j.job.name().c_str(), by_pos[0].item<double>(), by_pos[1].item<double>(),
+      by_pos[2].item<double>(), by_pos[3].item<double>(), rel[0].item<double>(),
+      rel[1].item<double>(), rel[2].item<double>(), rel[3].item<double>(),
+      by_pos.slice(0, 4).mean().item<double>(),
+      (err_pos.slice(0, 4).sum() / ref_pos.slice(0, 4).sum()).item<double>());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::map<std::string, std::string> a = {
-      {"--layer", "0"}, {"--kind", "K"}, {"--density", "0.25"}, {"--bits", "4"}};
+      {"--layer", "0"},        {"--kind", "K"},        {"--density", "0.25"}, {"--bits", "4"},
+      {"--k-density", "0.25"}, {"--v-density", "0.5"}, {"--all", "0"},        {"--seq-len", "0"}};
   for (int i = 1; i + 1 < argc; i += 2) a[argv[i]] = argv[i + 1];
   const std::string model_dir = a["--model"], acts = a["--acts"];
-  const int64_t layer = std::stoll(a["--layer"]);
-  const tr::KvKind kind = a["--kind"] == "V" ? tr::KvKind::kValue : tr::KvKind::kKey;
+  const int bits = std::stoi(a["--bits"]);
   const auto config = cskv::model::load_config(model_dir);
   auto weights = std::make_shared<cskv::model::SafetensorsModel>(
       cskv::model::SafetensorsModel::open_dir(model_dir));
-  // Uniform: today's closed form at the density's rank and --bits.
-  tr::TrainConfig cfg;
-  (kind == tr::KvKind::kKey ? cfg.k_bits : cfg.v_bits) = std::stoi(a["--bits"]);
-  const int64_t r = tr::rank_from_density(std::stod(a["--density"]), config.head_dim,
-                                          config.num_key_value_heads, "--density");
-  const tr::LayerTrainer trainer(cfg, config, weights, acts);
-  const tr::LayerJob job{layer, kind, r};
-  const tr::JobState s = trainer.init(job);
-  const double uniform_err = trainer.relative_error(s, "holdout", true);
-  const double uniform_floor = trainer.relative_error(s, "holdout", false);
-  const double budget = uniform_bits(tr::job_quant_config(cfg, config, job), r);
-  // Waterfill: the full PCA basis, ranges and widths from the training split.
-  const auto stats = cskv::data::read_layer_stats(acts + "/stats.h5", layer);
-  const at::Tensor w = weights->get(tr::kv_weight_name(layer, kind));
+  const auto rank_of = [&](double density) {
+    return tr::rank_from_density(density, config.head_dim, config.num_key_value_heads, "--density");
+  };
   const int64_t D = config.kv_dim();
-  const tr::InitResult pca =
-      tr::init_factors(tr::InitMethod::kPca, w, D, stats.gram, stats.abs_mean, job.name());
-  const at::Tensor A = pca.A.to(at::kFloat), B = pca.B.to(at::kFloat);
-  const at::Tensor c = at::mm(read_split(acts, layer, "train"), A);
-  const at::Tensor row_energy = B.pow(2).sum(1).to(at::kDouble);  // ‖B_j‖²
-  std::vector<tr::ChannelCurve> curves;
-  for (int64_t j = 0; j < D; ++j) {
-    tr::ChannelCurve curve = tr::fit_channel(c.select(1, j).contiguous());
-    for (double& e : curve.error) e *= row_energy[j].item<double>();
-    curves.push_back(curve);
+  if (a["--all"] == "0") {
+    const tr::KvKind kind = a["--kind"] == "V" ? tr::KvKind::kValue : tr::KvKind::kKey;
+    const Job j = measure(model_dir, acts,
+                          {std::stoll(a["--layer"]), kind, rank_of(std::stod(a["--density"]))},
+                          bits, config, weights);
+    const auto widths = tr::allocate_bits(j.curves, static_cast<int64_t>(j.budget));
+    const Coded c = held_out(j, acts, widths);
+    if (const int64_t t = std::stoll(a["--seq-len"]); t > 0) print_positions(j, acts, widths, c, t);
+    print_row(j, c, D);
+    return 0;
   }
-  const auto bits = tr::allocate_bits(curves, static_cast<int64_t>(budget));
-  std::vector<tr::ChannelCode> codes;
-  int64_t spent = 0, kept = 0;
-  for (int64_t j = 0; j < D; ++j) {
-    codes.push_back(curves[static_cast<size_t>(j)].code[bits[static_cast<size_t>(j)]]);
-    spent += bits[static_cast<size_t>(j)];
-    kept += bits[static_cast<size_t>(j)] > 0;
-  }
-  const at::Tensor xh = read_split(acts, layer, "holdout");
-  const at::Tensor K = at::mm(xh, w.to(at::kFloat).t());
-  const at::Tensor Kq = at::mm(tr::quantize_channels(at::mm(xh, A), codes), B);
-  const double wf_err = (Kq - K).to(at::kDouble).pow(2).sum().item<double>() /
-                        K.to(at::kDouble).pow(2).sum().item<double>();
-  // Outlier tokens: per position of the held-out sequences, the share of latent values outside
-  // their channel's calibrated range (channels with bits > 0) and the error of those positions.
-  const int64_t seq_len = std::stoll(a.count("--seq-len") ? a["--seq-len"] : "0");
-  if (seq_len > 0) {
-    const at::Tensor ch = at::mm(xh, A);
-    std::vector<float> lo_v, hi_v;
-    for (const tr::ChannelCode& code : codes) {
-      lo_v.push_back(code.offset);
-      hi_v.push_back(code.bits ? code.offset + code.scale * static_cast<float>((1 << code.bits) - 1)
-                               : code.offset);
+  // Every job, one budget: the uniform run's bits over all jobs.
+  std::vector<Job> jobs;
+  std::vector<std::vector<tr::ChannelCurve>> curves;
+  std::vector<double> energy;
+  double total = 0;
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    for (const tr::KvKind kind : {tr::KvKind::kKey, tr::KvKind::kValue}) {
+      const double density = std::stod(a[kind == tr::KvKind::kKey ? "--k-density" : "--v-density"]);
+      jobs.push_back(measure(model_dir, acts, {l, kind, rank_of(density)}, bits, config, weights));
+      curves.push_back(jobs.back().curves);
+      energy.push_back(jobs.back().train_energy);
+      total += jobs.back().budget;
     }
-    const at::Tensor lo = at::tensor(lo_v), hi = at::tensor(hi_v);
-    const at::Tensor used = at::tensor(bits).gt(0);
-    const at::Tensor outside = ((ch < lo) | (ch > hi)) & used;  // [n, D]
-    const int64_t n_seq = ch.size(0) / seq_len;
-    const at::Tensor by_pos =
-        outside.to(at::kDouble).view({n_seq, seq_len, D}).sum(at::IntArrayRef{0, 2}) /
-        static_cast<double>(n_seq * std::max<int64_t>(1, used.sum().item<int64_t>()));
-    const at::Tensor err_pos =
-        (Kq - K).to(at::kDouble).pow(2).view({n_seq, seq_len, -1}).sum(at::IntArrayRef{0, 2});
-    const at::Tensor ref_pos =
-        K.to(at::kDouble).pow(2).view({n_seq, seq_len, -1}).sum(at::IntArrayRef{0, 2});
-    const at::Tensor rel_pos = err_pos / ref_pos;
-    std::printf(
-        "%s positions 0-3: outside range %.4f %.4f %.4f %.4f, rel. error %.5f %.5f %.5f %.5f;"
-        " positions >= 4: outside %.4f, rel. error %.5f\n",
-        job.name().c_str(), by_pos[0].item<double>(), by_pos[1].item<double>(),
-        by_pos[2].item<double>(), by_pos[3].item<double>(), rel_pos[0].item<double>(),
-        rel_pos[1].item<double>(), rel_pos[2].item<double>(), rel_pos[3].item<double>(),
-        by_pos.slice(0, 4).mean().item<double>(),
-        (err_pos.slice(0, 4).sum() / ref_pos.slice(0, 4).sum()).item<double>());
   }
-  std::printf("| %s | %.0f | %.5f | %.5f | %lld of %lld, %lld bits | %.5f (%.2fx) |\n",
-              job.name().c_str(), budget, uniform_err, uniform_floor, static_cast<long long>(kept),
-              static_cast<long long>(D), static_cast<long long>(spent), wf_err,
-              wf_err / uniform_err);
+  const auto widths = tr::allocate_jobs(curves, energy, static_cast<int64_t>(total));
+  double sums[2][2] = {{0, 0}, {0, 0}};  // [K|V][uniform|waterfill]
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const Coded c = held_out(jobs[i], acts, widths[i]);
+    print_row(jobs[i], c, D);
+    const int kv = jobs[i].job.kind == tr::KvKind::kKey ? 0 : 1;
+    sums[kv][0] += jobs[i].uniform_err;
+    sums[kv][1] += c.err;
+  }
+  const double n = static_cast<double>(config.num_hidden_layers);
+  std::printf(
+      "mean K: uniform %.5f, per-channel widths %.5f (%.2fx); mean V: uniform %.5f, "
+      "per-channel widths %.5f (%.2fx); %.0f bits per token in all\n",
+      sums[0][0] / n, sums[0][1] / n, sums[0][1] / sums[0][0], sums[1][0] / n, sums[1][1] / n,
+      sums[1][1] / sums[1][0], total);
   return 0;
 }
