@@ -96,6 +96,7 @@ Job measure(const std::string& model_dir, const std::string& acts, const tr::Lay
 
 struct Coded {
   double err = 0;
+  double bound = 0;  // Gaussian rate-distortion bound of the held-out K spectrum at `spent` bits
   int64_t kept = 0, spent = 0;
   at::Tensor K, Kq;  // held-out K and its reconstruction
 };
@@ -113,14 +114,18 @@ Coded held_out(const Job& j, const std::string& acts, const std::vector<int>& bi
   out.Kq = at::mm(tr::quantize_channels(at::mm(xh, j.A), codes), j.B);
   out.err = (out.Kq - out.K).to(at::kDouble).pow(2).sum().item<double>() /
             out.K.to(at::kDouble).pow(2).sum().item<double>();
+  const at::Tensor kd = out.K.to(at::kDouble);
+  out.bound =
+      tr::gaussian_bound(at::linalg_eigvalsh(at::mm(kd.t(), kd)), static_cast<double>(out.spent));
   return out;
 }
 
 void print_row(const Job& j, const Coded& c, int64_t D) {
-  std::printf("| %s | %.0f | %.5f | %.5f | %lld of %lld, %lld bits | %.5f (%.2fx) |\n",
-              j.job.name().c_str(), j.budget, j.uniform_err, j.uniform_floor,
-              static_cast<long long>(c.kept), static_cast<long long>(D),
-              static_cast<long long>(c.spent), c.err, c.err / j.uniform_err);
+  std::printf(
+      "| %s | %.0f | %.5f | %.5f | %lld of %lld, %lld bits | %.5f (%.2fx) | %.5f (%.2fx) |\n",
+      j.job.name().c_str(), j.budget, j.uniform_err, j.uniform_floor,
+      static_cast<long long>(c.kept), static_cast<long long>(D), static_cast<long long>(c.spent),
+      c.err, c.err / j.uniform_err, c.bound, c.err / c.bound);
 }
 
 // Outlier tokens: per position of the held-out sequences, the share of latent values outside

@@ -107,6 +107,27 @@ std::vector<std::vector<int>> allocate_jobs(const std::vector<std::vector<Channe
   return out;
 }
 
+double gaussian_bound(const at::Tensor& eigenvalues, double bits_per_token) {
+  CSKV_CHECK(eigenvalues.dim() == 1 && bits_per_token >= 0, "gaussian_bound: eigenvalues "
+                                                                << eigenvalues.sizes() << ", "
+                                                                << bits_per_token << " bits");
+  const at::Tensor l = eigenvalues.to(at::kDouble).clamp_min(0).cpu();
+  const double total = l.sum().item<double>();
+  if (total <= 0) return 0;
+  const auto rate = [&](double theta) {  // bits spent at water level θ
+    return (l.clamp_min(theta) / theta).log2().sum().item<double>() / 2;
+  };
+  // rate(θ) falls as θ grows; bisect log θ between a level that spends too much and λ_max.
+  double lo = std::log(l.max().item<double>()) - 200, hi = std::log(l.max().item<double>());
+  if (rate(std::exp(lo)) <= bits_per_token)
+    return l.clamp_max(std::exp(lo)).sum().item<double>() / total;
+  for (int i = 0; i < 200; ++i) {
+    const double mid = (lo + hi) / 2;
+    (rate(std::exp(mid)) > bits_per_token ? lo : hi) = mid;
+  }
+  return l.clamp_max(std::exp(hi)).sum().item<double>() / total;
+}
+
 at::Tensor quantize_channels(const at::Tensor& latent, const std::vector<ChannelCode>& codes) {
   CSKV_CHECK(latent.dim() == 2 && latent.size(1) == static_cast<int64_t>(codes.size()),
              "quantize_channels: latent " << latent.sizes() << " for " << codes.size()

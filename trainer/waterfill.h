@@ -52,6 +52,12 @@ std::vector<int> allocate_bits(const std::vector<ChannelCurve>& curves, int64_t 
 std::vector<std::vector<int>> allocate_jobs(const std::vector<std::vector<ChannelCurve>>& jobs,
                                             const std::vector<double>& energy, int64_t total_bits);
 
+// The Gaussian rate–distortion bound: the least relative error Σ min(θ, λ_i) / Σ λ_i any code of
+// `bits_per_token` bits can reach on a Gaussian source with covariance eigenvalues λ (reverse
+// water-filling: channel i gets max(0, ½·log2(λ_i / θ)) bits, θ chosen so they sum to the
+// budget). eigenvalues: float64 [D], non-negative. A yardstick for the codes above.
+double gaussian_bound(const at::Tensor& eigenvalues, double bits_per_token);
+
 // Applies per-channel codes to a latent [n, r] (codes.size() == r), on the latent's device.
 at::Tensor quantize_channels(const at::Tensor& latent, const std::vector<ChannelCode>& codes);
 
