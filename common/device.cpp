@@ -16,6 +16,7 @@ namespace cskv::device {
 int cuda_device_count(std::string& why_none);
 Memory cuda_memory(int index);
 int64_t cuda_peak_allocated(int index);
+int64_t cuda_allocated(int index);
 void cuda_reset_peak(int index);
 void cuda_synchronize(int index);
 std::string cuda_runtime();
@@ -123,6 +124,14 @@ Memory memory(at::Device device) {
 int64_t peak_allocated_bytes(at::Device device) {
 #if CSKV_WITH_CUDA
   if (device.is_cuda()) return cuda_peak_allocated(device.index());
+#endif
+  (void)device;
+  return -1;
+}
+
+int64_t allocated_bytes(at::Device device) {
+#if CSKV_WITH_CUDA
+  if (device.is_cuda()) return cuda_allocated(device.index());
 #endif
   (void)device;
   return -1;

@@ -56,6 +56,8 @@ Memory memory(at::Device device);
 // Bytes the caching allocator handed out at most since reset_peak (CUDA); -1 on the CPU, which
 // has no allocator statistics.
 int64_t peak_allocated_bytes(at::Device device);
+// Bytes the caching allocator has handed out now (CUDA); -1 on the CPU.
+int64_t allocated_bytes(at::Device device);
 void reset_peak(at::Device device);
 
 // Waits for the device's queued work (no-op on the CPU): timings must include it.

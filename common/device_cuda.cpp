@@ -41,6 +41,12 @@ int64_t cuda_peak_allocated(int index) {
       .peak;
 }
 
+int64_t cuda_allocated(int index) {
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+  return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+      .current;
+}
+
 void cuda_reset_peak(int index) { c10::cuda::CUDACachingAllocator::resetPeakStats(index); }
 
 void cuda_synchronize(int index) {

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "comm/collectives.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "data/activation_reader.h"
@@ -336,8 +337,9 @@ FillBlock fill_block(const model::LlamaModel& model, const Compressor& c,
   return b;
 }
 
-// Layer l's four byte counts at each context added into sums [contexts, 4] (compressed
-// measured, compressed formula, fp16 measured, fp16 formula).
+// Layer l's byte counts at each context added into sums [contexts, 5] (compressed measured,
+// compressed formula, fp16 measured, fp16 formula; on a GPU the allocator's bytes of the
+// compressed cache, taken while the fp16 cache of the row before has been freed).
 void add_layer_memory(const model::LlamaModel& model, const Compressor& c,
                       const std::string& acts_dir, const std::vector<int64_t>& contexts,
                       at::ScalarType storage, int64_t l, at::Tensor& sums) {
@@ -350,11 +352,15 @@ void add_layer_memory(const model::LlamaModel& model, const Compressor& c,
       cache.append(b.x.narrow(0, 0, n), b.k.narrow(1, 0, n), b.v.narrow(1, 0, n));
     }
   };
+  const int64_t base = device::allocated_bytes(model.device());  // -1 on the CPU
   auto cache = layer_cache(c, model, l, storage);
   for (size_t i = 0; i < contexts.size(); ++i) {
     const auto row = static_cast<int64_t>(i);
     fill(*cache, contexts[i]);
     sums[row][0].add_(static_cast<double>(cache->bytes()));
+    if (base >= 0) {
+      sums[row][4].add_(static_cast<double>(device::allocated_bytes(model.device()) - base));
+    }
     sums[row][1].add_(formula_layer_bytes(c, cfg, l, contexts[i]));
     model::FullKvCache full(cfg, at::kHalf, model.device());
     full.reserve(contexts[i]);  // exactly the context: appends write in place
@@ -375,8 +381,9 @@ std::vector<MemoryRow> measure_memory(const model::LlamaModel& model, const Comp
   const int64_t nc = static_cast<int64_t>(contexts.size());
   CSKV_CHECK(nc > 0 && std::is_sorted(contexts.begin(), contexts.end()) && contexts.front() > 0,
              "measure_memory: expected ascending positive contexts");
-  // Per context: compressed measured, compressed formula, fp16 measured, fp16 formula.
-  at::Tensor sums = at::zeros({nc, 4}, at::kDouble);
+  // Per context: compressed measured, compressed formula, fp16 measured, fp16 formula, and on
+  // a GPU what the allocator handed out for the compressed caches.
+  at::Tensor sums = at::zeros({nc, 5}, at::kDouble);
   Progress progress("memory", cfg.num_hidden_layers, "layers");
   for (int64_t l = comm.rank(); l < cfg.num_hidden_layers; l += comm.size()) {
     add_layer_memory(model, c, acts_dir, contexts, storage, l, sums);
@@ -391,6 +398,9 @@ std::vector<MemoryRow> measure_memory(const model::LlamaModel& model, const Comp
     m.compressed_formula = sums[i][1].item<double>();
     m.fp16_measured = static_cast<int64_t>(sums[i][2].item<double>());
     m.fp16_formula = sums[i][3].item<double>();
+    if (model.device().is_cuda()) {
+      m.compressed_device_allocated = static_cast<int64_t>(sums[i][4].item<double>());
+    }
     m.ratio = m.compressed_measured > 0 ? static_cast<double>(m.fp16_measured) /
                                               static_cast<double>(m.compressed_measured)
                                         : 0.0;

@@ -94,12 +94,16 @@ std::string report_json(const EvalReport& r) {
                      {"kl_per_step", e.kl_per_step}};
   nlohmann::json mem = nlohmann::json::array();
   for (const auto& m : r.memory) {
-    mem.push_back({{"context", m.context},
-                   {"compressed_bytes_measured", m.compressed_measured},
-                   {"compressed_bytes_formula", m.compressed_formula},
-                   {"fp16_bytes_measured", m.fp16_measured},
-                   {"fp16_bytes_formula", m.fp16_formula},
-                   {"ratio", m.ratio}});
+    nlohmann::json row = {{"context", m.context},
+                          {"compressed_bytes_measured", m.compressed_measured},
+                          {"compressed_bytes_formula", m.compressed_formula},
+                          {"fp16_bytes_measured", m.fp16_measured},
+                          {"fp16_bytes_formula", m.fp16_formula},
+                          {"ratio", m.ratio}};
+    if (m.compressed_device_allocated >= 0) {
+      row["compressed_bytes_device_allocated"] = m.compressed_device_allocated;
+    }
+    mem.push_back(std::move(row));
   }
   j["memory"] = mem;
   j["compression_ratio"] = r.compression_ratio;

@@ -42,6 +42,9 @@ struct MemoryRow {
   int64_t fp16_measured = 0;
   double fp16_formula = 0;
   double ratio = 0;  // fp16_measured / compressed_measured
+  // On a CUDA device: what the caching allocator handed out for the compressed caches (its
+  // blocks round sizes up); -1 on the CPU, which has no allocator statistics.
+  int64_t compressed_device_allocated = -1;
 };
 
 struct EvalReport {
