@@ -61,8 +61,8 @@ struct Job {
   double train_energy = 0;               // ‖K‖² over the training split
 };
 
-Job measure(const std::string& model_dir, const std::string& acts, const tr::LayerJob& job,
-            int bits, const cskv::model::ModelConfig& config,
+Job measure(const std::string& acts, const tr::LayerJob& job, int bits,
+            const cskv::model::ModelConfig& config,
             const std::shared_ptr<cskv::model::SafetensorsModel>& weights) {
   Job j;
   j.job = job;
@@ -90,7 +90,6 @@ Job measure(const std::string& model_dir, const std::string& acts, const tr::Lay
     for (double& e : curve.error) e *= row_energy[ch].item<double>();
     j.curves.push_back(curve);
   }
-  (void)model_dir;
   return j;
 }
 
@@ -179,9 +178,9 @@ int main(int argc, char** argv) {
   const int64_t D = config.kv_dim();
   if (a["--all"] == "0") {
     const tr::KvKind kind = a["--kind"] == "V" ? tr::KvKind::kValue : tr::KvKind::kKey;
-    const Job j = measure(model_dir, acts,
-                          {std::stoll(a["--layer"]), kind, rank_of(std::stod(a["--density"]))},
-                          bits, config, weights);
+    const Job j =
+        measure(acts, {std::stoll(a["--layer"]), kind, rank_of(std::stod(a["--density"]))}, bits,
+                config, weights);
     const auto widths = tr::allocate_bits(j.curves, static_cast<int64_t>(j.budget));
     const Coded c = held_out(j, acts, widths);
     if (const int64_t t = std::stoll(a["--seq-len"]); t > 0) print_positions(j, acts, widths, c, t);
@@ -196,7 +195,7 @@ int main(int argc, char** argv) {
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     for (const tr::KvKind kind : {tr::KvKind::kKey, tr::KvKind::kValue}) {
       const double density = std::stod(a[kind == tr::KvKind::kKey ? "--k-density" : "--v-density"]);
-      jobs.push_back(measure(model_dir, acts, {l, kind, rank_of(density)}, bits, config, weights));
+      jobs.push_back(measure(acts, {l, kind, rank_of(density)}, bits, config, weights));
       curves.push_back(jobs.back().curves);
       energy.push_back(jobs.back().train_energy);
       total += jobs.back().budget;

@@ -127,4 +127,14 @@ void throw_if_any_failed(Communicator& comm, const std::optional<Error>& mine) {
   }
 }
 
+void allreduce_sum_on_device(Communicator& comm, at::Tensor& tensor) {
+  if (tensor.device().is_cpu() || comm.backend_name() == "nccl") {
+    comm.allreduce_sum(tensor);
+    return;
+  }
+  at::Tensor host = tensor.to(at::kCPU);
+  comm.allreduce_sum(host);
+  tensor.copy_(host);
+}
+
 }  // namespace cskv::comm

@@ -86,6 +86,10 @@ double min_over_ranks(Communicator& comm, double mine);
 std::int64_t min_over_ranks(Communicator& comm, std::int64_t mine);
 std::int64_t sum_over_ranks(Communicator& comm, std::int64_t mine);
 
+// allreduce_sum of a tensor on any device: in place where the backend takes that device (NCCL
+// takes CUDA tensors), through a host copy where it takes CPU tensors only (MPI, local).
+void allreduce_sum_on_device(Communicator& comm, at::Tensor& tensor);
+
 // Every rank's value, indexed by rank, on root (other ranks get an empty vector).
 template <class T>
 std::vector<T> gather_values(Communicator& comm, const T& mine, int root) {

@@ -66,20 +66,7 @@ void refuse_repeated_flags(const cxxopts::ParseResult& r) {
 std::string expected_value(const std::string& flag) {
   for (const SettingTable* table : {&run_settings(), &runtime_settings()}) {
     for (const Setting& s : *table) {
-      if (s.flag != flag) continue;
-      switch (s.type) {
-        case SettingType::kBool:
-          return "true or false";
-        case SettingType::kInt:
-        case SettingType::kInt64:
-          return "an integer";
-        case SettingType::kUint64:
-          return "a non-negative integer";
-        case SettingType::kDouble:
-          return "a number";
-        case SettingType::kString:
-          return "a string";
-      }
+      if (s.flag == flag) return json_type_name(s.type);
     }
   }
   return "a value of its type";

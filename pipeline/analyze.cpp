@@ -308,14 +308,8 @@ std::vector<OwnedOutput> analyze_outputs(const std::string& out_dir) {
 
 // Rank 0 checks for every rank (one collective refusal) that out_dir holds only files of ours.
 void check_analyze_outputs(const AnalyzeOptions& o, comm::Communicator& comm) {
-  comm::root_decides(comm, std::function<void()>([&] {
-                       if (o.overwrite) return;
-                       try {
-                         refuse_foreign_outputs(o.out_dir, analyze_outputs(o.out_dir), "--out");
-                       } catch (const Error& e) {
-                         throw Error(e.kind(), e.message(), {}, /*collective=*/true);
-                       }
-                     }));
+  refuse_foreign_outputs(
+      comm, o.out_dir, [&] { return analyze_outputs(o.out_dir); }, o.overwrite, "--out");
 }
 
 }  // namespace

@@ -236,14 +236,8 @@ void write(const EvalOptions& o, const eval::EvalReport& r, comm::Communicator& 
 
 // The report files in out_dir must be cskv's (or --overwrite), checked by rank 0 for every rank.
 void check_eval_outputs(const EvalOptions& o, comm::Communicator& comm) {
-  comm::root_decides(comm, std::function<void()>([&] {
-                       if (o.overwrite) return;
-                       try {
-                         refuse_foreign_outputs(o.out_dir, eval_outputs(o.out_dir), "--out");
-                       } catch (const Error& e) {
-                         throw Error(e.kind(), e.message(), {}, /*collective=*/true);
-                       }
-                     }));
+  refuse_foreign_outputs(
+      comm, o.out_dir, [&] { return eval_outputs(o.out_dir); }, o.overwrite, "--out");
 }
 
 // The phases in order; inputs_ok is set once validate has passed (errors after it are not

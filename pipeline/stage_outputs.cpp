@@ -57,4 +57,17 @@ bool starts_with_text(const std::string& path, const std::string& prefix) {
   }
 }
 
+void refuse_foreign_outputs(comm::Communicator& comm, const std::string& dir,
+                            const std::function<std::vector<OwnedOutput>()>& outputs,
+                            bool overwrite, const std::string& flag) {
+  comm::root_decides(comm, std::function<void()>([&] {
+                       if (overwrite) return;
+                       try {
+                         refuse_foreign_outputs(dir, outputs(), flag);
+                       } catch (const Error& e) {
+                         throw Error(e.kind(), e.message(), {}, /*collective=*/true);
+                       }
+                     }));
+}
+
 }  // namespace cskv::pipeline

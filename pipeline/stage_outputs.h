@@ -33,6 +33,12 @@ struct OwnedOutput {
 void refuse_foreign_outputs(const std::string& dir, const std::vector<OwnedOutput>& outputs,
                             const std::string& flag);
 
+// refuse_foreign_outputs(dir, outputs(), flag) decided by rank 0 for every rank (a collective:
+// one refusal, printed once); nothing when overwrite.
+void refuse_foreign_outputs(comm::Communicator& comm, const std::string& dir,
+                            const std::function<std::vector<OwnedOutput>()>& outputs,
+                            bool overwrite, const std::string& flag);
+
 // Recognisers: a JSON object holding every one of keys; a file whose first bytes are prefix.
 bool is_json_object_with(const std::string& path, const std::vector<std::string>& keys);
 bool starts_with_text(const std::string& path, const std::string& prefix);

@@ -155,14 +155,7 @@ std::vector<LayerJob> density_jobs(const TrainRunOptions& o, const model::ModelC
 
 // The files the write phase replaces: refused when cskv did not write them (unless --overwrite).
 void check_train_outputs(const TrainRunOptions& o, comm::Communicator& comm) {
-  comm::root_decides(comm, std::function<void()>([&] {
-                       if (o.overwrite) return;
-                       try {
-                         refuse_foreign_outputs(o.ckpt_dir, train_outputs(), "--ckpt-dir");
-                       } catch (const Error& e) {
-                         throw Error(e.kind(), e.message(), {}, /*collective=*/true);
-                       }
-                     }));
+  refuse_foreign_outputs(comm, o.ckpt_dir, train_outputs, o.overwrite, "--ckpt-dir");
 }
 
 // ---- plan
@@ -485,13 +478,7 @@ class TrainStage {
     comm::Communicator* group = ranks_.group.get();
     const Placement& placement = ranks_.placement;
     const DataParallelSlice slice{placement.my_index, placement.dp, [group](at::Tensor& t) {
-                                    if (!t.is_cuda() || group->backend_name() == "nccl") {
-                                      group->allreduce_sum(t);
-                                      return;
-                                    }
-                                    at::Tensor host = t.to(at::kCPU);  // an MPI group
-                                    group->allreduce_sum(host);
-                                    t.copy_(host);
+                                    comm::allreduce_sum_on_device(*group, t);
                                   }};
     progress_.emplace("train", "steps", costs_.all_steps, comm_.rank() == 0);
     progress_->set_start(std::max<int64_t>(0, result_.resumed_from));
