@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cinttypes>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -146,8 +147,34 @@ Arch arch_from_config(const json& obj, const std::string& path) {
                        << "' is not supported (supported: llama, mistral, qwen2)");
 }
 
-double rope_scaling_factor(const json& obj, const std::string& path, const Fields& f) {
-  if (!f.given("rope_scaling")) return 1.0;
+double rope_number(const json& rs, const std::string& path, const Fields& f, const char* key) {
+  CSKV_CHECK_INPUT(rs.contains(key) && !rs.at(key).is_null(),
+                   path << ": missing required key 'rope_scaling." << key
+                        << "' (expected a number)");
+  return f.positive_number_value(std::string("rope_scaling.") + key, rs.at(key));
+}
+
+double rope_number_or(const json& rs, const Fields& f, const char* key, double fallback) {
+  if (!rs.contains(key) || rs.at(key).is_null()) return fallback;
+  return f.positive_number_value(std::string("rope_scaling.") + key, rs.at(key));
+}
+
+// HF _compute_yarn_parameters: attention_factor given, or 0.1·mscale·ln(factor) + 1 (ratio of
+// two such terms when both mscale and mscale_all_dim are given).
+double yarn_attention_factor(const json& rs, const Fields& f, double factor) {
+  if (rs.contains("attention_factor") && !rs.at("attention_factor").is_null()) {
+    return f.positive_number_value("rope_scaling.attention_factor", rs.at("attention_factor"));
+  }
+  auto get_mscale = [&](double m) { return factor <= 1 ? 1.0 : 0.1 * m * std::log(factor) + 1.0; };
+  const double mscale = rope_number_or(rs, f, "mscale", 0);
+  const double mscale_all_dim = rope_number_or(rs, f, "mscale_all_dim", 0);
+  if (mscale != 0 && mscale_all_dim != 0) return get_mscale(mscale) / get_mscale(mscale_all_dim);
+  return get_mscale(1.0);
+}
+
+RopeScaling parse_rope_scaling(const json& obj, const std::string& path, const Fields& f) {
+  RopeScaling r;
+  if (!f.given("rope_scaling")) return r;
   const json& rs = obj.at("rope_scaling");
   CSKV_CHECK_INPUT(rs.is_object(), path
                                        << ": key 'rope_scaling': expected an object or null, found "
@@ -158,12 +185,36 @@ double rope_scaling_factor(const json& obj, const std::string& path, const Field
   const json& type = rs.at(type_key);
   CSKV_CHECK_INPUT(type.is_string(), path << ": key 'rope_scaling." << type_key
                                           << "': expected a string, found " << describe(type));
-  CSKV_CHECK_INPUT(type.get<std::string>() == "linear",
-                   path << ": rope_scaling type '" << type.get<std::string>()
-                        << "' is not supported (supported: linear)");
-  CSKV_CHECK_INPUT(rs.contains("factor"), path << ": missing required key 'rope_scaling.factor' "
-                                                  "(expected a number)");
-  return f.positive_number_value("rope_scaling.factor", rs.at("factor"));
+  r.type = type.get<std::string>();
+  if (r.type == "default") return RopeScaling{};
+  CSKV_CHECK_INPUT(r.type == "linear" || r.type == "llama3" || r.type == "yarn",
+                   path << ": rope_scaling type '" << r.type
+                        << "' is not supported (supported: linear, llama3, yarn)");
+  r.factor = rope_number(rs, path, f, "factor");
+  if (r.type == "linear") return r;
+  const char* omp = "original_max_position_embeddings";
+  CSKV_CHECK_INPUT(rs.contains(omp), path << ": missing required key 'rope_scaling." << omp
+                                          << "' (expected an integer)");
+  r.original_max_position_embeddings =
+      f.positive_int_value(std::string("rope_scaling.") + omp, rs.at(omp));
+  if (r.type == "llama3") {
+    r.low_freq_factor = rope_number(rs, path, f, "low_freq_factor");
+    r.high_freq_factor = rope_number(rs, path, f, "high_freq_factor");
+    CSKV_CHECK_INPUT(r.high_freq_factor > r.low_freq_factor,
+                     path << ": rope_scaling.high_freq_factor (" << r.high_freq_factor
+                          << ") must exceed low_freq_factor (" << r.low_freq_factor << ")");
+    return r;
+  }
+  r.beta_fast = rope_number_or(rs, f, "beta_fast", 32);
+  r.beta_slow = rope_number_or(rs, f, "beta_slow", 1);
+  if (rs.contains("truncate") && !rs.at("truncate").is_null()) {
+    CSKV_CHECK_INPUT(rs.at("truncate").is_boolean(),
+                     path << ": key 'rope_scaling.truncate': expected a boolean, found "
+                          << describe(rs.at("truncate")));
+    r.truncate = rs.at("truncate").get<bool>();
+  }
+  r.attention_factor = yarn_attention_factor(rs, f, r.factor);
+  return r;
 }
 
 std::string torch_dtype_of(const json& obj, const std::string& path) {
@@ -328,7 +379,8 @@ ModelConfig parse_config_json(const std::string& json_text, const std::string& p
   }
   c.rms_norm_eps = f.positive_number_or("rms_norm_eps", 1e-6);
   c.rope_theta = f.positive_number_or("rope_theta", 10000.0);
-  c.rope_scaling_factor = rope_scaling_factor(obj, path, f);
+  c.rope_scaling = parse_rope_scaling(obj, path, f);
+  if (c.rope_scaling.type == "linear") c.rope_scaling_factor = c.rope_scaling.factor;
   c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", false);
   // Qwen2 always has q/k/v biases; Llama/Mistral only with attention_bias (Llama's key).
   const bool bias_key = f.boolean_or("attention_bias", false);
@@ -368,7 +420,24 @@ std::string ModelConfig::canonical_json() const {
   j["bos_token_id"] = bos_token_id;
   // Only when set, so that the hashes of models without a window stay what they were.
   if (sliding_window > 0) j["sliding_window"] = sliding_window;
+  if (!rope_scaling.type.empty() && rope_scaling.type != "linear") j["rope_scaling"] = rope_json();
   return j.dump();
+}
+
+nlohmann::json ModelConfig::rope_json() const {
+  const RopeScaling& r = rope_scaling;
+  json j{{"rope_type", r.type}, {"factor", r.factor},
+         {"original_max_position_embeddings", r.original_max_position_embeddings}};
+  if (r.type == "llama3") {
+    j["low_freq_factor"] = r.low_freq_factor;
+    j["high_freq_factor"] = r.high_freq_factor;
+  } else {
+    j["beta_fast"] = r.beta_fast;
+    j["beta_slow"] = r.beta_slow;
+    j["truncate"] = r.truncate;
+    j["attention_factor"] = r.attention_factor;
+  }
+  return j;
 }
 
 std::string ModelConfig::hash() const {
@@ -392,7 +461,9 @@ std::string ModelConfig::to_json() const {
   if (max_position_embeddings > 0) j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
-  if (rope_scaling_factor == 1.0) {
+  if (!rope_scaling.type.empty() && rope_scaling.type != "linear") {
+    j["rope_scaling"] = nlohmann::ordered_json::parse(rope_json().dump());
+  } else if (rope_scaling_factor == 1.0) {
     j["rope_scaling"] = nullptr;
   } else {
     j["rope_scaling"] = {{"type", "linear"}, {"factor", rope_scaling_factor}};

@@ -1,6 +1,8 @@
 // Hugging Face config.json of Llama/Mistral/Qwen2 decoder models, and the weight shapes it implies.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <cstdint>
 #include <map>
 #include <string>
@@ -12,6 +14,18 @@ namespace cskv::model {
 enum class Arch { kLlama, kMistral, kQwen2 };
 const char* arch_name(Arch a);  // "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM"
 const char* model_type_name(Arch a);  // "llama" | "mistral" | "qwen2" (config.json model_type)
+
+// rope_scaling of config.json ("type" or "rope_type"): linear, llama3 or yarn, as HF
+// transformers' modeling_rope_utils computes them.
+struct RopeScaling {
+  std::string type;  // "" (none) | "linear" | "llama3" | "yarn"
+  double factor = 1.0;
+  double low_freq_factor = 0, high_freq_factor = 0;  // llama3
+  int64_t original_max_position_embeddings = 0;      // llama3, yarn
+  double beta_fast = 32, beta_slow = 1;              // yarn
+  bool truncate = true;                              // yarn
+  double attention_factor = 1.0;  // yarn: multiplies cos and sin (given, or derived as HF does)
+};
 
 struct ModelConfig {
   Arch arch = Arch::kLlama;
@@ -25,6 +39,7 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   double rope_scaling_factor = 1.0;  // rope_scaling {"type"|"rope_type": "linear", "factor": f}
+  RopeScaling rope_scaling;          // llama3/yarn parameters (type "" or "linear": unused)
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases (always true for Qwen2)
   std::string torch_dtype = "float32";
@@ -42,6 +57,8 @@ struct ModelConfig {
   std::string hash() const;
   // The fields above as compact JSON with sorted keys (the input of hash()).
   std::string canonical_json() const;
+  // rope_scaling of a llama3/yarn config as JSON (part of canonical_json and to_json).
+  nlohmann::json rope_json() const;
   // config.json text that HF transformers and parse_config() both read.
   std::string to_json() const;
 };

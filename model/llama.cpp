@@ -1,4 +1,4 @@
-// Llama-family forward: embedding, RMSNorm, RoPE (linear scaling), causal GQA attention with
+// Llama-family forward: embedding, RMSNorm, RoPE (linear, llama3 or yarn scaling), causal GQA attention with
 // optional q/k/v biases and sliding window, SiLU-gated MLP, final norm and (tied) lm_head.
 #include "model/llama.h"
 
@@ -62,16 +62,68 @@ at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& w) const 
   return x * at::rsqrt(var + config_.rms_norm_eps) * w;
 }
 
+namespace {
+
+// HF _compute_llama3_parameters: low frequencies divided by factor, high ones kept, the band
+// between interpolated smoothly.
+at::Tensor llama3_inv_freq(const at::Tensor& inv_freq, const RopeScaling& r) {
+  const double old_len = static_cast<double>(r.original_max_position_embeddings);
+  const double low_wavelen = old_len / r.low_freq_factor;
+  const double high_wavelen = old_len / r.high_freq_factor;
+  const auto wavelen = 2 * M_PI / inv_freq;
+  auto out = at::where(wavelen > low_wavelen, inv_freq / r.factor, inv_freq);
+  const auto smooth = (old_len / wavelen - r.low_freq_factor) /
+                      (r.high_freq_factor - r.low_freq_factor);
+  const auto smoothed = (1 - smooth) * out / r.factor + smooth * out;
+  const auto medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+  return at::where(medium, smoothed, out);
+}
+
+// HF _compute_yarn_parameters: a linear ramp over the dimension pairs between the correction
+// dimensions of beta_fast and beta_slow blends interpolated and extrapolated frequencies.
+at::Tensor yarn_inv_freq(const at::Tensor& pos_freqs, int64_t dim, double base,
+                         const RopeScaling& r) {
+  auto correction_dim = [&](double rotations) {
+    return dim * std::log(r.original_max_position_embeddings / (rotations * 2 * M_PI)) /
+           (2 * std::log(base));
+  };
+  double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
+  if (r.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;
+  const auto ramp =
+      ((at::arange(dim / 2, pos_freqs.options()) - low) / (high - low)).clamp(0, 1);
+  const auto extrapolation_factor = 1 - ramp;
+  return (1.0 / (r.factor * pos_freqs)) * (1 - extrapolation_factor) +
+         (1.0 / pos_freqs) * extrapolation_factor;
+}
+
+}  // namespace
+
 std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables(int64_t seq) const {
   const int64_t hd = config_.head_dim;
-  // inv_freq_i = theta^(-2i/hd), computed in float64 then rounded, as HF does in float32.
+  const RopeScaling& r = config_.rope_scaling;
+  // inv_freq_i = theta^(-2i/hd), computed in float64 (HF computes in float32).
   const auto idx = at::arange(0, hd, 2, at::TensorOptions().dtype(at::kDouble));
-  const auto inv_freq = at::pow(config_.rope_theta, -idx / static_cast<double>(hd));
+  const auto pos_freqs = at::pow(config_.rope_theta, idx / static_cast<double>(hd));
+  at::Tensor inv_freq = 1.0 / pos_freqs;
+  double attention_factor = 1.0;
+  if (r.type == "llama3") {
+    inv_freq = llama3_inv_freq(inv_freq, r);
+  } else if (r.type == "yarn") {
+    inv_freq = yarn_inv_freq(pos_freqs, hd, config_.rope_theta, r);
+    attention_factor = r.attention_factor;
+  }
   const auto pos =
       at::arange(seq, at::TensorOptions().dtype(at::kDouble)) / config_.rope_scaling_factor;
   const auto freqs = at::outer(pos, inv_freq);   // [seq, hd/2]
   const auto emb = at::cat({freqs, freqs}, -1);  // [seq, hd]
-  return {emb.cos().to(device_, compute_dtype_), emb.sin().to(device_, compute_dtype_)};
+  return {(emb.cos() * attention_factor).to(device_, compute_dtype_),
+          (emb.sin() * attention_factor).to(device_, compute_dtype_)};
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {

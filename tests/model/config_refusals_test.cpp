@@ -112,7 +112,8 @@ TEST(ConfigRefusals, OtherUnimplementedFields) {
   j = base();
   j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
   EXPECT_EQ(parse_error(j),
-            "m/config.json: rope_scaling type 'dynamic' is not supported (supported: linear)");
+            "m/config.json: rope_scaling type 'dynamic' is not supported (supported: linear, "
+            "llama3, yarn)");
   j = base();
   j["head_dim"] = 15;
   EXPECT_EQ(parse_error(j),

@@ -258,12 +258,23 @@ TEST(Config, DivisibilityErrors) {
 
 TEST(Config, RopeScalingErrors) {
   auto j = base();
-  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}};
-  EXPECT_EQ(parse_error(j),
-            "m/config.json: rope_scaling type 'yarn' is not supported (supported: linear)");
+  j["rope_scaling"] = {{"type", "longrope"}, {"factor", 4.0}};
+  EXPECT_EQ(parse_error(j), "m/config.json: rope_scaling type 'longrope' is not supported "
+                            "(supported: linear, llama3, yarn)");
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
-  EXPECT_EQ(parse_error(j),
-            "m/config.json: rope_scaling type 'llama3' is not supported (supported: linear)");
+  EXPECT_EQ(parse_error(j), "m/config.json: missing required key "
+                            "'rope_scaling.original_max_position_embeddings' (expected an integer)");
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0},
+                       {"original_max_position_embeddings", 8192}, {"low_freq_factor", 1.0}};
+  EXPECT_EQ(parse_error(j), "m/config.json: missing required key "
+                            "'rope_scaling.high_freq_factor' (expected a number)");
+  j["rope_scaling"]["high_freq_factor"] = 0.5;
+  EXPECT_EQ(parse_error(j), "m/config.json: rope_scaling.high_freq_factor (0.5) must exceed "
+                            "low_freq_factor (1)");
+  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 4096},
+                       {"truncate", 1}};
+  EXPECT_EQ(parse_error(j), "m/config.json: key 'rope_scaling.truncate': expected a boolean, "
+                            "found an integer (1)");
   j["rope_scaling"] = {{"factor", 8.0}};
   EXPECT_EQ(parse_error(j), "m/config.json: key 'rope_scaling': missing 'type' (or 'rope_type')");
   j["rope_scaling"] = {{"type", "linear"}};

@@ -3,6 +3,7 @@
 #include "model/llama.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
@@ -451,6 +453,94 @@ TEST(LlamaForward, TokenOutsideVocabularyIsRejected) {
   EXPECT_CSKV_ERROR(model.forward(tokens), "forward: token id -2 outside the vocabulary [0, 97)");
   EXPECT_CSKV_ERROR(model.forward(at::zeros({5}, at::kLong)),
                     "forward: expected int64 tokens [batch, seq], found 1-d tensor");
+}
+
+// HF transformers' own forward (tests/python/model_hf_forward.py, float64) of the toy directory
+// after its config.json's rope_scaling is replaced: every layer's captured X and the logits
+// within 1e-5 relative. The sequence (24) is longer than original_max_position_embeddings (16),
+// so the scaled bands of the spectrum are exercised.
+void expect_matches_hf_rope(Arch arch, const nlohmann::json& rope_scaling) {
+  test::TempDir dir;
+  write_toy_model(tiny_spec(arch, 32, 2, 4, 2, false), dir.path());
+  auto cfg = nlohmann::json::parse(test::read_file(dir / "config.json"));
+  cfg["rope_scaling"] = rope_scaling;
+  test::write_file(dir / "config.json", cfg.dump(2));
+  const auto lm = load(dir.path());
+  const int64_t batch = 2, seq = 24;
+  const auto tokens = make_tokens(batch, seq, lm.config.vocab_size, 3);
+  std::string arg;
+  for (const auto& row : tokens) {
+    if (!arg.empty()) arg += ";";
+    for (size_t i = 0; i < row.size(); ++i) arg += (i ? "," : "") + std::to_string(row[i]);
+  }
+  const std::string out = dir / "hf.bin";
+  const auto r = test::run_command({test::python3(),
+                                    std::string(CSKV_SOURCE_DIR) + "/tests/python/model_hf_forward.py",
+                                    dir.path(), arg, out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string bytes = test::read_file(out);
+  const int64_t H = lm.config.hidden_size, L = lm.config.num_hidden_layers;
+  const size_t per_layer = static_cast<size_t>(batch * seq * H);
+  const size_t logits_n = static_cast<size_t>(batch * seq * lm.config.vocab_size);
+  ASSERT_EQ(bytes.size(), (L * per_layer + logits_n) * sizeof(double));
+  auto slice = [&](size_t offset, size_t n) {
+    Vec v(n);
+    std::memcpy(v.data(), bytes.data() + offset * sizeof(double), n * sizeof(double));
+    return v;
+  };
+  const Captured got = run_model(LlamaModel(lm.config, lm.weights), to_tensor(tokens));
+  for (int64_t l = 0; l < L; ++l) {
+    EXPECT_LE(rel_error(got.layers.at(l), slice(l * per_layer, per_layer)), 1e-5) << "layer " << l;
+  }
+  EXPECT_LE(rel_error(got.logits, slice(L * per_layer, logits_n)), 1e-5);
+}
+
+TEST(LlamaForward, Llama3RopeMatchesHfTransformers) {
+  expect_matches_hf_rope(Arch::kLlama, {{"rope_type", "llama3"},
+                                        {"factor", 8.0},
+                                        {"low_freq_factor", 1.0},
+                                        {"high_freq_factor", 4.0},
+                                        {"original_max_position_embeddings", 16}});
+}
+
+TEST(LlamaForward, YarnRopeMatchesHfTransformers) {
+  // attention_factor derived as HF does (0.1 ln 4 + 1), beta_fast/beta_slow giving a ramp.
+  expect_matches_hf_rope(Arch::kMistral, {{"type", "yarn"},
+                                          {"factor", 4.0},
+                                          {"beta_fast", 8.0},
+                                          {"beta_slow", 0.5},
+                                          {"original_max_position_embeddings", 16}});
+}
+
+TEST(LlamaForward, YarnGivenAttentionFactorMatchesHfTransformers) {
+  expect_matches_hf_rope(Arch::kQwen2, {{"rope_type", "yarn"},
+                                        {"factor", 2.0},
+                                        {"attention_factor", 0.8},
+                                        {"original_max_position_embeddings", 16}});
+}
+
+TEST(LlamaForward, LinearRopeBothSpellingsMatchHfTransformers) {
+  expect_matches_hf_rope(Arch::kQwen2, {{"rope_type", "linear"}, {"factor", 3.0}});
+  expect_matches_hf_rope(Arch::kLlama, {{"type", "linear"}, {"factor", 2.0}});
+}
+
+TEST(LlamaForward, RopeParametersAreInTheModelHash) {
+  nlohmann::json j{{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 32},
+                   {"num_hidden_layers", 1},  {"num_attention_heads", 4},
+                   {"intermediate_size", 8},  {"vocab_size", 16}};
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 16}};
+  const ModelConfig a = parse_config_json(j.dump(), "a");
+  j["rope_scaling"]["factor"] = 4.0;
+  const ModelConfig b = parse_config_json(j.dump(), "b");
+  j["rope_scaling"]["rope_type"] = "yarn";
+  const ModelConfig c = parse_config_json(j.dump(), "c");
+  EXPECT_NE(a.hash(), b.hash());
+  EXPECT_NE(b.hash(), c.hash());
+  EXPECT_DOUBLE_EQ(c.rope_scaling.attention_factor, 0.1 * std::log(4.0) + 1.0);
+  // to_json writes the parameters back: the same model parses again.
+  EXPECT_EQ(parse_config_json(a.to_json(), "a2").hash(), a.hash());
+  EXPECT_EQ(parse_config_json(c.to_json(), "c2").hash(), c.hash());
 }
 
 }  // namespace
