@@ -543,5 +543,25 @@ TEST(LlamaForward, RopeParametersAreInTheModelHash) {
   EXPECT_EQ(parse_config_json(c.to_json(), "c2").hash(), c.hash());
 }
 
+// A directory as HF save_pretrained writes it: generation_config.json and tokenizer_config.json
+// next to config.json (read by nothing in cskv) leave the model and its hash as they were.
+TEST(LlamaForward, GenerationAndTokenizerConfigFilesAreIgnored) {
+  test::TempDir dir;
+  write_toy_model(tiny_spec(Arch::kLlama, 32, 2, 4, 2, false), dir.path());
+  const auto plain = load(dir.path());
+  const at::Tensor tokens = to_tensor(make_tokens(1, 8, plain.config.vocab_size, 3));
+  const Captured a = run_model(LlamaModel(plain.config, plain.weights), tokens);
+  test::write_file(dir / "generation_config.json",
+                   R"({"bos_token_id": 1, "eos_token_id": [2, 3], "do_sample": true,
+                       "temperature": 0.6, "top_p": 0.9, "transformers_version": "4.45.0"})");
+  test::write_file(dir / "tokenizer_config.json",
+                   R"({"add_bos_token": true, "bos_token": "<s>", "model_max_length": 8192,
+                       "tokenizer_class": "LlamaTokenizer", "chat_template": "{{ x }}"})");
+  const auto with_files = load(dir.path());
+  EXPECT_EQ(with_files.config.hash(), plain.config.hash());
+  const Captured b = run_model(LlamaModel(with_files.config, with_files.weights), tokens);
+  EXPECT_TRUE(at::equal(a.logits, b.logits));
+}
+
 }  // namespace
 }  // namespace cskv::model
