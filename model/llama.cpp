@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "model/attention.h"
 
 namespace cskv::model {
 
@@ -152,20 +153,14 @@ at::Tensor LlamaModel::layer_forward(int64_t layer, const LayerWeights& w, const
   auto v = proj(w.v, w.v_bias).view({batch, seq, nkv, hd}).transpose(1, 2);
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
-  if (nkv != nh) {  // GQA: query head i reads kv head i / (nh / nkv), as HF repeat_kv
-    k = k.repeat_interleave(nh / nkv, /*dim=*/1);
-    v = v.repeat_interleave(nh / nkv, /*dim=*/1);
+  // One sequence at a time (forward passes batch 1; an empty batch keeps its shape).
+  std::vector<at::Tensor> rows;
+  for (int64_t b = 0; b < batch; ++b) {
+    rows.push_back(causal_attention(q[b], k[b], v[b], c.sliding_window).unsqueeze(0));
   }
-  auto scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
-  // Causal mask (and sliding window when configured): query i sees keys j <= i, i - j < window.
-  const auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
-  const auto qi = at::arange(seq, opts).unsqueeze(1);
-  const auto kj = at::arange(seq, opts).unsqueeze(0);
-  auto hidden = kj > qi;
-  if (c.sliding_window > 0) hidden = hidden.logical_or(qi - kj >= c.sliding_window);
-  scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
-  const auto probs = at::softmax(scores, -1);
-  const auto attn = at::matmul(probs, v).transpose(1, 2).reshape({batch, seq, nh * hd});
+  const auto attn = batch == 1 ? rows[0]
+                    : batch == 0 ? at::empty({0, seq, nh * hd}, h.options())
+                                 : at::cat(rows, 0);
   const auto h1 = h + at::linear(attn, w.o);
 
   const auto x2 = rms_norm(h1, w.post_norm);
@@ -206,22 +201,9 @@ at::Tensor LlamaModel::layer_forward_cached(const LayerWeights& w, const at::Ten
   const at::Tensor cos_new = cos.narrow(0, past, seq), sin_new = sin.narrow(0, past, seq);
   q = apply_rope(q, cos_new, sin_new);
   k = apply_rope(k, cos_new, sin_new);
-  const auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
-  const auto qi = at::arange(past, past + seq, opts).unsqueeze(1);
-  const auto kj = at::arange(past + seq, opts).unsqueeze(0);
-  auto hidden = kj > qi;
-  if (c.sliding_window > 0) hidden = hidden.logical_or(qi - kj >= c.sliding_window);
   at::Tensor attn;
   if (past == 0) {  // a prefill: exactly layer_forward's attention
-    at::Tensor k_rep = k, v_rep = v;
-    if (nkv != nh) {
-      k_rep = k.repeat_interleave(nh / nkv, /*dim=*/1);
-      v_rep = v.repeat_interleave(nh / nkv, /*dim=*/1);
-    }
-    auto scores = at::matmul(q, k_rep.transpose(-2, -1)) / std::sqrt(static_cast<double>(hd));
-    scores = scores.masked_fill(hidden, -std::numeric_limits<double>::infinity());
-    const auto probs = at::softmax(scores, -1);
-    attn = at::matmul(probs, v_rep).transpose(1, 2).reshape({1, seq, nh * hd});
+    attn = causal_attention(q[0], k[0], v[0], c.sliding_window).unsqueeze(0);
   } else {
     // Query heads grouped by their kv head ([n_kv, group·seq, hd]), so no key or value is
     // copied per query head; the cached tokens' scores and values come from the cache.
@@ -233,6 +215,11 @@ at::Tensor LlamaModel::layer_forward_cached(const LayerWeights& w, const at::Ten
         at::cat({at::matmul(qg, k_old.transpose(-2, -1)), at::matmul(qg, k[0].transpose(-2, -1))},
                 -1) /
         norm;  // [n_kv, group·seq, past + seq]
+    const auto opts = at::TensorOptions().dtype(at::kLong).device(device_);
+    const auto qi = at::arange(past, past + seq, opts).unsqueeze(1);
+    const auto kj = at::arange(past + seq, opts).unsqueeze(0);
+    auto hidden = kj > qi;
+    if (c.sliding_window > 0) hidden = hidden.logical_or(qi - kj >= c.sliding_window);
     scores = scores.view({nkv, group, seq, past + seq})
                  .masked_fill(hidden, -std::numeric_limits<double>::infinity());
     const at::Tensor probs = at::softmax(scores, -1).view({nkv, group * seq, past + seq});

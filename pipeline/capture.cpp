@@ -35,6 +35,7 @@
 #include "data/capture_identity.h"
 #include "data/layer_stats.h"
 #include "data/manifest.h"
+#include "model/attention.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/weights.h"
@@ -317,24 +318,34 @@ TokenFile open_tokens(const CaptureOptions& opt, const model::ModelConfig& confi
       opt.text_path, config.vocab_size);
 }
 
-// The forward holds [batch, heads, T, T] attention scores of one layer, their softmax and the
-// causal mask at once (compute dtype: float32 on the CPU, bfloat16 on CUDA). More than the
-// device has free is refused by name here, not as an allocator failure mid-capture.
-void check_attention_memory(const CaptureOptions& opt, const model::ModelConfig& config,
-                            at::Device device) {
+// Peak bytes of one layer of the capture forward (compute dtype: float32 on the CPU, bfloat16 on
+// CUDA): every sequence's hidden state in and out, the hook's inputs and their concatenation,
+// one sequence's norm/q/k/v/RoPE/residual tensors and MLP, and its attention
+// (model::attention_peak_bytes: dense up to model::kDenseAttentionMaxTokens tokens, blocked by
+// query rows beyond). More than the device has free is refused by name here, not as an allocator
+// failure mid-capture.
+void check_forward_memory(const CaptureOptions& opt, const model::ModelConfig& config,
+                          at::Device device) {
   const double t = static_cast<double>(opt.seq_len);
   const double elem = device.is_cuda() ? 2.0 : 4.0;
-  const double need = 3.0 * static_cast<double>(opt.batch) *
-                      static_cast<double>(config.num_attention_heads) * t * t * elem;
+  const double h = static_cast<double>(config.hidden_size);
+  const double inter = static_cast<double>(config.intermediate_size);
+  const double attention =
+      model::attention_peak_bytes(config.num_attention_heads, config.head_dim, opt.seq_len,
+                                  config.sliding_window, elem);
+  const double need = elem * (4.0 * static_cast<double>(opt.batch) * t * h +
+                              t * (8.0 * h + 3.0 * inter)) +
+                      attention;
   const double free_bytes = static_cast<double>(device::memory(device).free_bytes);
   const double gib = 1024.0 * 1024.0 * 1024.0;
+  auto round1 = [gib](double bytes) { return std::round(bytes / gib * 10) / 10; };
   CSKV_CHECK_USAGE(need <= free_bytes,
                    "--seq-len " << opt.seq_len << " with --batch " << opt.batch
-                                << ": one layer's attention needs "
-                                << std::round(need / gib * 10) / 10 << " GiB (scores, softmax and "
-                                << "mask of [" << opt.batch << ", " << config.num_attention_heads
-                                << ", " << opt.seq_len << ", " << opt.seq_len << "]) and "
-                                << device.str() << " has " << std::round(free_bytes / gib * 10) / 10
+                                << ": one layer of the forward needs " << round1(need)
+                                << " GiB (hidden states of " << opt.batch << " sequences of "
+                                << opt.seq_len << " tokens, one sequence's MLP, and its attention: "
+                                << round1(attention) << " GiB) and " << device.str() << " has "
+                                << round1(free_bytes)
                                 << " GiB free; use a shorter --seq-len or a smaller --batch");
 }
 
@@ -346,7 +357,7 @@ CaptureInputs load_inputs(CaptureOptions& opt, const comm::Communicator& comm) {
       config.max_position_embeddings == 0 || opt.seq_len <= config.max_position_embeddings,
       "--seq-len " << opt.seq_len << " exceeds the model's max_position_embeddings "
                    << config.max_position_embeddings << " (" << opt.model_dir << "/config.json)");
-  check_attention_memory(opt, config, device);
+  check_forward_memory(opt, config, device);
   auto weights =
       std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(opt.model_dir));
   model::validate_weights(config, *weights, opt.model_dir);

@@ -281,19 +281,23 @@ TEST_F(HostileCli, SizesToAllocateAreCheckedFirst) {
 }
 
 // A missing stats.h5: HDF5's error stack (its own printing is off) joined into the one line.
-// A sequence whose attention cannot fit is refused by name before any work (the free memory in
-// the message is the machine's, so only the rest is compared).
-TEST_F(HostileCli, AttentionThatCannotFitNamesSeqLen) {
+// A forward that cannot fit is refused by name before any work (the free memory in the message
+// is the machine's, so only the rest is compared). The attention is blocked past 1024 tokens, so
+// what does not fit here is 4096 sequences' hidden states.
+TEST_F(HostileCli, ForwardThatCannotFitNamesSeqLen) {
   const auto before = snapshot(dir_->path());
   const auto r = test::run_cskv({"capture", "--model", model(), "--tokens", tokens(), "--num-seqs",
-                                 "2", "--seq-len", "200000", "--batch", "2", "--out", *dir_ / "a3",
-                                 "--log-level", "warn"});
+                                 "4096", "--seq-len", "200000", "--batch", "4096", "--out",
+                                 *dir_ / "a3", "--log-level", "warn"});
   EXPECT_EQ(r.exit_code, 2);
-  const std::string head =
-      "cskv capture: usage error: --seq-len 200000 with --batch 2: one layer's attention needs ";
+  const std::string head = "cskv capture: usage error: --seq-len 200000 with --batch 4096: one "
+                           "layer of the forward needs ";
   EXPECT_EQ(r.err.rfind(head, 0), 0u) << r.err;
-  EXPECT_NE(r.err.find(" GiB (scores, softmax and mask of [2, "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(", 200000, 200000]) and cpu has "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(" GiB (hidden states of 4096 sequences of 200000 tokens, one sequence's "
+                       "MLP, and its attention: "),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find(" GiB) and cpu has "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(" GiB free; use a shorter --seq-len or a smaller --batch\n"),
             std::string::npos)
       << r.err;

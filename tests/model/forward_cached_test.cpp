@@ -70,6 +70,39 @@ TEST(ForwardCached, MatchesForwardOnLlamaMistralWindowAndQwen2) {
   check_model(Arch::kQwen2, 0);
 }
 
+// A prefill past model::kDenseAttentionMaxTokens (blocked attention, sliding window) is still
+// forward() bitwise; decoding on after it (dense over the cache) matches forward() to rounding.
+TEST(ForwardCached, BlockedPrefillIsForwardBitwise) {
+  test::TempDir dir;
+  ToyModelSpec spec;
+  spec.arch = Arch::kMistral;
+  spec.hidden = 32;
+  spec.layers = 2;
+  spec.heads = 4;
+  spec.kv_heads = 2;
+  spec.intermediate = 64;
+  spec.vocab = 128;
+  spec.dtype = StDType::kF32;
+  write_toy_model(spec, dir.path());
+  ModelConfig config = load_config(dir.path());
+  config.sliding_window = 700;
+  const LlamaModel model(
+      config, std::make_shared<SafetensorsModel>(SafetensorsModel::open_dir(dir.path())));
+  at::manual_seed(2);
+  const int64_t seq = 1300;
+  const at::Tensor tokens = at::randint(0, 128, {1, seq + 3}, at::kLong);
+  Caches caches(config, at::kFloat);
+  // forward() on the same tokens (another length may block its queries otherwise)
+  EXPECT_TRUE(at::equal(model.forward_cached(tokens.narrow(1, 0, seq), caches.raw),
+                        model.forward(tokens.narrow(1, 0, seq))));
+  for (int64_t t = seq; t < seq + 3; ++t) {
+    const at::Tensor got = model.forward_cached(tokens.narrow(1, t, 1), caches.raw);
+    const at::Tensor want = model.forward(tokens.narrow(1, 0, t + 1)).narrow(1, t, 1);
+    const double diff = (got - want).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-5 * want.abs().max().item<double>()) << "step " << t << ": " << diff;
+  }
+}
+
 TEST(ForwardCached, Fp16CacheBytesAndErrors) {
   test::TempDir dir;
   ToyModelSpec spec;

@@ -345,6 +345,14 @@ TEST(LlamaForward, TinyShapesBatchedEqualsOneByOneBitwise) {
   expect_batched_equals_one_by_one(load(dir.path()), 11);
 }
 
+// Past model::kDenseAttentionMaxTokens the attention goes by query blocks: still one sequence's
+// shapes only, so batching changes no bit.
+TEST(LlamaForward, BlockedAttentionBatchedEqualsOneByOneBitwise) {
+  test::TempDir dir;
+  write_toy_model(tiny_spec(Arch::kMistral, 48, 1, 6, 2, false), dir.path());
+  expect_batched_equals_one_by_one(load(dir.path()), 1100);
+}
+
 TEST(LlamaForward, LastLayerStopsEarly) {
   test::TempDir dir;
   write_toy_model(tiny_spec(Arch::kLlama, 32, 3, 4, 2, false), dir.path());
