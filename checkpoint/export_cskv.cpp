@@ -90,6 +90,13 @@ void check_export_outputs(const std::string& dir, const std::string& name, bool 
 
 ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir, const std::string& name,
                           bool overwrite) {
+  for (const auto& [key, lf] : factors) {
+    CSKV_CHECK_USAGE(lf.codes.empty(),
+                     "--export-cskv: the factors are coded with --quant waterfill (a width and "
+                     "static range per latent channel), which the reference CSKV format cannot "
+                     "hold; evaluate them with `cskv eval`, or train with --quant uniform to "
+                     "export");
+  }
   check_export_outputs(dir, name, overwrite);
   const int64_t n = layer_count(factors);
   std::error_code ec;

@@ -72,6 +72,10 @@ SettingTable eval_settings(const std::string& prefix) {
        in_range(1, kMaxTokensPerSequence)},
       {"end to end", prefix + "sequences", T::kInt64, "0", "Held-out sequences decoded (0 = all)",
        in_range(0, kMaxSequences)},
+      {"cache", prefix + "sink-tokens", T::kInt64, "0",
+       "The first tokens of a sequence every compressed layer keeps at full precision (attention "
+       "sinks), ahead of the compressed tokens",
+       in_range(0, kMaxTokensPerSequence)},
       {"memory", "memory-contexts", T::kString, "1024,2048,4096,8192,16384,32768",
        "Contexts (tokens) the caches are filled to and measured at",
        [](const json& v, const std::string&) { parse_memory_contexts(v.get<std::string>()); }},

@@ -119,8 +119,8 @@ TEST(Merge, UnfinishedJobsAreNamed) {
 TEST(Export, NeedsEveryLayerFromZero) {
   test::TempDir dir;
   FactorMap factors;
-  factors[{1, KvKind::kKey}] = {at::zeros({2, 4}), at::zeros({4, 2})};
-  factors[{1, KvKind::kValue}] = {at::zeros({2, 4}), at::zeros({4, 2})};
+  factors[{1, KvKind::kKey}] = {at::zeros({2, 4}), at::zeros({4, 2}), {}};
+  factors[{1, KvKind::kValue}] = {at::zeros({2, 4}), at::zeros({4, 2}), {}};
   EXPECT_CSKV_ERROR(export_cskv(factors, dir.path(), "x"),
                     "--export-cskv: the reference format is a list indexed by layer, so it needs K "
                     "and V factors of every layer 0..n-1; found K layers 1 and V layers 1");

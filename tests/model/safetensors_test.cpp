@@ -357,7 +357,7 @@ TEST(SafetensorsHeaderErrors, EntryFields) {
   EXPECT_EQ(parse_error(entry(R"({"dtype": 16, "shape": [8, 8], "data_offsets": [0, 128]})")),
             t + ": 'dtype' must be a string, found number");
   EXPECT_EQ(parse_error(entry(R"({"dtype": "I64", "shape": [8, 8], "data_offsets": [0, 128]})")),
-            t + ": unsupported dtype 'I64' (supported: F32, F16, BF16)");
+            t + ": unsupported dtype 'I64' (supported: F32, F16, BF16, U8)");
   EXPECT_EQ(parse_error(entry(R"({"dtype": "F16", "shape": "8x8", "data_offsets": [0, 128]})")),
             t + ": 'shape' must be an array of non-negative integers, found \"8x8\"");
   EXPECT_EQ(parse_error(entry(R"({"dtype": "F16", "shape": [8, 8.0], "data_offsets": [0, 128]})")),
@@ -442,7 +442,7 @@ TEST(SafetensorsHeaderErrors, ThroughFileOpen) {
              craft(R"({"ids": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}})", 8));
   EXPECT_CSKV_ERROR(SafetensorsFile::open(dir / "i64.safetensors"),
                     (dir / "i64.safetensors") +
-                        ": tensor 'ids': unsupported dtype 'I64' (supported: F32, F16, BF16)");
+                        ": tensor 'ids': unsupported dtype 'I64' (supported: F32, F16, BF16, U8)");
   EXPECT_CSKV_ERROR(SafetensorsFile::open(dir / "none.safetensors"),
                     (dir / "none.safetensors") + ": cannot open: No such file or directory");
 
@@ -467,7 +467,7 @@ TEST(SafetensorsWriterErrors, RejectsBadTensors) {
   EXPECT_CSKV_ERROR(write_safetensors(path, {{"ids", at::zeros({2}, at::kLong)}}),
                     path +
                         ": tensor 'ids' has dtype Long, expected one of float32, float16, "
-                        "bfloat16");
+                        "bfloat16, uint8");
   EXPECT_CSKV_ERROR(
       write_safetensors(path, {{"m", at::empty({2}, at::TensorOptions().device(at::kMeta))}}),
       path + ": tensor 'm' is on meta, expected a CPU tensor");
@@ -481,7 +481,7 @@ TEST(SafetensorsWriterErrors, RejectsBadTensors) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path())) << "no temporary file left behind";
   EXPECT_CSKV_ERROR(from_scalar_type(at::kInt),
                     "unsupported dtype Int for safetensors (supported: float32, float16, "
-                    "bfloat16)");
+                    "bfloat16, uint8)");
 }
 
 // ---------------------------------------------------------------------------------------------
