@@ -209,7 +209,7 @@ bool train_stage(RunState& s, const model::ModelConfig& model, const std::string
 
 // 3. merge (rank 0 works, every rank learns what it did): the newest complete step into
 // <out>/compressor.safetensors, and the .ckpt export when asked.
-void merge_stage(RunState& s) {
+void merge_stage(RunState& s, const model::ModelConfig& model) {
   s.merge_settings = {
       {"train", s.train_settings}, {"export_cskv", s.o.export_cskv}, {"name", s.o.name}};
   const std::string merged = s.o.eval.compressor_path;
@@ -224,7 +224,8 @@ void merge_stage(RunState& s) {
         std::to_string(m.jobs) + " jobs of step " + std::to_string(m.step) + " -> " + merged;
     if (s.o.export_cskv) {
       const auto files =
-          checkpoint::export_cskv(m.factors, s.o.out + "/export", s.o.name, s.o.train.overwrite);
+          checkpoint::export_for_reference(m.factors, json::parse(m.config_json), model,
+                                           s.o.out + "/export", s.o.name, s.o.train.overwrite);
       w += ", exported " + files.k_path + " and " + files.v_path;
     }
     return w;
@@ -370,7 +371,7 @@ RunResult run_job(const RunOptions& options, comm::Communicator& comm) {
   report();
   if (!train_stage(s, model, fingerprint)) return stopped();
   report();
-  merge_stage(s);
+  merge_stage(s, model);
   report();
   eval_stage(s);
   report();

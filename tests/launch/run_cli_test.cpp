@@ -133,8 +133,9 @@ TEST_F(RunCli, SecondRunDoesNothingAndFlagsOverrideTheFile) {
   EXPECT_TRUE(resolved.at("k_bits").is_number_integer());
   EXPECT_EQ(resolved.at("export_cskv"), true);
   EXPECT_EQ(resolved.at("model"), dir_ / "model");
-  for (const char* file : {"compressor.safetensors", "export/cskv_k.ckpt", "eval/report.json",
-                           "eval/report.md", "ckpt/metrics.json", "summary.json"}) {
+  for (const char* file :
+       {"compressor.safetensors", "export/density_k_0.25_v_0.5_quant_k_4_v_3_window_32__k.ckpt",
+        "eval/report.json", "eval/report.md", "ckpt/metrics.json", "summary.json"}) {
     EXPECT_TRUE(fs::exists(out + "/" + file)) << file;
   }
   EXPECT_NE(first.out.find("summary (" + out + "):"), std::string::npos) << first.out;
