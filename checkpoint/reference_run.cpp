@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <sstream>
+#include <utility>
 
 #include "common/error.h"
 
@@ -22,20 +23,24 @@ T config_value(const json& config, const char* key) {
 }
 
 // The reference builds Llama/Mistral attention with head_dim = hidden_size / num_attention_heads.
+void check_reference_architecture(const model::ModelConfig& model, ErrorKind kind) {
+  CSKV_CHECK_KIND(model.arch != model::Arch::kQwen2, kind,
+                  "--export-cskv: the reference code builds LlamaForCausalLM and "
+                  "MistralForCausalLM attention only, this model is "
+                      << model::arch_name(model.arch));
+  CSKV_CHECK_KIND(model.head_dim * model.num_attention_heads == model.hidden_size, kind,
+                  "--export-cskv: the reference code takes head_dim = hidden_size / "
+                  "num_attention_heads = "
+                      << model.hidden_size / model.num_attention_heads
+                      << ", this model's head_dim is " << model.head_dim);
+}
+
 void check_reference_model(const json& config, const model::ModelConfig& model) {
   const auto trained_for = config_value<std::string>(config, "model_config_hash");
   CSKV_CHECK_INPUT(trained_for == model.hash(), "--export-cskv: the factors were trained for model "
                                                     << trained_for << ", --model has hash "
                                                     << model.hash());
-  CSKV_CHECK_INPUT(model.arch != model::Arch::kQwen2,
-                   "--export-cskv: the reference code builds LlamaForCausalLM and "
-                   "MistralForCausalLM attention only, this model is "
-                       << model::arch_name(model.arch));
-  CSKV_CHECK_INPUT(model.head_dim * model.num_attention_heads == model.hidden_size,
-                   "--export-cskv: the reference code takes head_dim = hidden_size / "
-                   "num_attention_heads = "
-                       << model.hidden_size / model.num_attention_heads
-                       << ", this model's head_dim is " << model.head_dim);
+  check_reference_architecture(model, ErrorKind::kInput);
 }
 
 // The per-head latent channels r / n_kv of one kind: one rank for every model layer 0..L-1.
@@ -105,6 +110,24 @@ std::vector<std::string> reference_differences(const json& config, int64_t ck, i
 }
 
 }  // namespace
+
+void check_reference_plan(const model::ModelConfig& model, double k_density, double v_density,
+                          double budget) {
+  check_reference_architecture(model, ErrorKind::kUsage);
+  CSKV_CHECK_USAGE(budget == 0, "--export-cskv with --budget "
+                                    << budget
+                                    << ": the reference code has one K and one V rank for all "
+                                       "layers, --budget chooses them per layer; give "
+                                       "--k-density/--v-density, or turn --export-cskv off");
+  const std::pair<const char*, double> densities[] = {{"--k-density", k_density},
+                                                      {"--v-density", v_density}};
+  for (const auto& [flag, density] : densities) {
+    CSKV_CHECK_USAGE(static_cast<int64_t>(density * model.head_dim) < model.head_dim,
+                     "--export-cskv with " << flag << " " << density
+                                           << ": every channel of a head is kept; the reference "
+                                              "code accepts densities in (0, 1) only");
+  }
+}
 
 std::string python_float_str(double value) {
   char buf[64];

@@ -40,6 +40,12 @@ struct ReferenceRun {
 ReferenceRun reference_run(const FactorMap& factors, const nlohmann::json& config,
                            const model::ModelConfig& model);
 
+// What can be refused before training (`cskv run` with export_cskv): an architecture or head_dim
+// the reference does not build, a --budget (it chooses ranks per layer; the reference has one
+// per kind) and a density giving every channel of a head. Usage errors naming the setting.
+void check_reference_plan(const model::ModelConfig& model, double k_density, double v_density,
+                          double budget);
+
 // Python's repr/str of a float: the shortest digits that read back as `value`, fixed notation
 // for 1e-4 <= |value| < 1e16 (with ".0" when integral), else "1.5e-05" / "1e+16".
 std::string python_float_str(double value);

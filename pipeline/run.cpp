@@ -141,6 +141,10 @@ void validate_stages(const RunOptions& o, const model::ModelConfig& model,
                        try {
                          validate_capture_options(o.capture, comm.size());
                          validate_train_settings(o.train, model, o.capture.seq_len);
+                         if (o.export_cskv) {
+                           checkpoint::check_reference_plan(model, o.train.k_density,
+                                                            o.train.v_density, o.train.budget);
+                         }
                          if (o.want_eval) {
                            validate_eval_settings(o.eval, o.capture.seq_len,
                                                   o.capture.holdout_seqs);

@@ -134,6 +134,23 @@ TEST(ReferenceRun, RefusesWhatTheReferenceCannotLoad) {
                     "--export-cskv: the training config has no 'model_config_hash'");
 }
 
+TEST(ReferenceRun, WhatIsKnownBeforeTrainingIsRefusedFirst) {
+  const model::ModelConfig m = small_model();
+  check_reference_plan(m, 0.5, 0.875, 0);  // 7 of 8 channels: fine
+  EXPECT_CSKV_ERROR(check_reference_plan(m, 0.5, 0.5, 0.25),
+                    "--export-cskv with --budget 0.25: the reference code has one K and one V "
+                    "rank for all layers, --budget chooses them per layer; give "
+                    "--k-density/--v-density, or turn --export-cskv off");
+  EXPECT_CSKV_ERROR(check_reference_plan(m, 0.5, 1.0, 0),
+                    "--export-cskv with --v-density 1: every channel of a head is kept; the "
+                    "reference code accepts densities in (0, 1) only");
+  model::ModelConfig qwen = m;
+  qwen.arch = model::Arch::kQwen2;
+  EXPECT_CSKV_ERROR(check_reference_plan(qwen, 0.5, 0.5, 0),
+                    "--export-cskv: the reference code builds LlamaForCausalLM and "
+                    "MistralForCausalLM attention only, this model is Qwen2ForCausalLM");
+}
+
 TEST(ReferenceRun, WarnsWhereTheReferenceQuantizesOtherwise) {
   const model::ModelConfig m = small_model();
   json c = config(m);

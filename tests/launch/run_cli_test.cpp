@@ -104,6 +104,10 @@ TEST_F(RunCli, BadJobFilesGiveExactMessages) {
   expect({{"tokens", 5}}, 1, "\"tokens\" must be a string, found 5");
   expect({{"export_cskv", 1}}, 1, "\"export_cskv\" must be true or false, found 1");
   expect({{"seed", -1}}, 1, "\"seed\" must be a non-negative integer, found -1");
+  expect({{"export_cskv", true}, {"budget", 0.25}}, 2,
+         "usage error: --export-cskv with --budget 0.25: the reference code has one K and one V "
+         "rank for all layers, --budget chooses them per layer; give --k-density/--v-density, or "
+         "turn --export-cskv off");
   expect({{"model", nullptr}}, 2,
          "usage error: missing required setting \"model\" (give --model, or \"model\" in the "
          "--config file)");
