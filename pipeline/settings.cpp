@@ -66,6 +66,26 @@ BoundTable<C> capture_input_rows() {
       {{"input", "tokenizer", T::kString, "", "SentencePiece tokenizer.model for --text", {}, true},
        [](C& o, const json& v) { o.tokenizer_path = v.get<std::string>(); },
        [](const C& o) { return absolute_or_empty(o.tokenizer_path); }},
+      {{"input",
+        "holdout-tokens",
+        T::kString,
+        "",
+        "Separate token file (same --token-dtype) for the held-out sequences: its first "
+        "--holdout-seqs chunks (default: the end of the training stream, never sampled for "
+        "training)",
+        {},
+        true},
+       [](C& o, const json& v) { o.holdout_tokens_path = v.get<std::string>(); },
+       [](const C& o) { return absolute_or_empty(o.holdout_tokens_path); }},
+      {{"input",
+        "holdout-text",
+        T::kString,
+        "",
+        "Separate UTF-8 text file, tokenized with --tokenizer, for the held-out sequences",
+        {},
+        true},
+       [](C& o, const json& v) { o.holdout_text_path = v.get<std::string>(); },
+       [](const C& o) { return absolute_or_empty(o.holdout_text_path); }},
   };
 }
 

@@ -12,6 +12,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -204,6 +205,28 @@ TEST(SafetensorsRoundTrip, ShardedWithIndexBitwise) {
   EXPECT_FALSE(model.contains("lm_head.weight"));
   EXPECT_EQ(SafetensorsFile::open(dir / "model-00002-of-00003.safetensors")->header().metadata,
             meta);
+}
+
+// Real indexes carry more than total_size (total_parameters, a format, a tool's version) and
+// sometimes keys beside weight_map: only weight_map decides where a tensor is.
+TEST(SafetensorsRoundTrip, IndexWithExtraMetadataLoads) {
+  TempDir dir;
+  const NamedTensors tensors = {{"a.weight", sample(at::kBFloat16, {16, 8}, 1)},
+                                {"b.weight", sample(at::kFloat, {20, 8}, 2)}};
+  write_safetensors_sharded(dir.path(), tensors, {}, 300);
+  auto index = nlohmann::json::parse(read_file(dir / "model.safetensors.index.json"));
+  index["metadata"]["total_parameters"] = 288;
+  index["metadata"]["format"] = "pt";
+  index["metadata"]["mergekit_version"] = "0.0.4.2";
+  index["metadata"]["nested"] = {{"x", {1, 2}}};
+  index["generated_by"] = "convert_llama_weights_to_hf.py";
+  std::ofstream(dir / "model.safetensors.index.json") << index.dump(2);
+  const auto model = SafetensorsModel::open_dir(dir.path());
+  EXPECT_EQ(model.names(), (std::vector<std::string>{"a.weight", "b.weight"}));
+  for (const auto& [name, t] : tensors) {
+    EXPECT_EQ(model.file_of(name), dir / index["weight_map"][name].get<std::string>()) << name;
+    EXPECT_EQ(raw_bytes(model.get(name)), raw_bytes(t)) << name;
+  }
 }
 
 TEST(SafetensorsRoundTrip, SingleShardWritesPlainFileOnly) {

@@ -73,6 +73,8 @@ json hand_written_capture_identity(const CaptureOptions& o, const std::string& m
   j["tokens"] = abs(o.tokens_path);
   j["text"] = abs(o.text_path);
   j["tokenizer"] = abs(o.tokenizer_path);
+  j["holdout_tokens"] = abs(o.holdout_tokens_path);
+  j["holdout_text"] = abs(o.holdout_text_path);
   j["token_dtype"] = data::token_dtype_name(o.token_dtype);
   j["token_stream_size"] = stream;
   j["num_seqs"] = o.num_seqs;
@@ -140,7 +142,7 @@ TEST(BoundSettings, CaptureIdentityIsTheHandWrittenOneForEveryValueOfEveryRow) {
     o.layers = {1};
     o.seed = 4;
     row.set(o, other_value(row.setting));
-    EXPECT_EQ(capture_config_json(o, "h", "xxh64:f", 1000, 3),
+    EXPECT_EQ(capture_config_json(o, "h", "xxh64:f", 1000, -1, 3),
               hand_written_capture_identity(o, "h", "xxh64:f", 1000, 3).dump(2))
         << "--" << row.setting.flag;
   }
