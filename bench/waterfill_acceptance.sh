@@ -118,6 +118,19 @@ stories() {
   compare stories-uniform stories-waterfill
   echo "== stories260K: waterfill at 8x smaller (--cache-budget 0.125) vs uniform K4/V4 d0.5"
   compare stories-uniform stories-waterfill8x
+  echo "== stories260K: the same compressors with the first 4 tokens kept full precision"
+  for run in stories-uniform stories-waterfill stories-waterfill8x; do
+    [[ -f $out/$run/eval-sinks/report.json ]] ||
+      "$cskv" eval --model "$m" --acts "$d/heldout" --compressor "$out/$run/ckpt/compressor.safetensors" \
+        --out "$out/$run/eval-sinks" --decode 64 --sink-tokens 4 --no-plots --log-level warn >/dev/null
+    "$py" - "$out/$run" <<'EOF2'
+import json, sys
+a, b = (json.load(open(sys.argv[1] + f"/{e}/report.json")) for e in ("eval", "eval-sinks"))
+print(f"{sys.argv[1].split('/')[-1]:>20}: KL {a['end_to_end']['kl_mean']:.4g} without sinks, "
+      f"{b['end_to_end']['kl_mean']:.4g} with 4 sinks; compression {a['compression_ratio']:.3f}x / "
+      f"{b['compression_ratio']:.3f}x at {a['compression_ratio_context']} tokens")
+EOF2
+  done
 }
 
 case $which in

@@ -445,8 +445,29 @@ class JobLoop {
         my_jobs_.size());
   }
 
+  // waterfill: the trained factors, their ranges re-fitted, are kept only when their quantized
+  // training-set error is below the closed form's (static ranges let QAT drift the latents out of
+  // range); otherwise the closed form (the plan's job, init) comes back. Decided on the training
+  // split alone.
+  void settle_codes(JobState& s, size_t i) {
+    if (s.job.codes.empty() || s.step == 0) return;
+    JobState trained = s;
+    trainer_.refit_codes(trained);
+    const JobState closed = trainer_.init(jobs_[i]);
+    const double e_trained = trainer_.relative_error(trained, "train", true);
+    const double e_closed = trainer_.relative_error(closed, "train", true);
+    const bool keep = e_trained < e_closed;
+    s.A = keep ? trained.A : closed.A;
+    s.B = keep ? trained.B : closed.B;
+    s.job.codes = keep ? trained.job.codes : closed.job.codes;
+    log::get("trainer")->info(
+        "{}: quantized training error {:.6g} trained, {:.6g} closed form: "
+        "keeping the {}",
+        jobs_[i].name(), e_trained, e_closed, keep ? "trained factors" : "closed form");
+  }
+
   void evaluate_job(JobState& s, size_t i) {
-    if (s.step > 0) trainer_.refit_codes(s);  // waterfill: the ranges follow the trained A
+    settle_codes(s, i);
     s.train_error = trainer_.relative_error(s, "train", false);
     s.holdout_error_q = trainer_.relative_error(s, "holdout", true);
     s.holdout_error = trainer_.relative_error(s, "holdout", false);

@@ -143,6 +143,7 @@ JobState LayerTrainer::init(const LayerJob& job) const {
   s.job = job;
   s.A = init.A.to(at::kFloat).contiguous();
   s.B = init.B.to(at::kFloat).contiguous();
+  if (!job.codes.empty()) s.B = quantized_b(job, s.A);
   if (cfg_.rotate_hadamard) {
     const at::Tensor R = randomized_hadamard(job.rank, job_seed(cfg_.seed, job.layer, job.kind));
     const RotatedFactors rotated = rotate_factors(init.A, init.B, R);
@@ -157,6 +158,26 @@ JobState LayerTrainer::init(const LayerJob& job) const {
   s.floor = init.floor;
   s.eigenvalues = init.eigenvalues;
   return s;
+}
+
+at::Tensor LayerTrainer::quantized_b(const LayerJob& job, const at::Tensor& A) const {
+  const at::Device dev = dev_.device;
+  const at::Tensor Wt = weight(job).t().contiguous().to(dev);
+  const at::Tensor a = A.to(dev);
+  const int64_t r = A.size(1), D = Wt.size(1);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(dev);
+  at::Tensor gram = at::zeros({r, r}, f64), cross = at::zeros({r, D}, f64);
+  BatchStream batches = stream(job, "train", 1);
+  while (auto x = batches.next()) {
+    const at::Tensor c = quantize_channels(device::matmul(*x, a, cfg_.precision), job.codes);
+    const at::Tensor cd = c.to(at::kDouble);
+    gram.addmm_(cd.t(), cd);
+    cross.addmm_(cd.t(), device::matmul(*x, Wt, cfg_.precision).to(at::kDouble));
+  }
+  // A ridge of 1e-12 of the mean diagonal keeps a channel that never leaves code 0 solvable.
+  const double ridge = 1e-12 * std::max(gram.diagonal().mean().item<double>(), 1e-300);
+  gram.diagonal().add_(ridge);
+  return at::linalg_solve(gram, cross).to(at::kFloat).cpu().contiguous();
 }
 
 at::Tensor LayerTrainer::curve_rows(const LayerJob& job) const {

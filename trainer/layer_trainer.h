@@ -164,6 +164,9 @@ class LayerTrainer {
   // The batches of one split of job's layer on the device; resident splits are kept for the
   // layer last used (its K and V jobs and their errors read them once).
   BatchStream stream(const LayerJob& job, const std::string& split, int64_t num_epochs) const;
+  // waterfill: B = argmin ‖ĉ·B − K‖² over the training split, ĉ the channel-quantized latents of
+  // A (float64 normal equations): the reconstruction that expects the codes' error.
+  at::Tensor quantized_b(const LayerJob& job, const at::Tensor& A) const;
   // The first kCurveTokens training rows of job's layer, [n, H] float32 on the device.
   at::Tensor curve_rows(const LayerJob& job) const;
 

@@ -31,8 +31,8 @@ FactorMap factors(const std::vector<int64_t>& k_ranks, const std::vector<int64_t
   FactorMap f;
   for (size_t l = 0; l < k_ranks.size(); ++l) {
     const auto layer = static_cast<int64_t>(l);
-    f[{layer, KvKind::kKey}] = {at::zeros({k_ranks[l], 32}), at::zeros({16, k_ranks[l]})};
-    f[{layer, KvKind::kValue}] = {at::zeros({v_ranks[l], 32}), at::zeros({16, v_ranks[l]})};
+    f[{layer, KvKind::kKey}] = {at::zeros({k_ranks[l], 32}), at::zeros({16, k_ranks[l]}), {}};
+    f[{layer, KvKind::kValue}] = {at::zeros({v_ranks[l], 32}), at::zeros({16, v_ranks[l]}), {}};
   }
   return f;
 }

@@ -223,8 +223,9 @@ TEST_F(TrainRunTest, WaterfillKeepsTheBudgetsAndBeatsUniformAtItsBits) {
     for (size_t j = 1; j < s.job.channels.size(); ++j) {
       EXPECT_LT(s.job.channels[j - 1], s.job.channels[j]);
     }
-    // The pca floor of the kept channels: the training error at step 0, unquantized.
-    EXPECT_NEAR(s.train_error_init, s.floor, 1e-5 * s.floor + 1e-9) << s.job.name();
+    // B fits the quantized latents (least squares), so the unquantized training error at step 0
+    // lies above the pca floor of the kept channels.
+    EXPECT_GE(s.train_error_init, s.floor * (1 - 1e-6)) << s.job.name();
     wf_sum[key ? 0 : 1] += s.holdout_error_q;
     uni_sum[key ? 0 : 1] += uni.states[i].holdout_error_q;
   }
