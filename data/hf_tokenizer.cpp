@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 
 #include "common/error.h"
 #include "common/fs.h"
@@ -279,17 +278,6 @@ int64_t HfTokenizer::vocab_size() const { return pipeline_->vocab_size(); }
 
 const std::vector<uint32_t>& HfTokenizer::template_prefix_ids() const {
   return pipeline_->prefix_ids();
-}
-
-bool is_hf_tokenizer_file(const std::string& path) {
-  const auto dot = path.rfind('.');
-  if (dot != std::string::npos && path.substr(dot) == ".json") return true;
-  std::ifstream in(path, std::ios::binary);
-  char c = 0;
-  while (in.get(c)) {
-    if (c != ' ' && c != '\n' && c != '\r' && c != '\t') return c == '{';
-  }
-  return false;
 }
 
 }  // namespace cskv::data

@@ -44,7 +44,4 @@ class HfTokenizer {
   std::unique_ptr<hf::Pipeline> pipeline_;
 };
 
-// True when path looks like a tokenizer.json: a ".json" name, or a first non-blank byte '{'.
-bool is_hf_tokenizer_file(const std::string& path);
-
 }  // namespace cskv::data

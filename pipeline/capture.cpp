@@ -93,6 +93,7 @@ void check_tokenizer_use(const CaptureOptions& o) {
   CSKV_CHECK_USAGE(o.tokenizer_path.empty() || !o.text_path.empty(),
                    "--tokenizer is only used with --text (the token ids of --tokens are already "
                    "tokenized)");
+  if (!o.tokenizer_path.empty()) data::tokenizer_kind(o.tokenizer_path);
 }
 
 std::string capture_config_json(const CaptureOptions& o, const std::string& model_hash,
@@ -274,8 +275,9 @@ void validate_options(const CaptureOptions& opt, int world) {
   CSKV_CHECK_USAGE(!opt.out_dir.empty(), "missing required option --out");
   CSKV_CHECK_USAGE(opt.tokens_path.empty() != opt.text_path.empty(),
                    "give exactly one of --tokens or --text");
-  CSKV_CHECK_USAGE(opt.text_path.empty() || !opt.tokenizer_path.empty(),
-                   "--text needs --tokenizer (a SentencePiece tokenizer.model)");
+  CSKV_CHECK_USAGE(
+      opt.text_path.empty() || !opt.tokenizer_path.empty(),
+      "--text needs --tokenizer (a SentencePiece tokenizer.model or a tokenizer.json)");
   check_tokenizer_use(opt);
   CSKV_CHECK_USAGE(opt.num_seqs >= 1, "--num-seqs: expected >= 1, found " << opt.num_seqs);
   CSKV_CHECK_USAGE(opt.seq_len >= 2, "--seq-len: expected >= 2, found " << opt.seq_len);

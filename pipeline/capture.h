@@ -16,7 +16,7 @@ struct CaptureOptions {
   std::string model_dir;
   std::string tokens_path;     // flat token file, or
   std::string text_path;       // a UTF-8 text file with
-  std::string tokenizer_path;  // a SentencePiece tokenizer.model
+  std::string tokenizer_path;  // a SentencePiece tokenizer.model or an HF tokenizer.json
   data::TokenDtype token_dtype = data::TokenDtype::kU32;
   int64_t num_seqs = 64;
   int64_t seq_len = 512;
@@ -48,7 +48,8 @@ struct CaptureResult {
   double seconds_stats = 0;
 };
 
-// A usage error when a tokenizer is given without --text (it would be silently ignored).
+// A usage error when a tokenizer is given without --text (it would be silently ignored); an
+// input error when the file is neither a SentencePiece model nor a tokenizer.json.
 void check_tokenizer_use(const CaptureOptions& options);
 
 // "0-7", "0,2,5-6" or "all" (empty) → ascending layer list; each must be < num_layers.

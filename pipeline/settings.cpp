@@ -63,7 +63,7 @@ BoundTable<C> capture_input_rows() {
         true},
        [](C& o, const json& v) { o.text_path = v.get<std::string>(); },
        [](const C& o) { return absolute_or_empty(o.text_path); }},
-      {{"input", "tokenizer", T::kString, "", "SentencePiece tokenizer.model for --text", {}, true},
+      {{"input", "tokenizer", T::kString, "", "Tokenizer for --text: a SentencePiece .model or a tokenizer.json", {}, true},
        [](C& o, const json& v) { o.tokenizer_path = v.get<std::string>(); },
        [](const C& o) { return absolute_or_empty(o.tokenizer_path); }},
   };
