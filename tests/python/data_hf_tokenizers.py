@@ -2,9 +2,11 @@
 the `tokenizers` package in the pipeline configurations of Llama-3, Qwen2 and Mistral (legacy
 Prepend/Replace normalizer and Metaspace pre-tokenizer), trained on the test's texts, saves each
 as OUT/<name>.json and writes OUT/expected.json: {name: [ids of Tokenizer.encode(text) per text]}.
-With --bench TOKENIZER TEXT it instead times one single-threaded encode of TEXT (bench/).
+bench/bench_tokenizer uses --train-bench (a Llama-3-style tokenizer trained on TEXT) and --bench
+(tokenizers' single-threaded encode of TEXT's documents; run with RAYON_NUM_THREADS=1).
 
 usage: data_hf_tokenizers.py TEXTS_JSON OUT_DIR
+       data_hf_tokenizers.py --train-bench TEXT_FILE OUT_JSON VOCAB_SIZE
        data_hf_tokenizers.py --bench TOKENIZER_JSON TEXT_FILE
 """
 import json
@@ -151,19 +153,34 @@ def build_all(texts_json, out_dir):
         json.dump(expected, f)
 
 
+def train_bench_tokenizer(text_file, out_json, vocab_size):
+    """The Llama-3 configuration trained on the first 4 MB of text_file (bench/)."""
+    with open(text_file, encoding="utf-8") as f:
+        text = f.read(4 << 20)
+    tok = byte_level_bpe(text.split("\n\n"), LLAMA3_PATTERN, ["<|begin_of_text|>"], vocab_size,
+                         ignore_merges=True)
+    tok.add_special_tokens(["<|begin_of_text|>"])
+    tok.save(out_json)
+
+
 def bench(tokenizer_json, text_file):
-    os.environ["RAYON_NUM_THREADS"] = "1"  # must be set before the first encode
+    """tokenizers on one thread: encode_batch of the documents (blank-line separated; one encode
+    of a 100 MB string takes minutes and gigabytes in tokenizers), no special tokens."""
     tok = Tokenizer.from_file(tokenizer_json)
     with open(text_file, encoding="utf-8") as f:
-        text = f.read()
+        docs = f.read().split("\n\n")
     start = time.perf_counter()
-    ids = tok.encode(text).ids
+    encodings = tok.encode_batch(docs, add_special_tokens=False)
     seconds = time.perf_counter() - start
-    print(json.dumps({"bytes": len(text.encode("utf-8")), "ids": len(ids), "seconds": seconds}))
+    ids = sum(len(e.ids) for e in encodings)
+    checksum = sum(sum(e.ids) for e in encodings)
+    print(json.dumps({"docs": len(docs), "ids": ids, "id_sum": checksum, "seconds": seconds}))
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--bench":
         bench(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "--train-bench":
+        train_bench_tokenizer(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         build_all(sys.argv[1], sys.argv[2])
