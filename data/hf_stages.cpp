@@ -280,9 +280,9 @@ std::unique_ptr<PreTokenizer> make_metaspace(const json& j, const std::string& f
   auto m = std::make_unique<Metaspace>();
   m->replacement = j.contains("replacement") ? j.at("replacement").get<std::string>() : "\u2581";
   int len = 0;
+  if (!m->replacement.empty()) decode_utf8(m->replacement, 0, &len);
   CSKV_CHECK_INPUT(
-      !m->replacement.empty() &&
-          (decode_utf8(m->replacement, 0, &len), len) == static_cast<int>(m->replacement.size()),
+      len > 0 && static_cast<size_t>(len) == m->replacement.size(),
       file << ": Metaspace replacement must be one character, found '" << m->replacement << "'");
   const std::string scheme = j.contains("prepend_scheme") && !j.at("prepend_scheme").is_null()
                                  ? j.at("prepend_scheme").get<std::string>()
