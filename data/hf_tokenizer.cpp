@@ -195,6 +195,8 @@ void Pipeline::parse_post_processor(const json& p, const std::string& file) {
 
 std::vector<uint32_t> Pipeline::encode(const std::string& text, bool add_special_tokens,
                                        const std::function<void(size_t)>& progress) const {
+  const size_t bad = invalid_utf8_offset(text);
+  CSKV_CHECK_INPUT(bad == std::string_view::npos, "not valid UTF-8 at byte " << bad);
   std::vector<uint32_t> ids;
   ids.reserve(text.size() / 3 + 16);
   if (add_special_tokens) ids = prefix_ids_;

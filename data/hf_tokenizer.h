@@ -31,6 +31,7 @@ class HfTokenizer {
   // Called now and then during encode() with the bytes of the text handled so far.
   using Progress = std::function<void(size_t bytes_done)>;
   // The ids of `tokenizers`' Tokenizer.encode(text, add_special_tokens).ids for one sequence.
+  // Text that is not UTF-8 is an input error: "not valid UTF-8 at byte 17".
   std::vector<uint32_t> encode(const std::string& text, bool add_special_tokens,
                                const Progress& progress = {}) const;
 

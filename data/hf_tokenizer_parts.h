@@ -19,6 +19,8 @@ using json = nlohmann::json;
 // ---- Unicode --------------------------------------------------------------------------------
 // Decodes the UTF-8 char at s[i] (s is valid UTF-8): its code point and byte length.
 int32_t decode_utf8(std::string_view s, size_t i, int* len);
+// Offset of the first byte that is not valid UTF-8, or npos.
+size_t invalid_utf8_offset(std::string_view s);
 bool is_unicode_whitespace(int32_t cp);  // the White_Space property (Rust char::is_whitespace)
 bool is_unicode_numeric(int32_t cp);     // general category Nd, Nl or No (char::is_numeric)
 bool is_unicode_alphanumeric(int32_t cp);

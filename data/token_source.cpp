@@ -264,7 +264,11 @@ std::vector<uint32_t> tokenize_text_file(const std::string& text_path,
   const HfTokenizer tokenizer = HfTokenizer::load(tokenizer_path);
   HfTokenizer::Progress bytes_done;
   if (progress) bytes_done = [&](size_t done) { progress(done, text.size()); };
-  return tokenizer.encode(text, add_bos, bytes_done);
+  try {
+    return tokenizer.encode(text, add_bos, bytes_done);
+  } catch (const Error& e) {
+    CSKV_FAIL_INPUT(text_path << ": " << e.message());
+  }
 }
 
 }  // namespace cskv::data

@@ -35,7 +35,8 @@ std::vector<std::string> fixed_texts() {
       "こんにちは世界、カタカナとひらがな。東京は大きい。",
       "안녕하세요 세계, 한국어 텍스트입니다.",
       "สวัสดีชาวโลก ภาษาไทย",
-      "Emoji: 😀😃😄 👍🏽 👨‍👩‍👧‍👦 🇩🇪🇯🇵 ❤️ 🧑🏿‍🚀 "
+      "Emoji: 😀😃😄 👍🏽 👨‍👩‍👧‍👦 🇩🇪🇯🇵 ❤️ "
+      "🧑🏿‍🚀 "
       "done.",
       "   leading spaces, trailing spaces   ",
       "tabs\tand\t\ttabs\n\nnewlines\r\nwindows\r\n\r\n  \n   indented\n",
@@ -247,6 +248,12 @@ TEST(HfTokenizer, TokenizerKindByNameOrContentAndRefusal) {
                                }),
             (std::vector<uint32_t>{5, 4}));
   EXPECT_EQ(last_done, 3u);
+  test::write_file(dir / "latin1.txt",
+                   "ab\xe9"
+                   "c");
+  EXPECT_EQ(
+      test::input_error_of([&] { tokenize_text_file(dir / "latin1.txt", dir / "tok", true); }),
+      dir / "latin1.txt" + ": not valid UTF-8 at byte 2");
 }
 
 }  // namespace
