@@ -6,6 +6,7 @@
 #include <queue>
 
 #include "common/error.h"
+#include "common/json_integer.h"
 #include "data/hf_tokenizer_parts.h"
 
 namespace cskv::data::hf {
@@ -25,16 +26,20 @@ void refuse_set(const json& model, const char* key, const std::string& file) {
 
 }  // namespace
 
+uint32_t token_id(const json& v, const std::string& file, const std::string& what) {
+  CSKV_CHECK_INPUT(json_integer_fits<uint32_t>(v), file << ": " << what << ": id " << v.dump()
+                                                        << " is not an integer in [0, 2^32)");
+  return v.get<uint32_t>();
+}
+
 Bpe::Bpe(const json& model, const std::string& file) {
   refuse_set(model, "dropout", file);
   refuse_set(model, "continuing_subword_prefix", file);
   refuse_set(model, "end_of_word_suffix", file);
   for (const auto& [token, id] : model.at("vocab").items()) {
-    const auto v = id.get<int64_t>();
-    CSKV_CHECK_INPUT(v >= 0 && v <= std::numeric_limits<uint32_t>::max(),
-                     file << ": vocab id " << v << " of '" << token << "' is out of range");
-    vocab_[token] = static_cast<uint32_t>(v);
-    max_id_ = std::max(max_id_, v);
+    const uint32_t v = token_id(id, file, "vocab entry '" + token + "'");
+    vocab_[token] = v;
+    max_id_ = std::max(max_id_, int64_t{v});
   }
   const auto& merges = model.at("merges");
   for (size_t rank = 0; rank < merges.size(); ++rank) {

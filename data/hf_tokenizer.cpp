@@ -40,7 +40,8 @@ void template_ids(const json& tp, const std::string& file, std::vector<uint32_t>
                      file << ": TemplateProcessing names special token '" << name
                           << "' that its special_tokens do not define");
     for (const auto& id : tp.at("special_tokens").at(name).at("ids")) {
-      (seen_sequence ? after : before).push_back(id.get<uint32_t>());
+      (seen_sequence ? after : before)
+          .push_back(token_id(id, file, "TemplateProcessing special token '" + name + "'"));
     }
   }
 }
@@ -154,15 +155,15 @@ Pipeline::Pipeline(const json& j, const std::string& file) {
                    file << ": model '" << type << "' is not supported (supported: BPE)");
   model_ = std::make_unique<Bpe>(model, file);
   vocab_size_ = model_->max_id() + 1;
-  if (j.contains("added_tokens")) parse_added_tokens(j.at("added_tokens"));
+  if (j.contains("added_tokens")) parse_added_tokens(j.at("added_tokens"), file);
   if (j.contains("post_processor")) parse_post_processor(j.at("post_processor"), file);
 }
 
-void Pipeline::parse_added_tokens(const json& list) {
+void Pipeline::parse_added_tokens(const json& list, const std::string& file) {
   for (const auto& t : list) {
     AddedToken a;
     a.content = t.at("content").get<std::string>();
-    a.id = t.at("id").get<uint32_t>();
+    a.id = token_id(t.at("id"), file, "added token '" + a.content + "'");
     a.single_word = t.value("single_word", false);
     a.lstrip = t.value("lstrip", false);
     a.rstrip = t.value("rstrip", false);
@@ -189,6 +190,8 @@ void Pipeline::parse_post_processor(const json& p, const std::string& file) {
                            "Sequence)");
   std::vector<uint32_t> before, after;
   template_ids(p, file, before, after);
+  for (const uint32_t id : before) vocab_size_ = std::max<int64_t>(vocab_size_, int64_t{id} + 1);
+  for (const uint32_t id : after) vocab_size_ = std::max<int64_t>(vocab_size_, int64_t{id} + 1);
   prefix_ids_.insert(prefix_ids_.begin(), before.begin(), before.end());
   suffix_ids_.insert(suffix_ids_.end(), after.begin(), after.end());
 }

@@ -35,7 +35,7 @@ class HfTokenizer {
   std::vector<uint32_t> encode(const std::string& text, bool add_special_tokens,
                                const Progress& progress = {}) const;
 
-  // 1 + the largest id of the model's vocabulary and the added tokens.
+  // 1 + the largest id of the model's vocabulary, the added tokens and the template.
   int64_t vocab_size() const;
   // Ids the post-processor's single-sequence template puts before the text (BOS), maybe none.
   const std::vector<uint32_t>& template_prefix_ids() const;

@@ -16,6 +16,9 @@ namespace cskv::data::hf {
 
 using json = nlohmann::json;
 
+// A token id of the file: a JSON integer in [0, 2^32); else an input error naming `what`.
+uint32_t token_id(const json& v, const std::string& file, const std::string& what);
+
 // ---- Unicode --------------------------------------------------------------------------------
 // Decodes the UTF-8 char at s[i] (s is valid UTF-8): its code point and byte length.
 int32_t decode_utf8(std::string_view s, size_t i, int* len);
@@ -140,7 +143,7 @@ class Pipeline {
   const std::vector<uint32_t>& prefix_ids() const { return prefix_ids_; }
 
  private:
-  void parse_added_tokens(const json& list);
+  void parse_added_tokens(const json& list, const std::string& file);
   void parse_post_processor(const json& j, const std::string& file);
   void encode_segment(std::string_view raw, size_t raw_offset, std::vector<uint32_t>& ids,
                       Bpe::Cache& cache, const std::function<void(size_t)>& progress) const;

@@ -223,6 +223,10 @@ TEST(HfTokenizer, RefusesUnsupportedComponentsByName) {
             }),
             "tokenizer.json: pre_tokenizer Split: regex '(unclosed' does not compile at offset 9: "
             "missing closing parenthesis");
+  EXPECT_EQ(refusal([](json& j) { j["model"]["vocab"]["c"] = -9.2e20; }),
+            "tokenizer.json: vocab entry 'c': id -9.2e+20 is not an integer in [0, 2^32)");
+  EXPECT_EQ(refusal([](json& j) { j["added_tokens"][0]["id"] = 4294967296; }),
+            "tokenizer.json: added token '<s>': id 4294967296 is not an integer in [0, 2^32)");
   EXPECT_EQ(refusal([](json& j) { j["model"]["merges"] = json::array({"a z"}); }),
             "tokenizer.json: merge 0 'a z' uses a token that is not in the vocab");
 }
