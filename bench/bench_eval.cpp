@@ -23,6 +23,7 @@
 #include "trainer/layer_trainer.h"
 #include "trainer/metrics.h"
 #include "trainer/rank_allocation.h"
+#include "trainer/waterfill.h"
 
 namespace {
 
@@ -44,6 +45,9 @@ struct Args {
   double k_density = 0.25, v_density = 0.5;
   int bits = 4;
   int64_t window = 32;
+  // waterfill: every channel's width allocated (trainer/waterfill.h) on random hidden states under
+  // the uniform code's bits per token (codes + scale/zero), the ranges folded into B.
+  std::string quant = "uniform";
 };
 
 std::vector<int64_t> parse_list(const std::string& s) {
@@ -86,6 +90,8 @@ Args parse(int argc, char** argv) {
       a.bits = std::stoi(v);
     else if (k == "--window")
       a.window = std::stoll(v);
+    else if (k == "--quant")
+      a.quant = v;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       std::exit(2);
@@ -109,6 +115,29 @@ ev::LayerFactors random_factors(const cskv::model::SafetensorsModel& w, int64_t 
     (kind == tr::KvKind::kKey ? f.k_b : f.v_b) = B;
   }
   return f;
+}
+
+// waterfill: the full-rank random factors' channels fitted on 2048 random hidden states, widths
+// allocated under `bits` per token, the kept channels' factors and codes.
+void waterfill_factors(ev::LayerFactors& f, int64_t hidden, int64_t k_bits, int64_t v_bits) {
+  const at::Tensor x = at::randn({2048, hidden});
+  for (const tr::KvKind kind : {tr::KvKind::kKey, tr::KvKind::kValue}) {
+    const bool key = kind == tr::KvKind::kKey;
+    at::Tensor& A = key ? f.k_a : f.v_a;
+    at::Tensor& B = key ? f.k_b : f.v_b;
+    const auto curves = tr::fit_channels(at::mm(x, A));
+    const auto bits = tr::allocate_bits(curves, key ? k_bits : v_bits);
+    std::vector<int64_t> kept;
+    std::vector<tr::ChannelCode>& codes = key ? f.k_codes : f.v_codes;
+    for (size_t i = 0; i < bits.size(); ++i) {
+      if (bits[i] == 0) continue;
+      kept.push_back(static_cast<int64_t>(i));
+      codes.push_back(curves[i].code[static_cast<size_t>(bits[i])]);
+    }
+    const at::Tensor idx = at::tensor(kept, at::kLong);
+    A = A.index_select(1, idx).contiguous();
+    B = B.index_select(0, idx).contiguous();
+  }
 }
 
 // Fills every layer's cache with `tokens` tokens: x ~ N(0, 1) (a normalised hidden state), k and
@@ -185,18 +214,30 @@ int main(int argc, char** argv) {
   comp.quant.k_bits = comp.quant.v_bits = a.bits;
   comp.quant.window = a.window;
   at::manual_seed(0);
+  // The uniform code's bits per compressed token (codes + scale/zero): the waterfill budget.
+  const auto bits_of = [&](tr::KvKind kind, int64_t r) {
+    const tr::QuantConfig q = tr::job_quant_config(comp.quant, config, {0, kind, r});
+    return static_cast<int64_t>(8 * (tr::quant_code_bytes_per_token(r, q) +
+                                     tr::quant_overhead_bytes_per_token(r, q)));
+  };
+  const int64_t k_bits = bits_of(tr::KvKind::kKey, rk), v_bits = bits_of(tr::KvKind::kValue, rv);
+  const bool waterfill = a.quant == "waterfill";
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    comp.layers[l] = random_factors(*weights, l, rk, rv, d);
+    comp.layers[l] = random_factors(*weights, l, waterfill ? d : rk, waterfill ? d : rv, d);
+    if (waterfill) waterfill_factors(comp.layers[l], config.hidden_size, k_bits, v_bits);
   }
+  if (waterfill) comp.quant.quant = tr::QuantMode::kWaterfill;
   std::printf(
       "# model: hidden %lld, %lld layers, %lld heads / %lld kv heads of %lld (D %lld), "
       "intermediate %lld, vocab %lld, f16 weights computed in float32; %d thread(s)\n"
-      "# compressor: r_k %lld, r_v %lld, %d bits, window %lld; fp16 storage\n",
+      "# compressor: r_k %lld, r_v %lld, %d bits, window %lld; fp16 storage; code %s (K %lld, V "
+      "%lld bits per token)\n",
       (long long)config.hidden_size, (long long)config.num_hidden_layers,
       (long long)config.num_attention_heads, (long long)config.num_key_value_heads,
       (long long)config.head_dim, (long long)d, (long long)config.intermediate_size,
-      (long long)config.vocab_size, a.threads, (long long)rk, (long long)rv, a.bits,
-      (long long)a.window);
+      (long long)config.vocab_size, a.threads, (long long)comp.layers[0].r_k(),
+      (long long)comp.layers[0].r_v(), a.bits, (long long)a.window, a.quant.c_str(),
+      (long long)k_bits, (long long)v_bits);
   std::printf(
       "| context | fp16 cache ms/step | compressed ms/step | time ratio | key rebuild ms/layer | "
       "fp16 "

@@ -82,26 +82,38 @@ bool parse_factor_name(const std::string& name, int64_t& layer, KvKind& kind, ch
   return false;
 }
 
+std::string latent_code_name(int64_t layer, KvKind kind, const char* what) {
+  return "model.layers." + std::to_string(layer) + ".self_attn." +
+         (kind == KvKind::kKey ? "k" : "v") + "_latent_" + what;
+}
+
 bool CompressorSettings::operator==(const CompressorSettings& o) const {
   return model_config_hash == o.model_config_hash && k_bits == o.k_bits && v_bits == o.v_bits &&
          group_size == o.group_size && window == o.window &&
-         quant_compat_cskv == o.quant_compat_cskv;
+         quant_compat_cskv == o.quant_compat_cskv && waterfill == o.waterfill;
 }
 
 CompressorSettings compressor_settings(const std::string& model_config_hash,
                                        const trainer::TrainConfig& cfg) {
-  return {model_config_hash, cfg.k_bits, cfg.v_bits,
-          cfg.group_size,    cfg.window, cfg.quant_compat_cskv};
+  return {model_config_hash,
+          cfg.k_bits,
+          cfg.v_bits,
+          cfg.group_size,
+          cfg.window,
+          cfg.quant_compat_cskv,
+          cfg.quant == trainer::QuantMode::kWaterfill};
 }
 
 model::Metadata compressor_metadata(const CompressorSettings& s) {
-  return {{"model_config_hash", s.model_config_hash},
-          {"format", kCompressorFormat},
-          {"k_bits", std::to_string(s.k_bits)},
-          {"v_bits", std::to_string(s.v_bits)},
-          {"group_size", std::to_string(s.group_size)},
-          {"window", std::to_string(s.window)},
-          {"quant_compat", s.quant_compat_cskv ? "cskv" : "none"}};
+  model::Metadata m = {{"model_config_hash", s.model_config_hash},
+                       {"format", kCompressorFormat},
+                       {"k_bits", std::to_string(s.k_bits)},
+                       {"v_bits", std::to_string(s.v_bits)},
+                       {"group_size", std::to_string(s.group_size)},
+                       {"window", std::to_string(s.window)},
+                       {"quant_compat", s.quant_compat_cskv ? "cskv" : "none"}};
+  if (s.waterfill) m["quant"] = "waterfill";
+  return m;
 }
 
 CompressorSettings parse_compressor_settings(const model::Metadata& meta, const std::string& path) {
@@ -116,6 +128,13 @@ CompressorSettings parse_compressor_settings(const model::Metadata& meta, const 
       compat == "none" || compat == "cskv",
       path << ": __metadata__ 'quant_compat' is '" << compat << "', expected none or cskv");
   s.quant_compat_cskv = compat == "cskv";
+  const auto quant = meta.find("quant");
+  if (quant != meta.end()) {
+    CSKV_CHECK_INPUT(quant->second == "uniform" || quant->second == "waterfill",
+                     path << ": __metadata__ 'quant' is '" << quant->second
+                          << "', expected uniform or waterfill");
+    s.waterfill = quant->second == "waterfill";
+  }
   return s;
 }
 
@@ -125,6 +144,20 @@ void write_compressor_file(const std::string& path, const FactorList& factors,
   for (const auto& [key, lf] : factors) {
     tensors.emplace_back(factor_name(key.first, key.second, 'a'), lf.a);
     tensors.emplace_back(factor_name(key.first, key.second, 'b'), lf.b);
+    if (lf.codes.empty()) continue;
+    std::vector<uint8_t> bits;
+    std::vector<float> scale, offset;
+    for (const auto& c : lf.codes) {
+      bits.push_back(static_cast<uint8_t>(c.bits));
+      scale.push_back(c.scale);
+      offset.push_back(c.offset);
+    }
+    tensors.emplace_back(latent_code_name(key.first, key.second, "bits"),
+                         at::tensor(at::ArrayRef<uint8_t>(bits), at::kByte));
+    tensors.emplace_back(latent_code_name(key.first, key.second, "scale"),
+                         at::tensor(scale, at::kFloat));
+    tensors.emplace_back(latent_code_name(key.first, key.second, "offset"),
+                         at::tensor(offset, at::kFloat));
   }
   create_parent_directory(path);
   model::write_safetensors(path, tensors, metadata);
@@ -135,7 +168,8 @@ void write_trained_compressor(const std::string& path, const std::vector<trainer
                               const model::Metadata& extra) {
   FactorList factors;
   for (const auto& s : states) {
-    factors.push_back({{s.job.layer, s.job.kind}, {s.A.t().contiguous(), s.B.t().contiguous()}});
+    factors.push_back(
+        {{s.job.layer, s.job.kind}, {s.A.t().contiguous(), s.B.t().contiguous(), s.job.codes}});
   }
   // The quantization settings travel with the factors (as in a merged file), so `cskv eval`
   // can build the cache they were trained for.
@@ -144,7 +178,50 @@ void write_trained_compressor(const std::string& path, const std::vector<trainer
   write_compressor_file(path, factors, metadata);
 }
 
-FactorMap read_compressor_factors(const model::SafetensorsFile& f, const std::string& path) {
+namespace {
+
+// One [r] tensor of a job's channel codes, of the given dtype.
+at::Tensor read_code_tensor(const model::SafetensorsFile& f, const std::string& name,
+                            model::StDType dtype, int64_t r, const std::string& path) {
+  CSKV_CHECK_INPUT(f.contains(name), path << ": tensor '" << name
+                                          << "' is missing (a waterfill file holds the code of "
+                                             "every latent channel)");
+  const auto& e = f.entry(name);
+  CSKV_CHECK_INPUT(e.dtype == dtype && e.shape == std::vector<int64_t>{r},
+                   path << ": tensor '" << name << "' is " << model::dtype_name(e.dtype) << " "
+                        << at::IntArrayRef(e.shape) << ", expected " << model::dtype_name(dtype)
+                        << " [" << r << "]");
+  return f.get(name).clone();
+}
+
+std::vector<trainer::ChannelCode> read_codes(const model::SafetensorsFile& f, const JobKey& key,
+                                             int64_t r, const std::string& path) {
+  const auto [layer, kind] = key;
+  const at::Tensor bits =
+      read_code_tensor(f, latent_code_name(layer, kind, "bits"), model::StDType::kU8, r, path);
+  const at::Tensor scale =
+      read_code_tensor(f, latent_code_name(layer, kind, "scale"), model::StDType::kF32, r, path);
+  const at::Tensor offset =
+      read_code_tensor(f, latent_code_name(layer, kind, "offset"), model::StDType::kF32, r, path);
+  std::vector<trainer::ChannelCode> codes;
+  for (int64_t j = 0; j < r; ++j) {
+    codes.push_back({bits[j].item<int>(), offset[j].item<float>(), scale[j].item<float>()});
+  }
+  trainer::QuantConfig q;
+  q.channels = codes;
+  try {
+    trainer::validate_quant_config(q, r);
+  } catch (const std::exception& e) {
+    CSKV_FAIL_INPUT(path << ": layer " << layer << " " << trainer::kv_kind_name(kind)
+                         << ": bad latent code: " << e.what());
+  }
+  return codes;
+}
+
+}  // namespace
+
+FactorMap read_compressor_factors(const model::SafetensorsFile& f, const std::string& path,
+                                  bool waterfill) {
   FactorMap out;
   for (const auto& [name, e] : f.header().tensors) {
     int64_t layer = 0;
@@ -159,7 +236,10 @@ FactorMap read_compressor_factors(const model::SafetensorsFile& f, const std::st
   }
   CSKV_CHECK_INPUT(!out.empty(), path << ": holds no cskv factors "
                                       << "(model.layers.<l>.self_attn.{k,v}_proj_{a,b}.weight)");
-  for (const auto& [key, lf] : out) check_factor_pair(key, lf, path);
+  for (auto& [key, lf] : out) {
+    check_factor_pair(key, lf, path);
+    if (waterfill) lf.codes = read_codes(f, key, lf.a.size(0), path);
+  }
   return out;
 }
 
@@ -169,7 +249,7 @@ CompressorFile read_compressor_file(const std::string& path) {
   c.path = path;
   c.metadata = file->header().metadata;
   c.settings = parse_compressor_settings(c.metadata, path);
-  c.factors = read_compressor_factors(*file, path);
+  c.factors = read_compressor_factors(*file, path, c.settings.waterfill);
   return c;
 }
 

@@ -25,9 +25,15 @@ std::string factor_name(int64_t layer, trainer::KvKind kind, char which /* 'a' |
 // Parses "model.layers.<l>.self_attn.<k|v>_proj_<a|b>.weight"; false for any other name.
 bool parse_factor_name(const std::string& name, int64_t& layer, trainer::KvKind& kind, char& which);
 
-// One job's factors as HF Linear weights: a = Aᵀ [r, H] (the down projection), b = Bᵀ [D, r].
+// waterfill: "model.layers.<l>.self_attn.<k|v>_latent_<bits|scale|offset>" (U8 [r], F32 [r],
+// F32 [r]), the static code of every kept latent channel (trainer::ChannelCode).
+std::string latent_code_name(int64_t layer, trainer::KvKind kind, const char* what);
+
+// One job's factors as HF Linear weights: a = Aᵀ [r, H] (the down projection), b = Bᵀ [D, r],
+// and, in waterfill files, the channel codes of its latent (empty otherwise).
 struct LinearFactors {
   at::Tensor a, b;  // float32, contiguous
+  std::vector<trainer::ChannelCode> codes;
 };
 using FactorMap = std::map<JobKey, LinearFactors>;
 // Factors in the order they are written to the file.
@@ -42,13 +48,15 @@ struct CompressorSettings {
   int64_t group_size = 0;
   int64_t window = 32;
   bool quant_compat_cskv = false;
+  bool waterfill = false;  // --quant waterfill: the latents are coded by the files' channel codes
   bool operator==(const CompressorSettings& o) const;
 };
 CompressorSettings compressor_settings(const std::string& model_config_hash,
                                        const trainer::TrainConfig& cfg);
 
 // The schema's __metadata__: "format" = kCompressorFormat, "model_config_hash", "k_bits",
-// "v_bits", "group_size", "window" (decimal integers) and "quant_compat" ("cskv" | "none").
+// "v_bits", "group_size", "window" (decimal integers) and "quant_compat" ("cskv" | "none"), and
+// "quant" = "waterfill" in waterfill files (absent: uniform).
 model::Metadata compressor_metadata(const CompressorSettings& s);
 // Parses those keys back. Input errors name the file and key: "<path>: __metadata__ has no
 // 'k_bits' (...)", "... 'k_bits' is 'x', expected an integer", "... 'quant_compat' is 'x', ...".
@@ -66,9 +74,12 @@ void write_trained_compressor(const std::string& path, const std::vector<trainer
                               const std::string& model_config_hash, const trainer::TrainConfig& cfg,
                               const model::Metadata& extra = {});
 
-// The cskv factors of a compressor file (other tensors are ignored); input error naming the file
-// and tensor for a missing partner, a shape mismatch, a non-F32 dtype or no factors at all.
-FactorMap read_compressor_factors(const model::SafetensorsFile& file, const std::string& path);
+// The cskv factors of a compressor file (other tensors are ignored) and, when `waterfill`, every
+// job's channel codes (required: U8 bits 1..8, F32 finite offset and scale > 0, [r] each); input
+// error naming the file and tensor for a missing partner, a shape mismatch, a wrong dtype, a bad
+// code or no factors at all.
+FactorMap read_compressor_factors(const model::SafetensorsFile& file, const std::string& path,
+                                  bool waterfill = false);
 
 struct CompressorFile {
   std::string path;

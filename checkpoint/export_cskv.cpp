@@ -1,9 +1,13 @@
 // The reference-format export: per kind, a pickled list over layers of (a.state_dict(),
-// b.state_dict()) via torch::pickle_save, written atomically. The only <torch/serialize.h> user.
+// b.state_dict()) in torch.save's zip layout without TorchScript type tags, written atomically.
+// The only user of LibTorch's pickler.
 #include "checkpoint/export_cskv.h"
 
 #include <ATen/core/Dict.h>
 #include <ATen/core/ivalue.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/serialize.h>
 
 #include <cerrno>
@@ -52,6 +56,32 @@ int64_t layer_count(const FactorMap& factors) {
   return static_cast<int64_t>(k_layers.size());
 }
 
+// What Python's torch.save writes for `value`: a zip of byteorder, data.pkl (pickle protocol 2 of
+// lists, tuples, dicts and tensors as torch._utils._rebuild_tensor_v2 of a persistent storage id)
+// and data/<key> per storage. torch::pickle_save would wrap every list and dict in
+// torch.jit._pickle.restore_type_tag, which torch.load refuses under weights_only=True.
+std::string torch_save_bytes(const c10::IValue& value) {
+  std::string pickle;
+  torch::jit::Pickler pickler([&](const char* p, size_t n) { pickle.append(p, n); },
+                              /*tensor_table=*/nullptr, /*type_renamer=*/nullptr,
+                              /*memoized_class_types=*/nullptr, /*get_tensor_id=*/nullptr,
+                              /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(value);
+  pickler.stop();
+  std::string zip;
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* p, size_t n) {
+    zip.append(static_cast<const char*>(p), n);
+    return n;
+  });
+  const std::string byteorder = "little";
+  writer.writeRecord("byteorder", byteorder.data(), byteorder.size());
+  torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(),
+                                     writer);
+  writer.writeEndOfFile();
+  return zip;
+}
+
 }  // namespace
 
 bool is_cskv_export(const std::string& path) {
@@ -76,6 +106,7 @@ bool is_cskv_export(const std::string& path) {
 }
 
 void check_export_outputs(const std::string& dir, const std::string& name, bool overwrite) {
+  if (name.empty()) return;
   CSKV_CHECK_INPUT(!name.empty() && name.find('/') == std::string::npos,
                    "--name: expected a plain file-name prefix, found '" << name << "'");
   if (overwrite) return;
@@ -88,8 +119,23 @@ void check_export_outputs(const std::string& dir, const std::string& name, bool 
   }
 }
 
+namespace {
+// The reference format has one quantizer for every channel: waterfill codes cannot go there.
+void refuse_waterfill(const FactorMap& factors) {
+  for (const auto& [key, lf] : factors) {
+    CSKV_CHECK_USAGE(lf.codes.empty(),
+                     "--export-cskv: the factors are coded with --quant waterfill (a width and "
+                     "static range per latent channel), which the reference CSKV format cannot "
+                     "hold; evaluate them with `cskv eval`, or train with --quant uniform to "
+                     "export");
+  }
+}
+}  // namespace
+
 ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir, const std::string& name,
                           bool overwrite) {
+  refuse_waterfill(factors);
+  CSKV_CHECK_INPUT(!name.empty(), "--name: expected a plain file-name prefix, found ''");
   check_export_outputs(dir, name, overwrite);
   const int64_t n = layer_count(factors);
   std::error_code ec;
@@ -98,7 +144,7 @@ ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir, cons
 
   const auto dict_type = c10::DictType::create(c10::StringType::get(), c10::TensorType::get());
   const auto tuple_type = c10::TupleType::create({dict_type, dict_type});
-  ExportedFiles out{dir + "/" + name + "_k.ckpt", dir + "/" + name + "_v.ckpt"};
+  ExportedFiles out{dir + "/" + name + "_k.ckpt", dir + "/" + name + "_v.ckpt", ""};
   for (const KvKind kind : {KvKind::kKey, KvKind::kValue}) {
     c10::impl::GenericList list(tuple_type);
     for (int64_t l = 0; l < n; ++l) {
@@ -108,11 +154,24 @@ ExportedFiles export_cskv(const FactorMap& factors, const std::string& dir, cons
                                                << " factors must be float32");
       list.push_back(c10::ivalue::Tuple::create(state_dict(lf.a), state_dict(lf.b)));
     }
-    const std::vector<char> bytes = torch::pickle_save(c10::IValue(list));
     files::write_file_atomic(kind == KvKind::kKey ? out.k_path : out.v_path,
-                             std::string(bytes.begin(), bytes.end()));
+                             torch_save_bytes(c10::IValue(list)));
   }
   log::get("checkpoint")->info("exported {} layer(s) to {} and {}", n, out.k_path, out.v_path);
+  return out;
+}
+
+ExportedFiles export_for_reference(const FactorMap& factors, const nlohmann::json& config,
+                                   const model::ModelConfig& model, const std::string& dir,
+                                   const std::string& name, bool overwrite) {
+  refuse_waterfill(factors);
+  const ReferenceRun ref = reference_run(factors, config, model);
+  for (const std::string& w : ref.warnings) log::get("checkpoint")->warn("--export-cskv: {}", w);
+  ExportedFiles out = export_cskv(factors, dir, name.empty() ? ref.file_name() : name, overwrite);
+  const fs::path absolute = fs::absolute(dir).lexically_normal();
+  const fs::path leaf = absolute.has_filename() ? absolute : absolute.parent_path();
+  out.reference_arguments = "--kv_ckpt_root_path " + leaf.parent_path().string() + " --model_id " +
+                            leaf.filename().string() + " " + ref.arguments();
   return out;
 }
 

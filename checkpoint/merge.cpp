@@ -18,7 +18,7 @@ using trainer::KvKind;
 FactorMap linear_factors(const std::map<JobKey, trainer::JobState>& states) {
   FactorMap out;
   for (const auto& [key, s] : states) {
-    out[key] = {s.A.t().contiguous(), s.B.t().contiguous()};
+    out[key] = {s.A.t().contiguous(), s.B.t().contiguous(), s.job.codes};
   }
   return out;
 }
@@ -57,7 +57,8 @@ std::optional<CompressorSettings> settings_of_config(const nlohmann::json& c) {
                             c["v_bits"].get<int>(),
                             c["group_size"].get<int64_t>(),
                             c["window"].get<int64_t>(),
-                            c["quant_compat"] == "cskv"};
+                            c["quant_compat"] == "cskv",
+                            c.contains("quant") && c["quant"] == "waterfill"};
 }
 
 // "layers", "k_ranks", "v_ranks": JSON arrays over the merged layers (a missing kind shows as 0).

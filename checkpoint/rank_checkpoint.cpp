@@ -3,6 +3,7 @@
 #include "checkpoint/rank_checkpoint.h"
 
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -125,6 +126,40 @@ at::Tensor read_tensor(const model::SafetensorsFile& f, const std::string& name,
   return f.get(name).clone();
 }
 
+// waterfill: a job's kept channels and codes as one float32 [r, 4] tensor of rows
+// (channel, bits, offset, scale) — every value exact in float32.
+at::Tensor codes_tensor(const trainer::LayerJob& job, const std::string& path) {
+  const auto r = static_cast<int64_t>(job.codes.size());
+  CSKV_CHECK_INPUT(job.rank == r && static_cast<int64_t>(job.channels.size()) == r,
+                   path << ": " << job.name() << " has rank " << job.rank << ", "
+                        << job.channels.size() << " kept channels and " << r << " codes");
+  at::Tensor t = at::empty({r, 4}, at::kFloat);
+  for (int64_t i = 0; i < r; ++i) {
+    const auto& c = job.codes[static_cast<size_t>(i)];
+    t[i][0] = static_cast<float>(job.channels[static_cast<size_t>(i)]);
+    t[i][1] = static_cast<float>(c.bits);
+    t[i][2] = c.offset;
+    t[i][3] = c.scale;
+  }
+  return t;
+}
+
+void read_codes(const at::Tensor& t, trainer::LayerJob& job, const std::string& path) {
+  const auto a = t.accessor<float, 2>();
+  for (int64_t i = 0; i < t.size(0); ++i) {
+    const float channel = a[i][0], bits = a[i][1];
+    CSKV_CHECK_INPUT(channel >= 0 && channel < (1 << 24) && channel == std::floor(channel) &&
+                         (i == 0 || channel > a[i - 1][0]) && bits >= 1 && bits <= 8 &&
+                         bits == std::floor(bits) && std::isfinite(a[i][2]) &&
+                         std::isfinite(a[i][3]) && a[i][3] > 0,
+                     path << ": " << job.name() << ": code " << i << " (channel " << channel
+                          << ", bits " << bits << ", offset " << a[i][2] << ", scale " << a[i][3]
+                          << ") is not a kept channel's code");
+    job.channels.push_back(static_cast<int64_t>(channel));
+    job.codes.push_back({static_cast<int>(bits), a[i][2], a[i][3]});
+  }
+}
+
 }  // namespace
 
 RankFileEntry write_rank_checkpoint(const std::string& ckpt_dir, int64_t step, int rank,
@@ -167,6 +202,8 @@ RankFileEntry write_rank_checkpoint(const std::string& ckpt_dir, int64_t step, i
       std::memcpy(raw.data_ptr(), src.data_ptr(), static_cast<size_t>(D) * sizeof(double));
       tensors.emplace_back(tensor_name(s.job, "eigenvalues_f64"), raw);
     }
+    const bool has_codes = !s.job.codes.empty();
+    if (has_codes) tensors.emplace_back(tensor_name(s.job, "codes"), codes_tensor(s.job, path));
     nlohmann::ordered_json j;
     j["layer"] = s.job.layer;
     j["kind"] = trainer::kv_kind_name(s.job.kind);
@@ -185,6 +222,7 @@ RankFileEntry write_rank_checkpoint(const std::string& ckpt_dir, int64_t step, i
       j[std::string(key) + "_bits"] = double_bits(*value);
     }
     j["has_eigenvalues"] = has_eigenvalues;
+    if (has_codes) j["has_codes"] = true;
     job_list.push_back(j);
   }
   const model::Metadata metadata = {{"format", kRankFileFormat},
@@ -265,6 +303,11 @@ std::vector<JobState> read_rank_checkpoint(const std::string& path) {
       s.eigenvalues = at::empty({D}, at::TensorOptions().dtype(at::kDouble));
       std::memcpy(s.eigenvalues.data_ptr(), raw.data_ptr(),
                   static_cast<size_t>(D) * sizeof(double));
+    }
+    if (j.contains("has_codes")) {
+      CSKV_CHECK_INPUT(j["has_codes"] == true,
+                       path << ": job entry " << index << " field 'has_codes' must be true");
+      read_codes(read_tensor(*f, tensor_name(s.job, "codes"), {r, 4}, path, job), s.job, path);
     }
     out.push_back(std::move(s));
     ++index;

@@ -28,7 +28,9 @@ RankFileEntry describe_rank_file(const std::string& ckpt_dir, int64_t step, int 
 // rename (creating and syncing the step directory first) and returns its manifest entry.
 // Tensor names: "jobs/<layer>/<K|V>/{A,B,m_A,v_A,m_B,v_B}" (float32, as given) and
 // "jobs/<layer>/<K|V>/eigenvalues_f64" (the float64 eigenvalues [D] as their raw little-endian
-// bytes in a float32 [D, 2] tensor: safetensors here carries no F64). `__metadata__` holds
+// bytes in a float32 [D, 2] tensor: safetensors here carries no F64), and for a waterfill job
+// "jobs/<layer>/<K|V>/codes" (float32 [r, 4] rows: kept channel, bits, offset, scale; the job
+// entry then has "has_codes": true). `__metadata__` holds
 // "format", "step", "rank", "config" (resolved_config_json, verbatim) and "jobs": a JSON array
 // with each job's layer, kind, rank, step, total_steps, data_position and the doubles floor and
 // last_loss (and the evaluation scalars: train_error_init, holdout_error_init_q, train_error,

@@ -1,5 +1,5 @@
-// Packing of b-bit codes into a little-endian bitstream: whole groups (lcm(8, b) bits) with
-// integer shifts, a last partial group bit by bit.
+// Packing of b-bit codes (b = 1..8) into a little-endian bitstream: whole groups (lcm(8, b) bits)
+// with integer shifts, a last partial group bit by bit.
 #include "eval/bit_packing.h"
 
 #include <numeric>
@@ -10,8 +10,7 @@ namespace cskv::eval {
 namespace {
 
 void check_bits(int bits) {
-  CSKV_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8,
-             "bit packing: expected 2, 3, 4 or 8 bits per code, found " << bits);
+  CSKV_CHECK(bits >= 1 && bits <= 8, "bit packing: expected 1..8 bits per code, found " << bits);
 }
 
 // Codes per group and bytes per group: 8 codes in b bytes reduced by gcd(8, b).
@@ -19,7 +18,7 @@ int64_t group_codes(int bits) { return 8 / std::gcd(8, bits); }
 int64_t group_bytes(int bits) { return group_codes(bits) * bits / 8; }
 
 at::Tensor int_range(int64_t n, int64_t step, at::Device device) {
-  return at::arange(0, n * step, step, at::TensorOptions().dtype(at::kInt).device(device));
+  return at::arange(0, n * step, step, at::TensorOptions().dtype(at::kLong).device(device));
 }
 
 // Partial last group (fewer than group_codes codes) bit by bit.
@@ -72,8 +71,8 @@ at::Tensor pack_codes(const at::Tensor& codes_in, int bits) {
   const int64_t full = n / g, rem = n % g;
   std::vector<at::Tensor> parts;
   if (full > 0) {
-    // Each group's codes as one integer (at most 24 bits), then its bytes.
-    const at::Tensor c = codes.narrow(0, 0, full * g).view({full, g}).to(at::kInt);
+    // Each group's codes as one integer (at most 56 bits), then its bytes.
+    const at::Tensor c = codes.narrow(0, 0, full * g).view({full, g}).to(at::kLong);
     const at::Tensor value =
         at::bitwise_left_shift(c, int_range(g, bits, codes.device())).sum(1, /*keepdim=*/true);
     parts.push_back(
@@ -100,7 +99,7 @@ at::Tensor unpack_codes(const at::Tensor& packed, int64_t count, int bits) {
   const int64_t full = count / g, rem = count % g;
   std::vector<at::Tensor> parts;
   if (full > 0) {
-    const at::Tensor b = packed.narrow(0, 0, full * gb).view({full, gb}).to(at::kInt);
+    const at::Tensor b = packed.narrow(0, 0, full * gb).view({full, gb}).to(at::kLong);
     const at::Tensor value =
         at::bitwise_left_shift(b, int_range(gb, 8, packed.device())).sum(1, /*keepdim=*/true);
     parts.push_back(

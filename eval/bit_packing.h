@@ -1,4 +1,4 @@
-// Bit packing of quantized latent codes: b-bit codes (b = 2, 3, 4, 8) stored back to back in a
+// Bit packing of quantized latent codes: b-bit codes (b = 1..8) stored back to back in a
 // uint8 buffer, so a compressed cache really holds count·b/8 bytes (rounded up to whole bytes).
 #pragma once
 

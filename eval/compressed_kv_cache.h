@@ -34,6 +34,12 @@ struct BranchFactors {
 // With the default float16 storage this is exactly trainer::layer_cache_bytes(). With w = 0 every
 // token is compressed as soon as it has been attended to (keys then in per-token groups).
 //
+// With static channel codes (`--quant waterfill`) the ranges are folded into B at construction:
+// B' = diag(scale)·B and a constant c = offset·B + bias, so a compressed key is RoPE(q·B' + c)
+// from the stored integer codes q, and the latent branch holds nothing but packed codes.
+//
+// Order of the tokens: the sinks (positions 0..s−1), the compressed tokens, the window.
+//
 // Decoding: forward_cached attends over keys() / weighted_values() and the new tokens' own K/V,
 // then append()s
 // them to the window; when the window holds w tokens they move to the compressed branch
@@ -41,11 +47,13 @@ struct BranchFactors {
 // start at position 0 of every sequence).
 class CompressedKvCache final : public model::KvCache {
  public:
+  // sinks: the first `sinks` tokens of the sequence stay full precision for good (K after RoPE
+  // and V, as attention sinks are), ahead of the compressed tokens; 0 = none.
   CompressedKvCache(const model::ModelConfig& config, BranchFactors k, BranchFactors v,
                     int64_t window, at::ScalarType storage = at::kHalf,
-                    at::Device device = at::kCPU);
+                    at::Device device = at::kCPU, int64_t sinks = 0);
 
-  int64_t size() const override { return compressed_tokens() + window_tokens(); }
+  int64_t size() const override { return sink_tokens() + compressed_tokens() + window_tokens(); }
   // The compressed tokens' keys are rebuilt as RoPE(Q(c)·B + b) at their positions (keys are
   // compressed before RoPE), followed by the window's keys.
   at::Tensor keys(const at::Tensor& cos, const at::Tensor& sin) const override;
@@ -56,6 +64,7 @@ class CompressedKvCache final : public model::KvCache {
   void append(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v) override;
   int64_t bytes() const override;
 
+  int64_t sink_tokens() const { return sink_k_.size(1); }
   int64_t compressed_tokens() const { return k_store_.tokens(); }
   int64_t window_tokens() const { return win_k_.size(1); }
   // The dequantized latents of the compressed tokens, [compressed_tokens(), r] float32.
@@ -63,10 +72,16 @@ class CompressedKvCache final : public model::KvCache {
   at::Tensor value_latents() const { return v_store_.dequantized(); }
 
  private:
-  int64_t n_kv_, head_dim_, window_;
+  int64_t n_kv_, head_dim_, window_, sinks_;
   at::ScalarType storage_;
   BranchFactors kf_, vf_;
   LatentStore k_store_, v_store_;
+  // What rebuilds a branch from LatentStore::folded_latents(): B and bias, or B' and c (above).
+  struct Reconstruction {
+    at::Tensor B, bias;
+  };
+  Reconstruction k_rec_, v_rec_;
+  at::Tensor sink_k_, sink_v_;  // [n_kv, s, hd] after RoPE: the first tokens, full precision
   at::Tensor win_k_, win_v_;    // [n_kv, n, hd] after RoPE
   at::Tensor win_ck_, win_cv_;  // [n, r_k], [n, r_v]: latents waiting for their window to fill
 };

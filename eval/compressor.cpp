@@ -2,6 +2,8 @@
 // building the per-layer caches from it.
 #include "eval/compressor.h"
 
+#include <algorithm>
+
 #include "checkpoint/compressor_file.h"
 #include "common/error.h"
 #include "trainer/metrics.h"
@@ -32,6 +34,7 @@ Compressor load_compressor(const std::string& path, const model::ModelConfig& mo
                    path << ": window " << c.quant.window << " and group_size " << c.quant.group_size
                         << ", expected both >= 0");
   c.quant.quant_compat_cskv = s.quant_compat_cskv;
+  if (s.waterfill) c.quant.quant = trainer::QuantMode::kWaterfill;
 
   const int64_t H = model.hidden_size, D = model.kv_dim();
   for (const auto& [key, lf] : file.factors) {
@@ -48,6 +51,7 @@ Compressor load_compressor(const std::string& path, const model::ModelConfig& mo
     LayerFactors& f = c.layers[layer];
     (kind == KvKind::kKey ? f.k_a : f.v_a) = lf.a.t().contiguous();
     (kind == KvKind::kKey ? f.k_b : f.v_b) = lf.b.t().contiguous();
+    (kind == KvKind::kKey ? f.k_codes : f.v_codes) = lf.codes;
   }
   for (const auto& [layer, f] : c.layers) {
     CSKV_CHECK_INPUT(f.k_a.defined() && f.v_a.defined(),
@@ -55,9 +59,9 @@ Compressor load_compressor(const std::string& path, const model::ModelConfig& mo
                           << " factors but no " << (f.k_a.defined() ? "V" : "K")
                           << " factors; a compressed layer needs both");
     try {
-      trainer::validate_quant_config(branch_quant(c, model, KvKind::kKey, f.r_k()), f.r_k(),
+      trainer::validate_quant_config(branch_quant(c, model, KvKind::kKey, layer), f.r_k(),
                                      "layer " + std::to_string(layer) + " K");
-      trainer::validate_quant_config(branch_quant(c, model, KvKind::kValue, f.r_v()), f.r_v(),
+      trainer::validate_quant_config(branch_quant(c, model, KvKind::kValue, layer), f.r_v(),
                                      "layer " + std::to_string(layer) + " V");
     } catch (const Error& e) {
       CSKV_FAIL_INPUT(path << ": " << e.message());
@@ -67,10 +71,11 @@ Compressor load_compressor(const std::string& path, const model::ModelConfig& mo
 }
 
 trainer::QuantConfig branch_quant(const Compressor& c, const model::ModelConfig& model, KvKind kind,
-                                  int64_t r) {
-  trainer::LayerJob job;
-  job.kind = kind;
-  job.rank = r;
+                                  int64_t layer) {
+  const LayerFactors& f = c.layers.at(layer);
+  const bool key = kind == KvKind::kKey;
+  trainer::LayerJob job(layer, kind, key ? f.r_k() : f.r_v());
+  job.codes = key ? f.k_codes : f.v_codes;
   return trainer::job_quant_config(c.quant, model, job);
 }
 
@@ -88,15 +93,15 @@ std::vector<std::unique_ptr<model::KvCache>> make_caches(const Compressor& c,
     const LayerFactors& f = it->second;
     const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
     BranchFactors k{f.k_a.to(model.device()), f.k_b.to(model.device()), at::Tensor(),
-                    branch_quant(c, cfg, KvKind::kKey, f.r_k())};
+                    branch_quant(c, cfg, KvKind::kKey, l)};
     BranchFactors v{f.v_a.to(model.device()), f.v_b.to(model.device()), at::Tensor(),
-                    branch_quant(c, cfg, KvKind::kValue, f.r_v())};
+                    branch_quant(c, cfg, KvKind::kValue, l)};
     if (cfg.attention_bias) {
       k.bias = model.weight(p + "k_proj.bias").to(at::kFloat);
       v.bias = model.weight(p + "v_proj.bias").to(at::kFloat);
     }
-    caches.push_back(std::make_unique<CompressedKvCache>(cfg, std::move(k), std::move(v),
-                                                         c.quant.window, storage, model.device()));
+    caches.push_back(std::make_unique<CompressedKvCache>(
+        cfg, std::move(k), std::move(v), c.quant.window, storage, model.device(), c.sink_tokens));
   }
   return caches;
 }
@@ -120,8 +125,16 @@ double formula_layer_bytes(const Compressor& c, const model::ModelConfig& model,
                            int64_t context) {
   const auto it = c.layers.find(layer);
   if (it == c.layers.end()) return trainer::fp16_cache_bytes(model, context);
-  return trainer::layer_cache_bytes(model, c.quant, it->second.r_k(), it->second.r_v(), context)
-      .total();
+  const int64_t sinks = std::min(c.sink_tokens, context), rest = context - sinks;
+  const double sink_bytes = trainer::fp16_cache_bytes(model, sinks);
+  if (c.quant.quant == trainer::QuantMode::kWaterfill) {
+    return sink_bytes +
+           trainer::layer_cache_bytes(model, c.quant, it->second.k_codes, it->second.v_codes, rest)
+               .total();
+  }
+  return sink_bytes +
+         trainer::layer_cache_bytes(model, c.quant, it->second.r_k(), it->second.r_v(), rest)
+             .total();
 }
 
 }  // namespace cskv::eval

@@ -20,6 +20,7 @@ namespace cskv::eval {
 
 struct LayerFactors {
   at::Tensor k_a, k_b, v_a, v_b;  // A [H, r], B [r, D] float32 (the file stores Aᵀ and Bᵀ)
+  std::vector<trainer::ChannelCode> k_codes, v_codes;  // waterfill files: one per latent channel
   int64_t r_k() const { return k_a.size(1); }
   int64_t r_v() const { return v_a.size(1); }
 };
@@ -34,6 +35,8 @@ struct Compressor {
   // trainer::layer_cache_bytes and trainer::job_quant_config read.
   trainer::TrainConfig quant;
   std::map<int64_t, LayerFactors> layers;  // compressed layers; any other layer stays fp16
+  // `cskv eval --sink-tokens`: the first tokens every compressed layer keeps at full precision.
+  int64_t sink_tokens = 0;
 };
 
 // Reads `path` and checks it against `model`: __metadata__ must hold model_config_hash (equal to
@@ -43,9 +46,9 @@ struct Compressor {
 // key or tensor, what was expected and what was found.
 Compressor load_compressor(const std::string& path, const model::ModelConfig& model);
 
-// The quantizer of a layer's key (kind K) or value latent of rank r.
+// The quantizer of a compressed layer's key (kind K) or value latent.
 trainer::QuantConfig branch_quant(const Compressor& c, const model::ModelConfig& model,
-                                  trainer::KvKind kind, int64_t r);
+                                  trainer::KvKind kind, int64_t layer);
 
 // One cache per model layer: a CompressedKvCache for the compressor's layers (factors, biases
 // from the model's weights, quantizers from the compressor), a FullKvCache otherwise; all in
@@ -59,7 +62,8 @@ std::vector<std::unique_ptr<model::KvCache>> make_full_caches(const model::Llama
 std::vector<model::KvCache*> raw(const std::vector<std::unique_ptr<model::KvCache>>& caches);
 
 // Bytes one layer's cache holds at `context` tokens by the accounting formula: the compressed
-// layers' trainer::layer_cache_bytes, fp16 K/V for the others.
+// layers' trainer::layer_cache_bytes of the tokens after the sinks plus the sinks' fp16 K/V, fp16
+// K/V for the others.
 double formula_layer_bytes(const Compressor& c, const model::ModelConfig& model, int64_t layer,
                            int64_t context);
 

@@ -17,6 +17,7 @@
 #include "data/manifest.h"
 #include "trainer/metrics.h"
 #include "trainer/spectrum.h"
+#include "trainer/waterfill.h"
 
 namespace cskv::eval {
 
@@ -79,6 +80,7 @@ LayerEval evaluate_layer(const model::SafetensorsModel& weights, const model::Mo
     at::Tensor Wt, A, B;
     trainer::QuantConfig q;
     double err = 0, err16 = 0, ref = 0;
+    at::Tensor cov;  // Σ KᵀK over the held-out tokens, float64 [D, D]
   };
   std::vector<Branch> branches;
   for (const KvKind kind : {KvKind::kKey, KvKind::kValue}) {
@@ -93,7 +95,7 @@ LayerEval evaluate_layer(const model::SafetensorsModel& weights, const model::Mo
     (key ? le.k_spectrum : le.v_spectrum) = std::move(spec);
     branches.push_back({kind, w.to(at::kFloat).t().contiguous().to(device),
                         (key ? f.k_a : f.v_a).to(device), (key ? f.k_b : f.v_b).to(device),
-                        branch_quant(c, config, kind, r)});
+                        branch_quant(c, config, kind, layer), 0, 0, 0, at::Tensor()});
   }
   data::ActivationReader reader(holdout_reader(acts_dir, layer, seq_len, c.model_config_hash));
   while (auto batch = reader.next()) {  // one held-out sequence per batch
@@ -112,6 +114,8 @@ LayerEval evaluate_layer(const model::SafetensorsModel& weights, const model::Mo
       b.err += (at::mm(cached, b.B) - K).to(at::kDouble).pow(2).sum().item<double>();
       b.err16 += (at::mm(lat, b.B) - K).to(at::kDouble).pow(2).sum().item<double>();
       b.ref += K.to(at::kDouble).pow(2).sum().item<double>();
+      const at::Tensor Kd = K.to(at::kDouble);
+      b.cov = b.cov.defined() ? b.cov.addmm_(Kd.t(), Kd) : at::mm(Kd.t(), Kd);
     }
   }
   for (const Branch& b : branches) {
@@ -121,6 +125,14 @@ LayerEval evaluate_layer(const model::SafetensorsModel& weights, const model::Mo
     const bool key = b.kind == KvKind::kKey;
     (key ? le.k_error : le.v_error) = b.err / b.ref;
     (key ? le.k_error_16bit : le.v_error_16bit) = b.err16 / b.ref;
+    const int64_t r = b.A.size(1);
+    const double bits = b.q.bits >= 16 && !trainer::uses_channel_codes(b.q)
+                            ? 16.0 * static_cast<double>(r)
+                            : 8.0 * (trainer::quant_code_bytes_per_token(r, b.q) +
+                                     trainer::quant_overhead_bytes_per_token(r, b.q));
+    (key ? le.k_bits_per_token : le.v_bits_per_token) = bits;
+    (key ? le.k_bound : le.v_bound) =
+        trainer::gaussian_bound(at::linalg_eigvalsh(b.cov.cpu()), bits);
   }
   return le;
 }
@@ -134,16 +146,18 @@ std::vector<LayerEval> evaluate_layers(const model::SafetensorsModel& weights,
   for (const auto& [l, f] : c.layers) layers.push_back(l);
   const int64_t nl = static_cast<int64_t>(layers.size()), D = config.kv_dim();
   // Layer i's numbers in row i on its rank, zeros elsewhere: the sum is an exact gather.
-  at::Tensor errs = at::zeros({nl, 6}, at::kDouble);
+  constexpr int kFields = 10;
+  at::Tensor errs = at::zeros({nl, kFields}, at::kDouble);
   at::Tensor specs = at::zeros({nl, 2, D}, at::kDouble);
   {
     Progress progress("layer errors", nl, "layers");
     for (int64_t i = comm.rank(); i < nl; i += comm.size()) {
       const LayerEval le =
           evaluate_layer(weights, config, c, acts_dir, seq_len, layers[i], storage, device);
-      const double row[6] = {le.k_floor, le.v_floor,       le.k_error,
-                             le.v_error, le.k_error_16bit, le.v_error_16bit};
-      for (int j = 0; j < 6; ++j) errs[i][j].fill_(row[j]);
+      const double row[kFields] = {
+          le.k_floor,       le.v_floor,          le.k_error,          le.v_error, le.k_error_16bit,
+          le.v_error_16bit, le.k_bits_per_token, le.v_bits_per_token, le.k_bound, le.v_bound};
+      for (int j = 0; j < kFields; ++j) errs[i][j].fill_(row[j]);
       specs[i][0].copy_(at::tensor(le.k_spectrum, at::kDouble));
       specs[i][1].copy_(at::tensor(le.v_spectrum, at::kDouble));
       progress.step(i + 1);
@@ -164,6 +178,10 @@ std::vector<LayerEval> evaluate_layers(const model::SafetensorsModel& weights,
     le.v_error = e[3].item<double>();
     le.k_error_16bit = e[4].item<double>();
     le.v_error_16bit = e[5].item<double>();
+    le.k_bits_per_token = e[6].item<double>();
+    le.v_bits_per_token = e[7].item<double>();
+    le.k_bound = e[8].item<double>();
+    le.v_bound = e[9].item<double>();
     for (int kind = 0; kind < 2; ++kind) {
       const at::Tensor s = specs[i][kind].contiguous();
       (kind == 0 ? le.k_spectrum : le.v_spectrum)

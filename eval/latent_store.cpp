@@ -61,7 +61,17 @@ LatentStore::LatentStore(int64_t r, const trainer::QuantConfig& q, at::ScalarTyp
     : r_(r), q_(q), storage_(storage), codes_(q.bits == 16 ? 8 : q.bits, device) {
   trainer::validate_quant_config(q, r);
   const auto opts = at::TensorOptions().dtype(storage).device(device);
-  if (q.bits == 16) {
+  if (trainer::uses_channel_codes(q)) {
+    for (int b = 1; b <= 8; ++b) {
+      std::vector<int64_t> idx;
+      for (int64_t j = 0; j < r; ++j) {
+        if (q.channels[static_cast<size_t>(j)].bits == b) idx.push_back(j);
+      }
+      if (idx.empty()) continue;
+      width_channels_.push_back(at::tensor(idx, at::kLong).to(device));
+      width_codes_.emplace_back(b, device);
+    }
+  } else if (q.bits == 16) {
     plain_ = at::empty({0, r}, opts);
   } else {
     const int64_t groups = trainer::uses_channel_windows(q) ? r : r / q.group_size;
@@ -74,7 +84,12 @@ void LatentStore::append(const at::Tensor& c) {
   CSKV_CHECK(c.dim() == 2 && c.size(1) == r_,
              "LatentStore::append: expected a [tokens, " << r_ << "] latent, found " << c.sizes());
   if (c.size(0) == 0) return;
-  if (q_.bits == 16) {
+  if (trainer::uses_channel_codes(q_)) {
+    const at::Tensor codes = trainer::quantize_codes(c.to(at::kFloat), q_).codes;  // [n, r]
+    for (size_t w = 0; w < width_codes_.size(); ++w) {
+      width_codes_[w].append(codes.index_select(1, width_channels_[w]).contiguous());
+    }
+  } else if (q_.bits == 16) {
     plain_ = at::cat({plain_, c.to(storage_)}, 0);
   } else {
     const EncodedLatent e = encode_latent(c.to(at::kFloat).contiguous(), q_, storage_);
@@ -85,13 +100,37 @@ void LatentStore::append(const at::Tensor& c) {
   tokens_ += c.size(0);
 }
 
+at::Tensor LatentStore::channel_codes() const {
+  at::Tensor out = at::zeros({tokens_, r_},
+                             at::TensorOptions().dtype(at::kByte).device(codes_.buffer().device()));
+  for (size_t w = 0; w < width_codes_.size(); ++w) {
+    const int64_t n_w = width_channels_[w].numel();
+    out.index_copy_(1, width_channels_[w], width_codes_[w].unpack().view({tokens_, n_w}));
+  }
+  return out;
+}
+
+at::Tensor LatentStore::folded_latents() const {
+  if (!trainer::uses_channel_codes(q_)) return dequantized();
+  return channel_codes().to(at::kFloat);
+}
+
 at::Tensor LatentStore::dequantized() const {
+  if (trainer::uses_channel_codes(q_)) {
+    const auto ranges = trainer::channel_ranges(q_.channels, codes_.buffer().device());
+    return trainer::dequantize(channel_codes(), ranges.scale, ranges.offset, q_);
+  }
   if (q_.bits == 16) return plain_.to(at::kFloat);
   if (tokens_ == 0) return at::empty({0, r_}, scale_.options().dtype(at::kFloat));
   return decode_latent(codes_.unpack().view({tokens_, r_}), scale_, offset_, q_);
 }
 
 int64_t LatentStore::bytes() const {
+  if (trainer::uses_channel_codes(q_)) {
+    int64_t bytes = 0;
+    for (const PackedCodes& p : width_codes_) bytes += model::storage_bytes(p.buffer());
+    return bytes;
+  }
   if (q_.bits == 16) return model::storage_bytes(plain_);
   return model::storage_bytes(codes_.buffer()) + model::storage_bytes(scale_) +
          model::storage_bytes(offset_);

@@ -1,11 +1,14 @@
 // The compressed branch of one latent (K or V) in a cache: quantized latents of the compressed
 // tokens as packed b-bit codes with a scale and zero per group in the storage dtype (fp16 by
-// default), or the plain latents in the storage dtype at 16 bits.
+// default), or the plain latents in the storage dtype at 16 bits, or — with static channel codes
+// (`--quant waterfill`) — the codes alone, the channels grouped by width and each group packed at
+// its width (the ranges are constants of the compressor, not of the cache).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "eval/bit_packing.h"
 #include "trainer/quantizer.h"
@@ -44,6 +47,9 @@ class LatentStore {
 
   // Every stored latent, dequantized, [tokens(), r] float32.
   at::Tensor dequantized() const;
+  // With channel codes: the stored codes as float32 [tokens(), r] (what a reconstruction with the
+  // ranges folded into B multiplies); otherwise dequantized().
+  at::Tensor folded_latents() const;
 
   int64_t tokens() const { return tokens_; }
   int64_t width() const { return r_; }
@@ -59,6 +65,10 @@ class LatentStore {
   PackedCodes codes_;
   at::Tensor scale_, offset_;  // per group, concatenated along the token-group dimension
   at::Tensor plain_;           // 16 bits: [tokens, r]
+  // Channel codes: the channels of each width (ascending) and their packed codes, token-major.
+  std::vector<at::Tensor> width_channels_;  // int64 [n_w], one per width present
+  std::vector<PackedCodes> width_codes_;
+  at::Tensor channel_codes() const;  // uint8 [tokens, r]
 };
 
 }  // namespace cskv::eval

@@ -57,6 +57,8 @@ std::string report_json(const EvalReport& r) {
                        {"group_size", r.group_size},
                        {"window", r.window},
                        {"quant_compat", r.quant_compat},
+                       {"quant", r.quant},
+                       {"sink_tokens", r.sink_tokens},
                        {"cache_dtype", r.cache_dtype}};
   j["uncompressed_layers"] = r.uncompressed_layers;
   nlohmann::json layers = nlohmann::json::array();
@@ -70,6 +72,10 @@ std::string report_json(const EvalReport& r) {
                       {"v_error", l.v_error},
                       {"k_error_16bit", l.k_error_16bit},
                       {"v_error_16bit", l.v_error_16bit},
+                      {"k_bits_per_token", l.k_bits_per_token},
+                      {"v_bits_per_token", l.v_bits_per_token},
+                      {"k_bound", l.k_bound},
+                      {"v_bound", l.v_bound},
                       {"k_spectrum", l.k_spectrum},
                       {"v_spectrum", l.v_spectrum}});
   }
@@ -118,10 +124,17 @@ std::string report_markdown(const EvalReport& r, bool plots) {
   const auto& e = r.end_to_end;
   md << "# KV-cache compression report\n\n"
      << "Model `" << r.model_dir << "` (config hash " << r.model_config_hash << ", " << r.num_layers
-     << " layers), compressor `" << r.compressor_path << "`: K " << r.k_bits << " bits, V "
-     << r.v_bits << " bits, group size " << r.group_size << " (0 = r/n_kv), window " << r.window
-     << ", zero point " << r.quant_compat << "; cache storage " << r.cache_dtype
-     << " (window K/V, scale/zero, 16-bit latents).";
+     << " layers), compressor `" << r.compressor_path << "`: ";
+  if (r.quant == "waterfill") {
+    md << "waterfill codes (every kept PCA channel at its own width with a static range; "
+          "widths per layer below), window "
+       << r.window;
+  } else {
+    md << "K " << r.k_bits << " bits, V " << r.v_bits << " bits, group size " << r.group_size
+       << " (0 = r/n_kv), window " << r.window << ", zero point " << r.quant_compat;
+  }
+  if (r.sink_tokens > 0) md << ", the first " << r.sink_tokens << " token(s) kept full precision";
+  md << "; cache storage " << r.cache_dtype << " (window K/V, scale/zero, 16-bit latents).";
   if (!r.uncompressed_layers.empty()) {
     md << " Layers without factors keep a plain fp16 cache: " << layer_list(r.uncompressed_layers)
        << ".";
@@ -133,16 +146,23 @@ std::string report_markdown(const EvalReport& r, bool plots) {
      << "`; *floor*: the 16-bit training-set optimum Σ_{i≥r}λ_i/Σλ of the rank; *16-bit*: the "
         "factors without quantization; *cached*: the latents as the cache stores them (packed "
         "codes, scale/zero in "
-     << r.cache_dtype << ").\n\n"
-     << "| layer | r_k | K floor | K 16-bit | K cached | r_v | V floor | V 16-bit | V cached |\n"
-     << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+     << r.cache_dtype
+     << "); *bits*: what a compressed token's latent costs (codes and "
+        "scale/zero); *bound*: the Gaussian rate–distortion bound at those bits for the held-out "
+        "spectrum (reverse water-filling; no code of that rate does better on a Gaussian "
+        "source).\n\n"
+     << "| layer | r_k | K floor | K 16-bit | K cached | K bits | K bound | r_v | V floor | "
+        "V 16-bit | V cached | V bits | V bound |\n"
+     << "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const auto& l : r.layers) {
     md << "| " << l.layer << " | " << l.r_k << " | " << fmt(l.k_floor) << " | "
-       << fmt(l.k_error_16bit) << " | " << fmt(l.k_error) << " | " << l.r_v << " | "
-       << fmt(l.v_floor) << " | " << fmt(l.v_error_16bit) << " | " << fmt(l.v_error) << " |\n";
+       << fmt(l.k_error_16bit) << " | " << fmt(l.k_error) << " | " << fmt(l.k_bits_per_token)
+       << " | " << fmt(l.k_bound) << " | " << l.r_v << " | " << fmt(l.v_floor) << " | "
+       << fmt(l.v_error_16bit) << " | " << fmt(l.v_error) << " | " << fmt(l.v_bits_per_token)
+       << " | " << fmt(l.v_bound) << " |\n";
   }
-  md << "| mean | | " << fmt(r.mean_k_floor) << " | | " << fmt(r.mean_k_error) << " | | "
-     << fmt(r.mean_v_floor) << " | | " << fmt(r.mean_v_error) << " |\n\n";
+  md << "| mean | | " << fmt(r.mean_k_floor) << " | | " << fmt(r.mean_k_error) << " | | | | "
+     << fmt(r.mean_v_floor) << " | | " << fmt(r.mean_v_error) << " | | |\n\n";
 
   md << "## End to end: next-token distributions with the compressed cache\n\n"
      << e.sequences << " held-out sequence(s): a prompt of " << e.context

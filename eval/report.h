@@ -16,6 +16,11 @@ struct LayerEval {
   double k_error = 0, v_error = 0;              // held-out, quantized as the cache stores it
   double k_error_16bit = 0, v_error_16bit = 0;  // held-out, latents unquantized
   std::vector<double> k_spectrum, v_spectrum;   // λ_i/Σλ of W G Wᵀ (training statistics)
+  // Bits a compressed token's latent costs (codes and scale/zero overhead) and the Gaussian
+  // rate–distortion bound at those bits for the held-out spectrum of K (trainer::gaussian_bound):
+  // the least relative error any code of that rate reaches on a Gaussian source of that spectrum.
+  double k_bits_per_token = 0, v_bits_per_token = 0;
+  double k_bound = 0, v_bound = 0;
 };
 
 // (b) Teacher-forced decoding after a prompt, compressed-cache model vs the original model.
@@ -53,6 +58,8 @@ struct EvalReport {
   int k_bits = 16, v_bits = 16;
   int64_t group_size = 0, window = 0;
   std::string quant_compat = "none";
+  std::string quant = "uniform";  // waterfill: per-channel widths (the layer rows give the bits)
+  int64_t sink_tokens = 0;        // the first tokens kept full precision (--sink-tokens)
   std::string cache_dtype = "float16";
   std::vector<int64_t> uncompressed_layers;  // layers the compressor has no factors for
   std::vector<LayerEval> layers;

@@ -31,7 +31,7 @@ constexpr const char* kIndexFile = "model.safetensors.index.json";
 
 std::string errno_str() { return std::strerror(errno); }
 
-std::string dtype_list() { return "float32, float16, bfloat16"; }
+std::string dtype_list() { return "float32, float16, bfloat16, uint8"; }
 
 // The checked contiguous CPU bytes of one tensor to write.
 struct PreparedTensor {
@@ -54,7 +54,7 @@ std::vector<PreparedTensor> prepare(const NamedTensors& tensors, const std::stri
     CSKV_CHECK_INPUT(t.device().is_cpu(), path << ": tensor '" << name << "' is on " << t.device()
                                                << ", expected a CPU tensor");
     const auto st = t.scalar_type();
-    CSKV_CHECK_INPUT(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
+    CSKV_CHECK_INPUT(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kByte,
                      path << ": tensor '" << name << "' has dtype " << st << ", expected one of "
                           << dtype_list());
     at::Tensor c = t.contiguous();
@@ -109,6 +109,8 @@ at::ScalarType to_scalar_type(StDType d) {
       return at::kHalf;
     case StDType::kBF16:
       return at::kBFloat16;
+    case StDType::kU8:
+      return at::kByte;
   }
   CSKV_FAIL("unknown safetensors dtype " << static_cast<int>(d));
 }
@@ -121,6 +123,8 @@ StDType from_scalar_type(at::ScalarType t) {
       return StDType::kF16;
     case at::kBFloat16:
       return StDType::kBF16;
+    case at::kByte:
+      return StDType::kU8;
     default:
       CSKV_FAIL_INPUT("unsupported dtype " << t << " for safetensors (supported: " << dtype_list()
                                            << ")");

@@ -63,6 +63,8 @@ bool parse_dtype(const std::string& s, StDType* out) {
     *out = StDType::kF16;
   } else if (s == "BF16") {
     *out = StDType::kBF16;
+  } else if (s == "U8") {
+    *out = StDType::kU8;
   } else {
     return false;
   }
@@ -123,7 +125,7 @@ TensorEntry parse_entry(const std::string& name, const json& v, uint64_t data_si
                    where << ": 'dtype' must be a string, found " << dtype.type_name());
   CSKV_CHECK_INPUT(parse_dtype(dtype.get<std::string>(), &e.dtype),
                    where << ": unsupported dtype '" << dtype.get<std::string>()
-                         << "' (supported: F32, F16, BF16)");
+                         << "' (supported: F32, F16, BF16, U8)");
 
   const json& shape = v["shape"];
   CSKV_CHECK_INPUT(shape.is_array(), where << ": 'shape' must be an array of non-negative "
@@ -189,6 +191,8 @@ const char* dtype_name(StDType d) {
       return "F16";
     case StDType::kBF16:
       return "BF16";
+    case StDType::kU8:
+      return "U8";
   }
   return "?";
 }
@@ -200,6 +204,8 @@ size_t dtype_size(StDType d) {
     case StDType::kF16:
     case StDType::kBF16:
       return 2;
+    case StDType::kU8:
+      return 1;
   }
   return 0;
 }

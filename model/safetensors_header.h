@@ -10,8 +10,8 @@
 
 namespace cskv::model {
 
-enum class StDType { kF32, kF16, kBF16 };
-const char* dtype_name(StDType d);  // "F32" | "F16" | "BF16"
+enum class StDType { kF32, kF16, kBF16, kU8 };
+const char* dtype_name(StDType d);  // "F32" | "F16" | "BF16" | "U8"
 size_t dtype_size(StDType d);
 
 struct TensorEntry {

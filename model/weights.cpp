@@ -61,6 +61,11 @@ WeightsReport validate_weights(const ModelConfig& config, const SafetensorsModel
                                            << ": tensor '" << name << "' has shape "
                                            << format_shape(e.shape) << ", expected "
                                            << format_shape(shape) << " from config.json");
+    CSKV_CHECK_INPUT(e.dtype != StDType::kU8, weights.file_of(name)
+                                                  << ": tensor '" << name
+                                                  << "' is U8; model weights must be F32, F16 or "
+                                                     "BF16 (quantized checkpoints are not "
+                                                     "supported)");
     expected_names.insert(name);
     report.tensors += 1;
     report.params += static_cast<int64_t>(e.numel());

@@ -39,6 +39,7 @@
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/weights.h"
+#include "pipeline/sequence_plan.h"
 #include "pipeline/settings.h"
 #include "pipeline/stage_outputs.h"
 
@@ -90,7 +91,7 @@ std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layer
 }
 
 void check_tokenizer_use(const CaptureOptions& o) {
-  CSKV_CHECK_USAGE(o.tokenizer_path.empty() || !o.text_path.empty(),
+  CSKV_CHECK_USAGE(o.tokenizer_path.empty() || !o.text_path.empty() || !o.holdout_text_path.empty(),
                    "--tokenizer is only used with --text (the token ids of --tokens are already "
                    "tokenized)");
   if (!o.tokenizer_path.empty()) data::tokenizer_kind(o.tokenizer_path);
@@ -98,13 +99,14 @@ void check_tokenizer_use(const CaptureOptions& o) {
 
 std::string capture_config_json(const CaptureOptions& o, const std::string& model_hash,
                                 const std::string& weights_fingerprint, int64_t token_stream_size,
-                                int world_size) {
+                                int64_t holdout_stream_size, int world_size) {
   nlohmann::json j = settings_identity(capture_bound_settings(), o);
   // What the command's own flags, the model, the format and the run decide besides the table.
   j["format_version"] = kShardFormatVersion;
   j["model_config_hash"] = model_hash;
   j["model_weights_fingerprint"] = weights_fingerprint;
   j["token_stream_size"] = token_stream_size;
+  if (holdout_stream_size >= 0) j["holdout_stream_size"] = holdout_stream_size;
   j["seed"] = o.seed;
   j["layers"] = o.layers;
   j["world_size"] = world_size;
@@ -271,6 +273,19 @@ void check_free_space(const std::string& dir, const std::string& file, uint64_t 
 
 // ---- validate ------------------------------------------------------------------------------
 
+// --holdout-tokens / --holdout-text: at most one, tokenized like --text, and only with held-out
+// sequences to take from it.
+void check_holdout_corpus(const CaptureOptions& opt) {
+  const bool tokens = !opt.holdout_tokens_path.empty(), text = !opt.holdout_text_path.empty();
+  CSKV_CHECK_USAGE(!(tokens && text), "give at most one of --holdout-tokens or --holdout-text");
+  CSKV_CHECK_USAGE(
+      !text || !opt.tokenizer_path.empty(),
+      "--holdout-text needs --tokenizer (a SentencePiece tokenizer.model or a tokenizer.json)");
+  CSKV_CHECK_USAGE(!(tokens || text) || opt.holdout_seqs > 0,
+                   (tokens ? "--holdout-tokens" : "--holdout-text")
+                       << " is only used with --holdout-seqs > 0 (found 0)");
+}
+
 void validate_options(const CaptureOptions& opt, int world) {
   CSKV_CHECK_USAGE(!opt.out_dir.empty(), "missing required option --out");
   CSKV_CHECK_USAGE(opt.tokens_path.empty() != opt.text_path.empty(),
@@ -279,6 +294,7 @@ void validate_options(const CaptureOptions& opt, int world) {
       opt.text_path.empty() || !opt.tokenizer_path.empty(),
       "--text needs --tokenizer (a SentencePiece tokenizer.model or a tokenizer.json)");
   check_tokenizer_use(opt);
+  check_holdout_corpus(opt);
   CSKV_CHECK_USAGE(opt.num_seqs >= 1, "--num-seqs: expected >= 1, found " << opt.num_seqs);
   CSKV_CHECK_USAGE(opt.seq_len >= 2, "--seq-len: expected >= 2, found " << opt.seq_len);
   CSKV_CHECK_USAGE(opt.holdout_seqs >= 0,
@@ -300,6 +316,7 @@ struct CaptureInputs {
   std::string hash;         // config.hash()
   std::string fingerprint;  // model::weights_fingerprint()
   TokenFile tokens;
+  std::optional<TokenFile> holdout_tokens;  // --holdout-tokens / --holdout-text
 };
 
 // Empty layers become all of the model's; each must exist.
@@ -313,11 +330,13 @@ std::vector<int64_t> resolve_layers(const std::vector<int64_t>& layers, int64_t 
   return out;
 }
 
-TokenFile open_tokens(const CaptureOptions& opt, const model::ModelConfig& config) {
-  if (opt.text_path.empty()) return TokenFile(opt.tokens_path, opt.token_dtype, config.vocab_size);
+// A token file, or a text file tokenized with --tokenizer.
+TokenFile open_tokens(const std::string& tokens_path, const std::string& text_path,
+                      const CaptureOptions& opt, const model::ModelConfig& config) {
+  if (text_path.empty()) return TokenFile(tokens_path, opt.token_dtype, config.vocab_size);
   return TokenFile::from_tokens(
-      tokenize_text_file(opt.text_path, opt.tokenizer_path, config.bos_token_id >= 0),
-      opt.text_path, config.vocab_size);
+      tokenize_text_file(text_path, opt.tokenizer_path, config.bos_token_id >= 0), text_path,
+      config.vocab_size);
 }
 
 // Peak bytes of one layer of the capture forward (compute dtype: float32 on the CPU, bfloat16 on
@@ -366,9 +385,18 @@ CaptureInputs load_inputs(CaptureOptions& opt, const comm::Communicator& comm) {
   opt.layers = resolve_layers(opt.layers, config.num_hidden_layers);
   std::string hash = config.hash();
   std::string fingerprint = model::weights_fingerprint(config, *weights);
-  TokenFile tokens = open_tokens(opt, config);
-  return CaptureInputs{device,          std::move(config),      std::move(weights),
-                       std::move(hash), std::move(fingerprint), std::move(tokens)};
+  TokenFile tokens = open_tokens(opt.tokens_path, opt.text_path, opt, config);
+  std::optional<TokenFile> holdout;
+  if (!opt.holdout_tokens_path.empty() || !opt.holdout_text_path.empty()) {
+    holdout.emplace(open_tokens(opt.holdout_tokens_path, opt.holdout_text_path, opt, config));
+  }
+  return CaptureInputs{device,
+                       std::move(config),
+                       std::move(weights),
+                       std::move(hash),
+                       std::move(fingerprint),
+                       std::move(tokens),
+                       std::move(holdout)};
 }
 
 // ---- plan: rank 0's verdict on --out -------------------------------------------------------
@@ -452,7 +480,8 @@ OutDirVerdict judge_out_dir(const CaptureOptions& opt, const CaptureInputs& in,
 OutDirVerdict decide_out_dir(comm::Communicator& comm, const CaptureOptions& opt,
                              const CaptureInputs& in) {
   const std::string cfg_text =
-      capture_config_json(opt, in.hash, in.fingerprint, in.tokens.size(), comm.size());
+      capture_config_json(opt, in.hash, in.fingerprint, in.tokens.size(),
+                          in.holdout_tokens ? in.holdout_tokens->size() : -1, comm.size());
   return comm::root_decides<OutDirVerdict>(comm, [&] {
     try {
       return judge_out_dir(opt, in, cfg_text);
@@ -496,11 +525,11 @@ int64_t tokens_to_capture(const std::vector<Split>& splits, const ShardLedger& l
 // the wanted layers, rounded once to the storage dtype; each finished shard is listed at once.
 class ShardCapturer {
  public:
-  ShardCapturer(const CaptureOptions& opt, const CaptureInputs& in, CaptureResult& result)
+  ShardCapturer(const CaptureOptions& opt, const CaptureInputs& in, const SequencePlan& plan,
+                CaptureResult& result)
       : opt_(opt),
         in_(in),
-        starts_(in.tokens.sample(opt.num_seqs + opt.holdout_seqs, opt.seq_len, opt.seed,
-                                 opt.sampling, kNoBos)),
+        plan_(plan),
         llama_(in.config, in.weights, model::default_compute_dtype(in.device), in.device),
         wanted_(opt.layers.begin(), opt.layers.end()),
         result_(result) {}
@@ -558,11 +587,16 @@ class ShardCapturer {
     return header;
   }
 
-  // The token ids of these sequences, [ids.size(), seq_len].
+  // The token ids of these sequences (all training or all held-out ids), [ids.size(), seq_len].
   at::Tensor batch_tokens(const std::vector<int64_t>& ids) const {
+    const bool held_out = ids.front() >= opt_.num_seqs;
     std::vector<int64_t> batch_starts;
-    for (const int64_t id : ids) batch_starts.push_back(starts_[id]);
-    const auto flat = in_.tokens.gather(batch_starts, opt_.seq_len, kNoBos);
+    for (const int64_t id : ids) {
+      batch_starts.push_back(held_out ? plan_.holdout_starts[id - opt_.num_seqs]
+                                      : plan_.train_starts[id]);
+    }
+    const TokenFile& stream = held_out && in_.holdout_tokens ? *in_.holdout_tokens : in_.tokens;
+    const auto flat = stream.gather(batch_starts, opt_.seq_len, kNoBos);
     at::Tensor tok = at::empty({static_cast<int64_t>(ids.size()), opt_.seq_len}, at::kLong);
     auto* p = tok.data_ptr<int64_t>();
     for (size_t i = 0; i < flat.size(); ++i) p[i] = flat[i];
@@ -598,7 +632,7 @@ class ShardCapturer {
 
   const CaptureOptions& opt_;
   const CaptureInputs& in_;
-  const std::vector<int64_t> starts_;
+  const SequencePlan& plan_;
   const model::LlamaModel llama_;
   const std::set<int64_t> wanted_;
   CaptureResult& result_;
@@ -703,6 +737,9 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
   CaptureOptions opt = opt_in;
   validate_options(opt, world);
   const CaptureInputs in = load_inputs(opt, comm);
+  const SequencePlan sequences =
+      plan_sequences(in.tokens, in.holdout_tokens ? &*in.holdout_tokens : nullptr, opt.num_seqs,
+                     opt.holdout_seqs, opt.seq_len, opt.seed, opt.sampling);
   // plan: this run owns --out until it returns
   const auto lock = lock_output_dir(comm, opt.out_dir, "--out");
   const OutDirVerdict verdict = decide_out_dir(comm, opt, in);
@@ -729,7 +766,7 @@ CaptureResult run_capture(const CaptureOptions& opt_in, comm::Communicator& comm
     return finished(result, t0);
   }
   // work
-  ShardCapturer capturer(opt, in, result);
+  ShardCapturer capturer(opt, in, sequences, result);
   LayerStats stats(opt.layers, in.config.hidden_size, opt.dtype);
   const auto splits = plan_splits(opt, rank, world);
   const int64_t todo = tokens_to_capture(splits, ledger, opt.seq_len);

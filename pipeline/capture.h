@@ -17,6 +17,10 @@ struct CaptureOptions {
   std::string tokens_path;     // flat token file, or
   std::string text_path;       // a UTF-8 text file with
   std::string tokenizer_path;  // a SentencePiece tokenizer.model or an HF tokenizer.json
+  // A separate held-out corpus (at most one; empty: the held-out sequences are the end of the
+  // training stream, which the training windows never reach — pipeline/sequence_plan.h).
+  std::string holdout_tokens_path;  // a token file like --tokens, or
+  std::string holdout_text_path;    // a text file tokenized with --tokenizer
   data::TokenDtype token_dtype = data::TokenDtype::kU32;
   int64_t num_seqs = 64;
   int64_t seq_len = 512;
@@ -57,10 +61,11 @@ std::vector<int64_t> parse_layer_list(const std::string& spec, int64_t num_layer
 
 // The resolved capture settings as stored in <out>/capture.json; a rerun with other settings is
 // refused with every differing key named, unless options.overwrite.
-// It records the model by its config hash and its model::weights_fingerprint().
+// It records the model by its config hash and its model::weights_fingerprint(), and the size of
+// the held-out stream when one is given (holdout_stream_size >= 0).
 std::string capture_config_json(const CaptureOptions& options, const std::string& model_hash,
                                 const std::string& weights_fingerprint, int64_t token_stream_size,
-                                int world_size);
+                                int64_t holdout_stream_size, int world_size);
 
 // The activations in acts_dir must come from the model whose weights fingerprint is given:
 // <acts>/capture.json must record it as "model_weights_fingerprint". Input error otherwise,

@@ -245,6 +245,12 @@ std::map<size_t, JobState> load_resumed_jobs(const std::string& ckpt_dir, int64_
     CSKV_CHECK_INPUT(it->second.job.rank == jobs[i].rank,
                      ckpt_dir << ": step " << step << " holds " << jobs[i].name() << " at rank "
                               << it->second.job.rank << ", the plan says " << jobs[i].rank);
+    std::vector<int> saved_widths, planned_widths;
+    for (const auto& c : it->second.job.codes) saved_widths.push_back(c.bits);
+    for (const auto& c : jobs[i].codes) planned_widths.push_back(c.bits);
+    CSKV_CHECK_INPUT(it->second.job.channels == jobs[i].channels && saved_widths == planned_widths,
+                     ckpt_dir << ": step " << step << " holds " << jobs[i].name()
+                              << " with other kept channels or widths than the plan's");
     states[i] = std::move(it->second);
   }
   return states;

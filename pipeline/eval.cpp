@@ -149,6 +149,7 @@ EvalInputs validate(const EvalOptions& o, comm::Communicator& comm) {
   model::validate_weights(in.config, *in.weights, o.model_dir);
   in.fingerprint = model::weights_fingerprint(in.config, *in.weights);
   in.comp = eval::load_compressor(o.compressor_path, in.config);
+  in.comp.sink_tokens = o.sink_tokens;
   check_compressor_weights(o, in);
   check_capture_weights(o.acts_dir, in.config.hash(), in.fingerprint);
   in.hash = in.config.hash();
@@ -177,6 +178,8 @@ eval::EvalReport plan(const EvalOptions& o, const EvalInputs& in) {
   r.group_size = comp.quant.group_size;
   r.window = comp.quant.window;
   r.quant_compat = comp.quant.quant_compat_cskv ? "cskv" : "none";
+  r.quant = trainer::quant_mode_name(comp.quant.quant);
+  r.sink_tokens = comp.sink_tokens;
   r.cache_dtype = o.cache_storage == at::kHalf ? "float16" : "float32";
   r.uncompressed_layers = in.uncompressed;
   return r;

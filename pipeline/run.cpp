@@ -141,6 +141,15 @@ void validate_stages(const RunOptions& o, const model::ModelConfig& model,
                        try {
                          validate_capture_options(o.capture, comm.size());
                          validate_train_settings(o.train, model, o.capture.seq_len);
+                         if (o.export_cskv) {
+                           CSKV_CHECK_USAGE(o.train.cfg.quant == trainer::QuantMode::kUniform,
+                                            "export_cskv: --quant waterfill codes cannot be "
+                                            "exported to the reference CSKV format (a width and "
+                                            "static range per latent channel); set "
+                                            "export_cskv to false");
+                           checkpoint::check_reference_plan(model, o.train.k_density,
+                                                            o.train.v_density, o.train.budget);
+                         }
                          if (o.want_eval) {
                            validate_eval_settings(o.eval, o.capture.seq_len,
                                                   o.capture.holdout_seqs);
@@ -209,7 +218,7 @@ bool train_stage(RunState& s, const model::ModelConfig& model, const std::string
 
 // 3. merge (rank 0 works, every rank learns what it did): the newest complete step into
 // <out>/compressor.safetensors, and the .ckpt export when asked.
-void merge_stage(RunState& s) {
+void merge_stage(RunState& s, const model::ModelConfig& model) {
   s.merge_settings = {
       {"train", s.train_settings}, {"export_cskv", s.o.export_cskv}, {"name", s.o.name}};
   const std::string merged = s.o.eval.compressor_path;
@@ -224,7 +233,8 @@ void merge_stage(RunState& s) {
         std::to_string(m.jobs) + " jobs of step " + std::to_string(m.step) + " -> " + merged;
     if (s.o.export_cskv) {
       const auto files =
-          checkpoint::export_cskv(m.factors, s.o.out + "/export", s.o.name, s.o.train.overwrite);
+          checkpoint::export_for_reference(m.factors, json::parse(m.config_json), model,
+                                           s.o.out + "/export", s.o.name, s.o.train.overwrite);
       w += ", exported " + files.k_path + " and " + files.v_path;
     }
     return w;
@@ -370,7 +380,7 @@ RunResult run_job(const RunOptions& options, comm::Communicator& comm) {
   report();
   if (!train_stage(s, model, fingerprint)) return stopped();
   report();
-  merge_stage(s);
+  merge_stage(s, model);
   report();
   eval_stage(s);
   report();

@@ -23,8 +23,8 @@ struct RunOptions {
   TrainRunOptions train;
   EvalOptions eval;
   bool export_cskv = false;  // also write the reference .ckpt pair into <out>/export
-  std::string name = "cskv";
-  bool want_eval = true;  // false: the eval stage is off
+  std::string name;          // of the export files; empty: the reference code's file name
+  bool want_eval = true;     // false: the eval stage is off
 };
 
 struct RunResult {

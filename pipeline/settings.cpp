@@ -63,9 +63,35 @@ BoundTable<C> capture_input_rows() {
         true},
        [](C& o, const json& v) { o.text_path = v.get<std::string>(); },
        [](const C& o) { return absolute_or_empty(o.text_path); }},
-      {{"input", "tokenizer", T::kString, "", "Tokenizer for --text: a SentencePiece .model or a tokenizer.json", {}, true},
+      {{"input",
+        "tokenizer",
+        T::kString,
+        "",
+        "SentencePiece .model or tokenizer.json for --text",
+        {},
+        true},
        [](C& o, const json& v) { o.tokenizer_path = v.get<std::string>(); },
        [](const C& o) { return absolute_or_empty(o.tokenizer_path); }},
+      {{"input",
+        "holdout-tokens",
+        T::kString,
+        "",
+        "Separate token file (same --token-dtype) for the held-out sequences: its first "
+        "--holdout-seqs chunks (default: the end of the training stream, never sampled for "
+        "training)",
+        {},
+        true},
+       [](C& o, const json& v) { o.holdout_tokens_path = v.get<std::string>(); },
+       [](const C& o) { return absolute_or_empty(o.holdout_tokens_path); }},
+      {{"input",
+        "holdout-text",
+        T::kString,
+        "",
+        "Separate UTF-8 text file, tokenized with --tokenizer, for the held-out sequences",
+        {},
+        true},
+       [](C& o, const json& v) { o.holdout_text_path = v.get<std::string>(); },
+       [](const C& o) { return absolute_or_empty(o.holdout_text_path); }},
   };
 }
 
@@ -196,6 +222,42 @@ BoundTable<Tr> train_quantization_rows() {
   };
 }
 
+// The waterfill rows leave the identity of a uniform run as it was (null: no key), so
+// checkpoints written before them still resume.
+BoundTable<Tr> train_waterfill_rows() {
+  const auto bits_per_token = [](const char* kind) {
+    return std::string("waterfill: bits per token of every ") + kind +
+           " latent, allocated over its PCA channels (0 = off)";
+  };
+  return {
+      {{"quantization", "quant", T::kString, "uniform",
+        "Latent code: uniform (r channels at --k/v-bits, min-max groups; the paper's) | waterfill "
+        "(every PCA channel at its own width 0..8 with a static range, under "
+        "--k/v-bits-per-token or --cache-budget; densities do not apply)",
+        one_of({"uniform", "waterfill"})},
+       [](Tr& o, const json& v) { o.cfg.quant = trainer::parse_quant_mode(v.get<std::string>()); },
+       [](const Tr& o) {
+         return o.cfg.quant == trainer::QuantMode::kUniform
+                    ? json()
+                    : json(trainer::quant_mode_name(o.cfg.quant));
+       }},
+      {{"quantization", "k-bits-per-token", T::kInt64, "0", bits_per_token("key"),
+        in_range(0, 8 * kMaxChannels)},
+       [](Tr& o, const json& v) { o.cfg.k_bits_per_token = v.get<int64_t>(); },
+       [](const Tr& o) { return o.cfg.k_bits_per_token ? json(o.cfg.k_bits_per_token) : json(); }},
+      {{"quantization", "v-bits-per-token", T::kInt64, "0", bits_per_token("value"),
+        in_range(0, 8 * kMaxChannels)},
+       [](Tr& o, const json& v) { o.cfg.v_bits_per_token = v.get<int64_t>(); },
+       [](const Tr& o) { return o.cfg.v_bits_per_token ? json(o.cfg.v_bits_per_token) : json(); }},
+      {{"quantization", "cache-budget", T::kDouble, "0",
+        "waterfill: one budget over every layer's K and V as a share of their fp16 bytes per "
+        "token (0.1 = 10x smaller), allocated to minimise the summed relative error (0 = off)",
+        check_budget},
+       [](Tr& o, const json& v) { o.cfg.cache_budget = v.get<double>(); },
+       [](const Tr& o) { return o.cfg.cache_budget > 0 ? json(o.cfg.cache_budget) : json(); }},
+  };
+}
+
 BoundTable<Tr> train_optimizer_rows() {
   return {
       {{"optimizer", "lr", T::kDouble, "5e-05", "AdamW learning rate (linear decay)",
@@ -280,8 +342,8 @@ BoundTable<Tr> train_checkpoint_rows() {
 const BoundTable<TrainRunOptions>& train_bound_settings() {
   static const BoundTable<Tr> table = [] {
     BoundTable<Tr> t = train_rank_rows();
-    for (auto* part : {train_init_rows, train_quantization_rows, train_optimizer_rows,
-                       train_device_rows, train_checkpoint_rows}) {
+    for (auto* part : {train_init_rows, train_quantization_rows, train_waterfill_rows,
+                       train_optimizer_rows, train_device_rows, train_checkpoint_rows}) {
       for (auto& row : part()) t.push_back(std::move(row));
     }
     return t;

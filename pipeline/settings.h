@@ -61,7 +61,8 @@ SettingTable settings_of(const BoundTable<Options>& table) {
 }
 
 // The identity the bound settings give `options`: {key: identity(options)} for every row that
-// has one.
+// has one and whose identity is not null (a setting at a value that leaves older identities as
+// they were).
 template <class Options>
 nlohmann::json settings_identity(const BoundTable<Options>& table, const Options& options) {
   nlohmann::json j = nlohmann::json::object();
@@ -72,7 +73,8 @@ nlohmann::json settings_identity(const BoundTable<Options>& table, const Options
       key = row.setting.flag;
       for (auto& c : key) c = c == '-' ? '_' : c;
     }
-    j[key] = row.identity(options);
+    nlohmann::json value = row.identity(options);
+    if (!value.is_null()) j[key] = std::move(value);
   }
   return j;
 }

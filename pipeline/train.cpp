@@ -54,7 +54,12 @@ std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConf
   std::vector<LayerJob> jobs;
   const int64_t D = model.kv_dim();
   auto log = log::get("trainer");
-  if (o.budget > 0) {
+  if (o.cfg.quant == QuantMode::kWaterfill) {  // widths come from plan_widths
+    for (const int64_t l : layers) {
+      jobs.push_back({l, KvKind::kKey, D});
+      jobs.push_back({l, KvKind::kValue, D});
+    }
+  } else if (o.budget > 0) {
     std::vector<at::Tensor> k_eigs, v_eigs;
     for (const int64_t l : layers) {
       const auto st = data::read_layer_stats(o.acts_dir + "/stats.h5", l);
@@ -87,6 +92,102 @@ std::vector<LayerJob> plan_jobs(const TrainRunOptions& o, const model::ModelConf
   }
   return jobs;
 }
+
+}  // namespace cskv::pipeline
+
+namespace cskv::trainer {  // typed collectives carry channel curves bit for bit (CBOR)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(ChannelCode, bits, offset, scale)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(ChannelCurve, code, error)
+}  // namespace cskv::trainer
+
+namespace cskv::pipeline {
+namespace {
+
+// One job's channel curves, from the rank that fitted them.
+struct JobCurves {
+  size_t job = 0;
+  std::vector<ChannelCurve> channels;
+  double energy = 0;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(JobCurves, job, channels, energy)
+
+// Every job's curves on every rank: rank k fits jobs k, k + size, … and one allgather shares
+// them (the fit depends only on the job, so any world size gives the same curves).
+std::vector<LayerTrainer::Curves> gather_curves(const std::vector<LayerJob>& jobs,
+                                                const LayerTrainer& trainer,
+                                                comm::Communicator& comm) {
+  std::vector<JobCurves> mine;
+  for (size_t i = static_cast<size_t>(comm.rank()); i < jobs.size();
+       i += static_cast<size_t>(comm.size())) {
+    LayerTrainer::Curves c = trainer.channel_curves(jobs[i]);
+    mine.push_back({i, std::move(c.channels), c.energy});
+  }
+  std::vector<LayerTrainer::Curves> all(jobs.size());
+  for (const auto& from_rank : comm::allgather_values(comm, mine)) {
+    for (const JobCurves& c : from_rank) {
+      CSKV_CHECK(c.job < jobs.size(), "train: curves of job " << c.job << " of " << jobs.size());
+      all[c.job] = {c.channels, c.energy};
+    }
+  }
+  return all;
+}
+
+// The widths of every channel of every job: one budget over all jobs (--cache-budget), or each
+// job's own bits per token.
+std::vector<std::vector<int>> allocate_widths(const TrainConfig& cfg,
+                                              const std::vector<LayerJob>& jobs,
+                                              const std::vector<LayerTrainer::Curves>& curves,
+                                              int64_t D) {
+  if (cfg.cache_budget > 0) {
+    std::vector<std::vector<ChannelCurve>> all;
+    std::vector<double> energy;
+    for (const auto& c : curves) {
+      all.push_back(c.channels);
+      energy.push_back(c.energy);
+    }
+    const auto total = static_cast<int64_t>(std::floor(
+        cfg.cache_budget * 16.0 * static_cast<double>(D * static_cast<int64_t>(jobs.size()))));
+    return allocate_jobs(all, energy, total);
+  }
+  std::vector<std::vector<int>> widths;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const bool key = jobs[i].kind == KvKind::kKey;
+    widths.push_back(
+        allocate_bits(curves[i].channels, key ? cfg.k_bits_per_token : cfg.v_bits_per_token));
+  }
+  return widths;
+}
+
+// --quant waterfill: the kept channels of every job and their codes (the channels' curves
+// allocated under the budget). The same on every rank and in every resumed session.
+std::vector<LayerJob> plan_widths(const TrainRunOptions& o, std::vector<LayerJob> jobs,
+                                  const LayerTrainer& trainer, const model::ModelConfig& model,
+                                  comm::Communicator& comm) {
+  if (o.cfg.quant != QuantMode::kWaterfill) return jobs;
+  const auto curves = gather_curves(jobs, trainer, comm);
+  const auto widths = allocate_widths(o.cfg, jobs, curves, model.kv_dim());
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    LayerJob& j = jobs[i];
+    j.channels.clear();
+    j.codes.clear();
+    double err = 0;
+    for (size_t c = 0; c < widths[i].size(); ++c) {
+      const int b = widths[i][c];
+      err += curves[i].channels[c].error[static_cast<size_t>(b)];
+      if (b == 0) continue;
+      j.channels.push_back(static_cast<int64_t>(c));
+      j.codes.push_back(curves[i].channels[c].code[static_cast<size_t>(b)]);
+    }
+    j.rank = static_cast<int64_t>(j.channels.size());
+    CSKV_CHECK_USAGE(j.rank > 0, j.name() << ": the budget leaves no bits for any channel");
+    log::get("trainer")->info("{}: {} bits/token over {} of {} channels, training-set error {:.4g}",
+                              j.name(), j.bits_per_token(), j.rank, model.kv_dim(),
+                              err / std::max(curves[i].energy, 1e-300));
+  }
+  return jobs;
+}
+
+}  // namespace
 
 std::vector<OwnedOutput> train_outputs() {
   return {
@@ -121,7 +222,11 @@ namespace {
 JobMetrics metrics_of(const JobState& s, const TrainConfig& cfg) {
   JobMetrics m;
   m.job = s.job;
-  m.bits = s.job.kind == KvKind::kKey ? cfg.k_bits : cfg.v_bits;
+  m.bits = cfg.quant == QuantMode::kWaterfill ? 0
+           : s.job.kind == KvKind::kKey       ? cfg.k_bits
+                                              : cfg.v_bits;
+  m.bits_per_token =
+      cfg.quant == QuantMode::kWaterfill ? s.job.bits_per_token() : s.job.rank * m.bits;
   m.floor = s.floor;
   m.train_error_init = s.train_error_init;
   m.train_error = s.train_error;
@@ -135,7 +240,37 @@ JobMetrics metrics_of(const JobState& s, const TrainConfig& cfg) {
 
 // ---- validate
 
+// --quant waterfill allocates its own widths over the PCA basis: the uniform code's settings are
+// refused by name, and it needs a budget; the waterfill budgets are refused under uniform.
+void validate_quant_mode(const TrainRunOptions& o) {
+  const TrainConfig& c = o.cfg;
+  if (c.quant == QuantMode::kUniform) {
+    for (const auto& [given, flag] : {std::pair{c.k_bits_per_token > 0, "--k-bits-per-token"},
+                                      {c.v_bits_per_token > 0, "--v-bits-per-token"},
+                                      {c.cache_budget > 0, "--cache-budget"}}) {
+      CSKV_CHECK_USAGE(!given, flag << " applies to --quant waterfill only");
+    }
+    return;
+  }
+  for (const auto& [given, flag] : {std::pair{c.k_bits != 16, "--k-bits"},
+                                    {c.v_bits != 16, "--v-bits"},
+                                    {c.group_size != 0, "--group-size"},
+                                    {c.quant_compat_cskv, "--quant-compat"},
+                                    {c.init != InitMethod::kPca, "--init"},
+                                    {c.rotate_hadamard, "--rotate"},
+                                    {o.budget > 0, "--budget"}}) {
+    CSKV_CHECK_USAGE(!given, "--quant waterfill: "
+                                 << flag
+                                 << " does not apply (every PCA channel gets its own width and "
+                                    "static range; give --k/v-bits-per-token or --cache-budget)");
+  }
+  CSKV_CHECK_USAGE(c.cache_budget > 0 || (c.k_bits_per_token > 0 && c.v_bits_per_token > 0),
+                   "--quant waterfill needs --cache-budget F or both --k-bits-per-token and "
+                   "--v-bits-per-token");
+}
+
 void validate_options(const TrainRunOptions& o) {
+  validate_quant_mode(o);
   CSKV_CHECK_USAGE(o.save_every >= 0, "--save-every: expected >= 0, found " << o.save_every);
   CSKV_CHECK_USAGE(o.keep >= 1, "--keep: expected >= 1, found " << o.keep);
   CSKV_CHECK_USAGE(!(o.require_resume && o.overwrite),
@@ -311,6 +446,7 @@ class JobLoop {
   }
 
   void evaluate_job(JobState& s, size_t i) {
+    if (s.step > 0) trainer_.refit_codes(s);  // waterfill: the ranges follow the trained A
     s.train_error = trainer_.relative_error(s, "train", false);
     s.holdout_error_q = trainer_.relative_error(s, "holdout", true);
     s.holdout_error = trainer_.relative_error(s, "holdout", false);
@@ -345,10 +481,11 @@ struct JobSummary {
   int64_t step = 0, total_steps = 0, data_position = 0;
   double floor = 0, last_loss = 0, train_error_init = 0, holdout_error_init_q = 0, train_error = 0,
          holdout_error_q = 0, holdout_error = 0, seconds = 0;
+  std::vector<ChannelCode> codes;  // waterfill: re-fitted after training
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(JobSummary, job, step, total_steps, data_position, floor,
                                    last_loss, train_error_init, holdout_error_init_q, train_error,
-                                   holdout_error_q, holdout_error, seconds)
+                                   holdout_error_q, holdout_error, seconds, codes)
 
 JobSummary summary_of(size_t job, const JobState& s) {
   return {job,
@@ -362,7 +499,8 @@ JobSummary summary_of(size_t job, const JobState& s) {
           s.train_error,
           s.holdout_error_q,
           s.holdout_error,
-          s.seconds};
+          s.seconds,
+          s.job.codes};
 }
 
 void apply_summary(const JobSummary& m, JobState& s) {
@@ -377,6 +515,7 @@ void apply_summary(const JobSummary& m, JobState& s) {
   s.holdout_error_q = m.holdout_error_q;
   s.holdout_error = m.holdout_error;
   s.seconds = m.seconds;
+  s.job.codes = m.codes;
 }
 
 // Every rank learns the scalars of the jobs it does not own (one allgather of the owners'
@@ -399,7 +538,7 @@ void receive_summaries(const std::vector<LayerJob>& jobs, const Placement& place
           "train: rank " << r << " sent the summary of job " << m.job << ", which it does not own");
       JobState& s = all[m.job];
       s.job = jobs[m.job];
-      apply_summary(m, s);
+      apply_summary(m, s);  // after the plan's job: its codes are the owner's
       s.A = at::zeros({H, s.job.rank}, at::kFloat);
       s.B = at::zeros({s.job.rank, D}, at::kFloat);
       s.eigenvalues = at::zeros({D}, at::kDouble);
@@ -452,10 +591,10 @@ class TrainStage {
         weights_(std::make_shared<model::SafetensorsModel>(
             model::SafetensorsModel::open_dir(o.model_dir))),
         fingerprint_(model_fingerprint(o, model_, *weights_)),
-        jobs_(plan_jobs(o, model_, *weights_)),
         device_(device::select(o.device, comm.local_rank())),
         trainer_(o.cfg, model_, weights_, o.acts_dir,
                  trainer::TrainDevice{device_, o.resident, o.resident_share, std::nullopt}),
+        jobs_(plan_widths(o, plan_jobs(o, model_, *weights_), trainer_, model_, comm)),
         policy_(checkpoint_policy(o, resolved_config_json(o, model_, fingerprint_))),
         // A job's numbers depend only on the job (its data, seed and the fixed thread count),
         // never on which rank or how many ranks (dp = 1).
@@ -536,9 +675,9 @@ class TrainStage {
   const model::ModelConfig model_;
   const std::shared_ptr<model::SafetensorsModel> weights_;
   const std::string fingerprint_;  // model::weights_fingerprint of weights_
-  const std::vector<LayerJob> jobs_;
-  const at::Device device_;  // this rank's
+  const at::Device device_;        // this rank's
   LayerTrainer trainer_;
+  const std::vector<LayerJob> jobs_;
   const CheckpointPolicy policy_;
   const JobCosts costs_;
   const RankAssignment ranks_;
@@ -552,7 +691,7 @@ class TrainStage {
 void validate_train_settings(const TrainRunOptions& o, const model::ModelConfig& model,
                              int64_t captured_seq_len) {
   validate_options(o);
-  if (o.budget <= 0) {
+  if (o.budget <= 0 && o.cfg.quant == QuantMode::kUniform) {
     for (const LayerJob& job : density_jobs(o, model)) {
       const int64_t D = model.kv_dim();
       CSKV_CHECK_USAGE(job.rank >= 1 && job.rank <= D,

@@ -175,6 +175,35 @@ InitResult init_factors(InitMethod method, const at::Tensor& weight, int64_t ran
   return result;
 }
 
+InitResult select_channels(const InitResult& full, const std::vector<int64_t>& channels,
+                           const std::string& context) {
+  const int64_t d = full.B.size(0);
+  CSKV_CHECK_USAGE(!channels.empty(), prefix(context) << "no channel kept");
+  for (size_t i = 0; i < channels.size(); ++i) {
+    CSKV_CHECK_USAGE(
+        channels[i] >= 0 && channels[i] < d && (i == 0 || channels[i - 1] < channels[i]),
+        prefix(context) << "kept channels must be ascending indices below " << d << ", found "
+                        << channels[i] << " at position " << i);
+  }
+  const at::Tensor idx = at::tensor(channels, at::kLong);
+  InitResult r;
+  r.A = full.A.index_select(1, idx).contiguous();
+  r.B = full.B.index_select(0, idx).contiguous();
+  r.eigenvalues = full.eigenvalues;
+  // As floor_for_rank sums them: in eigenvalue order, so the top r channels give its value.
+  const at::Tensor l = full.eigenvalues.to(at::kDouble).contiguous().cpu();
+  const double* p = l.data_ptr<double>();
+  double total = 0, tail = 0;
+  for (int64_t i = 0, k = 0; i < l.numel(); ++i) {
+    total += p[i];
+    const bool kept = k < static_cast<int64_t>(channels.size()) && channels[k] == i;
+    if (kept) ++k;
+    if (!kept) tail += p[i];
+  }
+  r.floor = total == 0.0 ? 0.0 : tail / total;
+  return r;
+}
+
 double relative_error(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& a,
                       const at::Tensor& b) {
   const at::NoGradGuard no_grad;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace cskv::trainer {
 
@@ -43,6 +44,12 @@ struct InitResult {
 InitResult init_factors(InitMethod method, const at::Tensor& weight, int64_t rank,
                         const at::Tensor& gram, const at::Tensor& abs_mean,
                         const std::string& context, double asvd_alpha = 0.5);
+
+// The factors of a full-rank (r = D) kPca result restricted to the given channels (indices into
+// its eigenvalue order, ascending): A's columns and B's rows, with the floor Σ_{i∉channels} λ_i /
+// Σλ. Usage error for an empty, unsorted or out-of-range list.
+InitResult select_channels(const InitResult& full, const std::vector<int64_t>& channels,
+                           const std::string& context);
 
 // ‖X W − X A B‖² / ‖X W‖² in float64 (bias-less: a bias cancels in K − K̂). x [N, H],
 // weight [D, H] (HF layout), a [H, r], b [r, D], any floating dtypes. 0 when K = K̂ = 0, +inf when

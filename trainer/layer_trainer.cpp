@@ -19,6 +19,22 @@ std::string LayerJob::name() const {
   return "layer " + std::to_string(layer) + " " + kv_kind_name(kind);
 }
 
+int64_t LayerJob::bits_per_token() const {
+  int64_t bits = 0;
+  for (const ChannelCode& c : codes) bits += c.bits;
+  return bits;
+}
+
+QuantMode parse_quant_mode(const std::string& text) {
+  if (text == "uniform") return QuantMode::kUniform;
+  if (text == "waterfill") return QuantMode::kWaterfill;
+  CSKV_FAIL_USAGE("--quant: expected uniform|waterfill, found '" << text << "'");
+}
+
+const char* quant_mode_name(QuantMode mode) {
+  return mode == QuantMode::kWaterfill ? "waterfill" : "uniform";
+}
+
 uint64_t job_seed(uint64_t global_seed, int64_t layer, KvKind kind) {
   // SplitMix64 over (seed, layer, kind): well mixed, and independent of ranks and time.
   uint64_t z = global_seed ^ (0x9E3779B97F4A7C15ull *
@@ -32,6 +48,12 @@ QuantConfig job_quant_config(const TrainConfig& cfg, const model::ModelConfig& m
                              const LayerJob& job) {
   QuantConfig q;
   const bool key = job.kind == KvKind::kKey;
+  if (cfg.quant == QuantMode::kWaterfill) {
+    q.channels = job.codes;
+    q.bits = 1;
+    for (const ChannelCode& c : job.codes) q.bits = std::max(q.bits, c.bits);
+    return q;
+  }
   q.bits = key ? cfg.k_bits : cfg.v_bits;
   q.group_size = cfg.group_size > 0 ? cfg.group_size : job.rank / model.num_key_value_heads;
   q.window = key ? cfg.window : 0;
@@ -109,8 +131,14 @@ JobState LayerTrainer::init(const LayerJob& job) const {
   const std::string stats_path = acts_dir_ + "/stats.h5";
   const auto stats = data::read_layer_stats(stats_path, job.layer);
   const at::Tensor w = weights_->get(kv_weight_name(job.layer, job.kind));
-  InitResult init =
-      init_factors(cfg_.init, w, job.rank, stats.gram, stats.abs_mean, job.name(), cfg_.asvd_alpha);
+  InitResult init = job.channels.empty()
+                        ? init_factors(cfg_.init, w, job.rank, stats.gram, stats.abs_mean,
+                                       job.name(), cfg_.asvd_alpha)
+                        : select_channels(init_factors(InitMethod::kPca, w, model_.kv_dim(),
+                                                       stats.gram, stats.abs_mean, job.name()),
+                                          job.channels, job.name());
+  CSKV_CHECK(job.channels.empty() || (cfg_.init == InitMethod::kPca && !cfg_.rotate_hadamard),
+             job.name() << ": kept channels need --init pca without --rotate");
   JobState s;
   s.job = job;
   s.A = init.A.to(at::kFloat).contiguous();
@@ -129,6 +157,42 @@ JobState LayerTrainer::init(const LayerJob& job) const {
   s.floor = init.floor;
   s.eigenvalues = init.eigenvalues;
   return s;
+}
+
+at::Tensor LayerTrainer::curve_rows(const LayerJob& job) const {
+  BatchStream batches = stream(job, "train", 1);
+  std::vector<at::Tensor> rows;
+  int64_t n = 0;
+  while (n < kCurveTokens) {
+    auto batch = batches.next();
+    if (!batch) break;
+    n += batch->size(0);
+    rows.push_back(*batch);
+  }
+  CSKV_CHECK_INPUT(n > 0, job.name() << ": the train split has no data");
+  return at::cat(rows, 0).narrow(0, 0, std::min(n, kCurveTokens));
+}
+
+LayerTrainer::Curves LayerTrainer::channel_curves(const LayerJob& job) const {
+  const auto stats = data::read_layer_stats(acts_dir_ + "/stats.h5", job.layer);
+  const at::Tensor w = weights_->get(kv_weight_name(job.layer, job.kind));
+  const InitResult full =
+      init_factors(InitMethod::kPca, w, model_.kv_dim(), stats.gram, stats.abs_mean, job.name());
+  const at::Tensor X = curve_rows(job);
+  const at::Tensor c = device::matmul(X, full.A.to(X.device()), cfg_.precision);
+  Curves out;
+  out.channels = fit_channels(c);
+  for (const ChannelCurve& ch : out.channels) out.energy += ch.error[0];
+  return out;
+}
+
+void LayerTrainer::refit_codes(JobState& s) const {
+  if (s.job.codes.empty()) return;
+  const at::Tensor X = curve_rows(s.job);
+  const at::Tensor c = device::matmul(X, s.A.to(X.device()), cfg_.precision).t().contiguous();
+  for (size_t j = 0; j < s.job.codes.size(); ++j) {
+    s.job.codes[j] = refit_channel(c[static_cast<int64_t>(j)], s.job.codes[j]);
+  }
 }
 
 namespace {

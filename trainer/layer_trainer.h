@@ -18,11 +18,25 @@
 #include "trainer/quantizer.h"
 #include "trainer/spectrum.h"
 #include "trainer/train_device.h"
+#include "trainer/waterfill.h"
 
 namespace cskv::trainer {
 
+// How the cached latent is coded: `uniform`, the paper's scheme (r channels at k_bits/v_bits with
+// min–max groups), or `waterfill` (trainer/waterfill.h: the job's full PCA basis, every channel
+// at its own width 0..8 with a static range, widths allocated under a bits-per-token budget).
+enum class QuantMode { kUniform, kWaterfill };
+QuantMode parse_quant_mode(const std::string& text);  // usage error naming --quant
+const char* quant_mode_name(QuantMode mode);          // "uniform" | "waterfill"
+
 // Everything that decides the numbers a job produces (part of a run's resolved config).
 struct TrainConfig {
+  QuantMode quant = QuantMode::kUniform;
+  // waterfill budgets: bits per token of every K (V) job, or one budget over all jobs as a share
+  // of their fp16 bytes (cache_budget > 0 wins).
+  int64_t k_bits_per_token = 0;
+  int64_t v_bits_per_token = 0;
+  double cache_budget = 0;
   InitMethod init = InitMethod::kPca;
   double asvd_alpha = 0.5;
   bool rotate_hadamard = false;
@@ -46,10 +60,18 @@ struct TrainConfig {
 
 // One unit of work: the factors of one layer's key or value projection at a given rank.
 struct LayerJob {
+  LayerJob() = default;
+  LayerJob(int64_t layer_, KvKind kind_, int64_t rank_) : layer(layer_), kind(kind_), rank(rank_) {}
   int64_t layer = 0;
   KvKind kind = KvKind::kKey;
   int64_t rank = 0;
-  std::string name() const;  // "layer 3 K"
+  // waterfill: the kept channels of the job's PCA basis (indices in eigenvalue order, ascending,
+  // rank of them) and their codes — fitted on the training latents when the run is planned,
+  // re-fitted at the same widths once the job has trained. Empty in uniform mode.
+  std::vector<int64_t> channels;
+  std::vector<ChannelCode> codes;
+  std::string name() const;        // "layer 3 K"
+  int64_t bits_per_token() const;  // Σ widths of the codes (0 in uniform mode)
 };
 
 inline constexpr double kNotEvaluated = std::numeric_limits<double>::quiet_NaN();
@@ -114,6 +136,21 @@ class LayerTrainer {
              const std::function<bool(const JobState&)>& on_step = {},
              const DataParallelSlice& dp = {}) const;
 
+  // waterfill planning: the width curves of every channel of the job's full PCA basis, fitted on
+  // at most kCurveTokens tokens of the training split (the first ones), and their energy Σ‖K‖²
+  // over the same tokens.
+  struct Curves {
+    std::vector<ChannelCurve> channels;
+    double energy = 0;
+  };
+  static constexpr int64_t kCurveTokens = 16384;
+  Curves channel_curves(const LayerJob& job) const;
+
+  // waterfill: re-fits the range of every kept channel at its width on the trained factors'
+  // training latents (the same tokens as channel_curves); a code changes only where the new one
+  // has the smaller error.
+  void refit_codes(JobState& state) const;
+
   // Relative error ‖K − K̂‖²/‖K‖² (float64 accumulation) over a split ("train" | "holdout"),
   // with the job's quantizer (quantize = false: at 16 bits).
   double relative_error(const JobState& state, const std::string& split, bool quantize) const;
@@ -127,6 +164,8 @@ class LayerTrainer {
   // The batches of one split of job's layer on the device; resident splits are kept for the
   // layer last used (its K and V jobs and their errors read them once).
   BatchStream stream(const LayerJob& job, const std::string& split, int64_t num_epochs) const;
+  // The first kCurveTokens training rows of job's layer, [n, H] float32 on the device.
+  at::Tensor curve_rows(const LayerJob& job) const;
 
   TrainConfig cfg_;
   model::ModelConfig model_;

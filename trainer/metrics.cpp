@@ -22,7 +22,28 @@ void add_branch(LayerCacheBytes& out, int64_t r, int bits, int64_t group_size, i
     out.overhead += tokens * static_cast<double>(r / group_size) * 2 * 2;
   }
 }
+// Channel codes: each width's channels packed on their own, ceil(tokens·n_b·b/8) bytes.
+void add_coded_branch(LayerCacheBytes& out, const std::vector<ChannelCode>& codes, double tokens) {
+  for (int b = 1; b <= kMaxChannelBits; ++b) {
+    int64_t n = 0;
+    for (const ChannelCode& c : codes) n += c.bits == b;
+    out.latent += std::ceil(tokens * static_cast<double>(n) * b / 8.0);
+  }
+}
 }  // namespace
+
+LayerCacheBytes layer_cache_bytes(const model::ModelConfig& model, const TrainConfig& cfg,
+                                  const std::vector<ChannelCode>& k_codes,
+                                  const std::vector<ChannelCode>& v_codes, int64_t context) {
+  LayerCacheBytes b;
+  const int64_t compressed = cfg.window > 0 ? (context / cfg.window) * cfg.window : context;
+  const double recent = static_cast<double>(context - compressed);
+  add_coded_branch(b, k_codes, static_cast<double>(compressed));
+  add_coded_branch(b, v_codes, static_cast<double>(compressed));
+  b.window = recent * 2.0 * static_cast<double>(model.kv_dim()) * 2.0;
+  b.pending = recent * static_cast<double>(k_codes.size() + v_codes.size()) * 2.0;
+  return b;
+}
 
 LayerCacheBytes layer_cache_bytes(const model::ModelConfig& model, const TrainConfig& cfg,
                                   int64_t r_k, int64_t r_v, int64_t context) {
@@ -49,14 +70,20 @@ RunMetrics summarize(const model::ModelConfig& model, const TrainConfig& cfg,
   m.jobs = std::move(jobs);
   m.context = context;
   std::map<int64_t, std::pair<int64_t, int64_t>> ranks;  // layer -> (r_k, r_v)
+  std::map<int64_t, std::pair<const LayerJob*, const LayerJob*>> by_layer;
   for (const auto& j : m.jobs) {
     (j.job.kind == KvKind::kKey ? ranks[j.job.layer].first : ranks[j.job.layer].second) =
         j.job.rank;
+    (j.job.kind == KvKind::kKey ? by_layer[j.job.layer].first : by_layer[j.job.layer].second) =
+        &j.job;
   }
   for (const auto& [layer, r] : ranks) {
     // A layer whose K or V is not compressed keeps that half in fp16.
     const double half_fp16 = fp16_cache_bytes(model, context) / 2;
-    if (r.first > 0 && r.second > 0) {
+    if (r.first > 0 && r.second > 0 && cfg.quant == QuantMode::kWaterfill) {
+      const auto& [k, v] = by_layer.at(layer);
+      m.compressed_bytes += layer_cache_bytes(model, cfg, k->codes, v->codes, context).total();
+    } else if (r.first > 0 && r.second > 0) {
       m.compressed_bytes += layer_cache_bytes(model, cfg, r.first, r.second, context).total();
     } else {
       m.compressed_bytes += 2 * half_fp16;
@@ -80,6 +107,7 @@ std::string metrics_json(const RunMetrics& m) {
                     {"kind", kv_kind_name(x.job.kind)},
                     {"rank", x.job.rank},
                     {"bits", x.bits},
+                    {"bits_per_token", x.bits_per_token},
                     {"floor", x.floor},
                     {"train_error_init", x.train_error_init},
                     {"train_error", x.train_error},
@@ -104,10 +132,13 @@ std::string metrics_markdown(const RunMetrics& m) {
        "(quantized, init → final) | held-out err 16-bit | steps |\n"
     << "|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& x : m.jobs) {
+    // waterfill: the widths differ per channel; the column shows the bits of a token's latent.
+    const std::string bits =
+        x.bits > 0 ? std::to_string(x.bits) : std::to_string(x.bits_per_token) + "/token";
     std::snprintf(buf, sizeof buf,
-                  "| %lld | %s | %lld | %d | %.4g | %.4g → %.4g | %.4g → %.4g | %.4g | %lld |\n",
+                  "| %lld | %s | %lld | %s | %.4g | %.4g → %.4g | %.4g → %.4g | %.4g | %lld |\n",
                   static_cast<long long>(x.job.layer), kv_kind_name(x.job.kind),
-                  static_cast<long long>(x.job.rank), x.bits, x.floor, x.train_error_init,
+                  static_cast<long long>(x.job.rank), bits.c_str(), x.floor, x.train_error_init,
                   x.train_error, x.holdout_error_init_q, x.holdout_error_q, x.holdout_error,
                   static_cast<long long>(x.steps));
     o << buf;

@@ -30,16 +30,23 @@ struct LayerCacheBytes {
 LayerCacheBytes layer_cache_bytes(const model::ModelConfig& model, const TrainConfig& cfg,
                                   int64_t r_k, int64_t r_v, int64_t context);
 
+// --quant waterfill: the latents are the channel codes, each width's channels packed on their own
+// (Σ_b ceil(C·n_b·b/8) bytes per branch, no overhead); window and pending as above.
+LayerCacheBytes layer_cache_bytes(const model::ModelConfig& model, const TrainConfig& cfg,
+                                  const std::vector<ChannelCode>& k_codes,
+                                  const std::vector<ChannelCode>& v_codes, int64_t context);
+
 // 2 (K, V) · D · 2 bytes per token per layer.
 double fp16_cache_bytes(const model::ModelConfig& model, int64_t context);
 
 // The outcome of one job.
 struct JobMetrics {
   LayerJob job;
-  int bits = 16;
-  double floor = 0;                 // 16-bit training-set floor
-  double train_error_init = 0;      // relative error on the training split at 16 bits, step 0
-  double train_error = 0;           // … after training
+  int bits = 16;                // uniform: the latent's bits (0 under waterfill)
+  int64_t bits_per_token = 0;   // the code bits of one token's latent (Σ widths under waterfill)
+  double floor = 0;             // 16-bit training-set floor
+  double train_error_init = 0;  // relative error on the training split at 16 bits, step 0
+  double train_error = 0;       // … after training
   double holdout_error_init_q = 0;  // held-out, quantized as configured, step 0
   double holdout_error_q = 0;       // held-out, quantized, after training
   double holdout_error = 0;         // held-out at 16 bits, after training

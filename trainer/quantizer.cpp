@@ -2,6 +2,7 @@
 // straight-through gradient, all from plain ATen ops (see quantizer.h for the exact formulas).
 #include "trainer/quantizer.h"
 
+#include <cmath>
 #include <string>
 
 #include "common/error.h"
@@ -132,7 +133,61 @@ at::Tensor dequantize_expanded(const at::Tensor& codes, const at::Tensor& scale,
   return (q - o) * s;
 }
 
+// The channel codes as [r] tensors in `dtype` on c's device: offset, the scale (0 for a dropped
+// channel), the scale a division may use (1 where it is 0) and the top code 2^bits − 1.
+struct ChannelTensors {
+  at::Tensor offset, scale, divisor, top;
+};
+
+ChannelTensors channel_tensors(const std::vector<ChannelCode>& codes, const at::Tensor& like) {
+  std::vector<float> offset, scale, divisor, top;
+  for (const ChannelCode& c : codes) {
+    const bool kept = c.bits > 0;
+    offset.push_back(kept ? c.offset : 0.0f);
+    scale.push_back(kept ? c.scale : 0.0f);
+    divisor.push_back(kept && c.scale > 0 ? c.scale : 1.0f);
+    top.push_back(static_cast<float>(max_code(c.bits)));
+  }
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(like.device());
+  const auto t = [&](const std::vector<float>& v) {
+    return at::tensor(v, opts).to(like.scalar_type());
+  };
+  return {t(offset), t(scale), t(divisor), t(top)};
+}
+
+void check_channel_call(const at::Tensor& c, const QuantConfig& cfg) {
+  CSKV_CHECK(
+      c.scalar_type() == at::kFloat || c.scalar_type() == at::kDouble,
+      "channel quantization: expected a float32 or float64 latent, found " << c.scalar_type());
+  CSKV_CHECK(c.dim() >= 1 && c.size(-1) == static_cast<int64_t>(cfg.channels.size()),
+             "channel quantization: a latent " << c.sizes() << " for " << cfg.channels.size()
+                                               << " channel codes");
+}
+
+// Codes (floating, in c's dtype) of every channel: clamp(round((c − offset)/scale), 0, top).
+at::Tensor channel_codes(const at::Tensor& c, const ChannelTensors& t) {
+  return at::round((c - t.offset) / t.divisor).clamp_min_(0).minimum(t.top);
+}
+
 }  // namespace
+
+bool uses_channel_codes(const QuantConfig& cfg) { return !cfg.channels.empty(); }
+
+ChannelRanges channel_ranges(const std::vector<ChannelCode>& codes, at::Device device) {
+  const ChannelTensors t =
+      channel_tensors(codes, at::empty({0}, at::TensorOptions().dtype(at::kFloat).device(device)));
+  return {t.scale, t.offset};
+}
+
+at::Tensor quantize_channels(const at::Tensor& latent, const std::vector<ChannelCode>& codes) {
+  QuantConfig cfg;
+  cfg.channels = codes;
+  check_channel_call(latent, cfg);
+  const at::NoGradGuard no_grad;
+  const at::Tensor c = latent.detach();
+  const ChannelTensors t = channel_tensors(codes, c);
+  return t.offset + t.scale * channel_codes(c, t);
+}
 
 bool uses_channel_windows(const QuantConfig& cfg) { return cfg.per_channel && cfg.window > 0; }
 
@@ -141,8 +196,28 @@ void check_quant_bits(int bits, const std::string& flag) {
                    flag << ": expected one of 2, 3, 4, 8, 16, found " << bits);
 }
 
+namespace {
+void validate_channel_codes(const QuantConfig& cfg, int64_t latent_width,
+                            const std::string& context) {
+  CSKV_CHECK_USAGE(static_cast<int64_t>(cfg.channels.size()) == latent_width,
+                   prefix(context) << "expected one channel code per latent channel ("
+                                   << latent_width << "), found " << cfg.channels.size());
+  for (size_t j = 0; j < cfg.channels.size(); ++j) {
+    const ChannelCode& c = cfg.channels[j];
+    CSKV_CHECK_USAGE(c.bits >= 1 && c.bits <= 8, prefix(context)
+                                                     << "channel " << j
+                                                     << ": expected 1..8 bits, found " << c.bits);
+    CSKV_CHECK_USAGE(std::isfinite(c.offset) && std::isfinite(c.scale) && c.scale > 0,
+                     prefix(context)
+                         << "channel " << j << ": expected a finite offset and a "
+                         << "finite scale > 0, found offset " << c.offset << ", scale " << c.scale);
+  }
+}
+}  // namespace
+
 void validate_quant_config(const QuantConfig& cfg, int64_t latent_width,
                            const std::string& context) {
+  if (uses_channel_codes(cfg)) return validate_channel_codes(cfg, latent_width, context);
   check_quant_bits(cfg.bits, prefix(context) + "quantization bits");
   CSKV_CHECK_USAGE(cfg.window >= 0, prefix(context)
                                         << "--window: expected a number of tokens >= 0, found "
@@ -151,6 +226,7 @@ void validate_quant_config(const QuantConfig& cfg, int64_t latent_width,
 }
 
 QuantizedLatent fake_quantize_with_mask(const at::Tensor& c, const QuantConfig& cfg) {
+  if (uses_channel_codes(cfg)) return {quantize_channels(c, cfg.channels), at::Tensor()};
   check_quant_bits(cfg.bits, "quantization bits");
   if (cfg.bits == 16) return {c, at::Tensor()};
   const at::NoGradGuard no_grad;
@@ -163,7 +239,7 @@ QuantizedLatent fake_quantize_with_mask(const at::Tensor& c, const QuantConfig& 
 }
 
 at::Tensor fake_quantize(const at::Tensor& c, const QuantConfig& cfg) {
-  if (cfg.bits == 16) {
+  if (cfg.bits == 16 && !uses_channel_codes(cfg)) {
     check_quant_bits(cfg.bits, "quantization bits");
     return c;
   }
@@ -176,6 +252,12 @@ at::Tensor fake_quantize(const at::Tensor& c, const QuantConfig& cfg) {
 }
 
 QuantizedCodes quantize_codes(const at::Tensor& c, const QuantConfig& cfg) {
+  if (uses_channel_codes(cfg)) {
+    check_channel_call(c, cfg);
+    const at::NoGradGuard no_grad;
+    const ChannelTensors t = channel_tensors(cfg.channels, c.detach());
+    return {channel_codes(c.detach(), t).to(at::kByte), t.scale, t.offset};
+  }
   CSKV_CHECK(cfg.bits != 16,
              "quantize_codes: 16 bits is not quantized (store the latent in fp16 instead)");
   CSKV_CHECK(c.numel() > 0, "quantize_codes: expected a non-empty latent");
@@ -186,6 +268,17 @@ QuantizedCodes quantize_codes(const at::Tensor& c, const QuantConfig& cfg) {
 
 at::Tensor dequantize(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& offset,
                       const QuantConfig& cfg) {
+  if (uses_channel_codes(cfg)) {
+    const auto r = static_cast<int64_t>(cfg.channels.size());
+    CSKV_CHECK(codes.scalar_type() == at::kByte && codes.dim() >= 1 && codes.size(-1) == r &&
+                   scale.sizes() == at::IntArrayRef({r}) && offset.sizes() == scale.sizes(),
+               "dequantize: channel codes need uint8 [..., "
+                   << r << "] codes and [" << r << "] scale and offset, found "
+                   << codes.scalar_type() << " " << codes.sizes() << ", " << scale.sizes() << ", "
+                   << offset.sizes());
+    const at::NoGradGuard no_grad;
+    return offset + scale * codes.to(scale.scalar_type());
+  }
   check_quant_bits(cfg.bits, "quantization bits");
   CSKV_CHECK(cfg.bits != 16, "dequantize: 16 bits is not quantized");
   CSKV_CHECK(codes.scalar_type() == at::kByte,
@@ -210,11 +303,16 @@ at::Tensor dequantize(const at::Tensor& codes, const at::Tensor& scale, const at
 }
 
 double quant_code_bytes_per_token(int64_t latent_width, const QuantConfig& cfg) {
+  if (uses_channel_codes(cfg)) {
+    int64_t bits = 0;
+    for (const ChannelCode& c : cfg.channels) bits += c.bits;
+    return static_cast<double>(bits) / 8.0;
+  }
   return static_cast<double>(latent_width) * cfg.bits / 8.0;
 }
 
 double quant_overhead_bytes_per_token(int64_t latent_width, const QuantConfig& cfg) {
-  if (cfg.bits == 16) return 0.0;
+  if (cfg.bits == 16 || uses_channel_codes(cfg)) return 0.0;
   const double per_group = 2.0 * 2.0;  // fp16 scale + fp16 offset
   const double r = static_cast<double>(latent_width);
   if (uses_channel_windows(cfg)) return per_group * r / static_cast<double>(cfg.window);

@@ -6,8 +6,21 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace cskv::trainer {
+
+// One latent channel's static code (`--quant waterfill`, trainer/waterfill.h): with M = 2^bits − 1,
+// q = clamp(round_half_even((c − offset) / scale), 0, M) and ĉ = offset + scale·q, in float32.
+// bits 0 drops the channel (ĉ = 0); a kept channel has bits 1..8 and scale > 0.
+struct ChannelCode {
+  int bits = 0;
+  float offset = 0;
+  float scale = 0;
+  bool operator==(const ChannelCode& o) const {
+    return bits == o.bits && offset == o.offset && scale == o.scale;
+  }
+};
 
 // How one latent (K or V) is quantized.
 //
@@ -37,7 +50,14 @@ struct QuantConfig {
   int64_t window = 0;        // tokens per group (per-channel grouping); 0: none
   bool per_channel = false;  // keys: per-channel groups over `window` tokens when window > 0
   bool compat_cskv = false;  // reproduce the reference implementation (see above)
+  // Static per-channel codes (`--quant waterfill`): when not empty, channel j of the latent is
+  // quantized by channels[j] alone (ChannelCode above) and group_size, window, per_channel and
+  // compat_cskv are unused; bits is then the widest channel's width (16 never).
+  std::vector<ChannelCode> channels;
 };
+
+// True when the latent is quantized by static per-channel codes (cfg.channels not empty).
+bool uses_channel_codes(const QuantConfig& cfg);
 
 // True when groups run over `window` tokens of one channel (per_channel && window > 0).
 bool uses_channel_windows(const QuantConfig& cfg);
@@ -46,10 +66,23 @@ bool uses_channel_windows(const QuantConfig& cfg);
 void check_quant_bits(int bits, const std::string& flag);
 
 // Checks bits, the window (≥ 0) and, for per-token grouping, that group_size divides
-// latent_width. Usage errors, prefixed by "<context>: " when context is not empty, e.g.
-// "layer 3 V: --group-size: expected a divisor of the latent width 96, found 40".
+// latent_width. With channel codes: one code per latent channel, each of 1..8 bits with a finite
+// offset and a finite scale > 0 ("layer 3 K: channel 5: expected 1..8 bits, found 9"). Usage
+// errors, prefixed by "<context>: " when context is not empty, e.g. "layer 3 V: --group-size:
+// expected a divisor of the latent width 96, found 40".
 void validate_quant_config(const QuantConfig& cfg, int64_t latent_width,
                            const std::string& context = {});
+
+// The static scale and offset of channel codes as float32 [r] tensors on `device` (0 and 0 for a
+// dropped channel): what dequantize takes with channel codes, and what eval folds into B.
+struct ChannelRanges {
+  at::Tensor scale, offset;
+};
+ChannelRanges channel_ranges(const std::vector<ChannelCode>& codes, at::Device device);
+
+// Applies channel codes to a latent [..., r] (codes.size() == r) on its device and dtype: ĉ, with
+// no autograd history.
+at::Tensor quantize_channels(const at::Tensor& latent, const std::vector<ChannelCode>& codes);
 
 // Fake-quantized latent (same shape and dtype as c, float32 or float64) and the straight-through
 // gradient mask: undefined in the default mode (the gradient passes unchanged everywhere), a 0/1
@@ -67,12 +100,13 @@ QuantizedLatent fake_quantize_with_mask(const at::Tensor& c, const QuantConfig& 
 // so plain ATen ops carry the straight-through gradient when c requires grad.
 at::Tensor fake_quantize(const at::Tensor& c, const QuantConfig& cfg);
 
-// The packed form of a quantized latent of shape [..., tokens, r] (bits 2..8).
+// The packed form of a quantized latent of shape [..., tokens, r] (bits 2..8, or channel codes).
 //  codes  uint8, shaped like c;
 //  scale  c's dtype, one per group: [..., r / group_size] per token, or
 //         [..., ceil(tokens / window), r] per channel;
 //  offset shaped like scale: the group minimum (default) or the clamped integer zero point
 //         (compat_cskv).
+// With channel codes: codes as above, scale and offset the static [r] float32 of the channels.
 struct QuantizedCodes {
   at::Tensor codes;
   at::Tensor scale;
@@ -87,7 +121,7 @@ at::Tensor dequantize(const at::Tensor& codes, const at::Tensor& scale, const at
 
 // Bytes per token of a packed latent of width r: codes r·bits/8, plus an fp16 scale and offset per
 // group (2·2·r/group_size per token, or 2·2·r/window per token amortised over a window). 16 bits:
-// 2·r (fp16, no overhead).
+// 2·r (fp16, no overhead). Channel codes: Σ bits_j / 8, no overhead (the ranges are static).
 double quant_code_bytes_per_token(int64_t latent_width, const QuantConfig& cfg);
 double quant_overhead_bytes_per_token(int64_t latent_width, const QuantConfig& cfg);
 

@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
+#include <tuple>
+#include <utility>
 
 #include "common/error.h"
 
@@ -21,43 +24,113 @@ at::Tensor reconstruct(const at::Tensor& x, const at::Tensor& offset, const at::
 
 }  // namespace
 
-ChannelCurve fit_channel(const at::Tensor& values) {
+namespace {
+
+// A channel's values and what every width's search needs of them.
+struct ChannelValues {
+  at::Tensor x;   // [n] float32, contiguous
+  at::Tensor xd;  // [n] float64
+  float mean = 0, lo = 0, hi = 0;
+};
+
+ChannelValues channel_values(const at::Tensor& values, const char* what) {
   CSKV_CHECK(values.dim() == 1 && values.numel() > 0 && values.scalar_type() == at::kFloat,
-             "fit_channel: expected a non-empty 1-D float32 tensor, found "
-                 << values.scalar_type() << " " << values.sizes());
-  const at::Tensor x = values.contiguous();
-  const float mean = static_cast<float>(x.to(at::kDouble).mean().item<double>());
-  const float lo0 = x.min().item<float>(), hi0 = x.max().item<float>();
+             what << ": expected a non-empty 1-D float32 tensor, found " << values.scalar_type()
+                  << " " << values.sizes());
+  ChannelValues v;
+  v.x = values.contiguous();
+  v.xd = v.x.to(at::kDouble);
+  v.mean = static_cast<float>(v.xd.mean().item<double>());
+  v.lo = v.x.min().item<float>();
+  v.hi = v.x.max().item<float>();
+  return v;
+}
+
+// The squared error of every candidate range (offset lo_i, step scale_i) at width b, float64 [A].
+at::Tensor range_errors(const ChannelValues& v, int b, const at::Tensor& lo,
+                        const at::Tensor& scale) {
+  const auto opts = v.x.options();
+  const at::Tensor xr = reconstruct(v.x.unsqueeze(0), lo.unsqueeze(1), scale.unsqueeze(1),
+                                    at::full({1, 1}, static_cast<float>((1 << b) - 1), opts));
+  return (xr - v.x.unsqueeze(0)).square_().sum({1}, /*keepdim=*/false, at::kDouble);
+}
+
+// The clipped ranges [m − α(m − min), m + α(max − m)] (m the mean) at width b as (lo, scale).
+std::pair<std::vector<float>, std::vector<float>> clipped_ranges(const ChannelValues& v, int b,
+                                                                 const std::vector<float>& alphas) {
+  std::vector<float> lo, scale;
+  const float levels = static_cast<float>((1 << b) - 1);
+  for (const float a : alphas) {
+    const float l = v.mean - a * (v.mean - v.lo), h = v.mean + a * (v.hi - v.mean);
+    lo.push_back(l);
+    scale.push_back(std::max((h - l) / levels, std::numeric_limits<float>::min()));
+  }
+  return {lo, scale};
+}
+
+// The code of width b with the least squared error among the clipped ranges for α on a coarse
+// grid 0.85^i (1 = min–max down to ~0.05), then a fine one around the coarse best (its α times
+// 0.85^(k/4), |k| ≤ 3), and the `extra` candidates (offset, scale). Scales are kept ≥ FLT_MIN so
+// that a kept channel's scale is positive (a constant channel is exact at any scale). Ties: the
+// first candidate.
+std::pair<ChannelCode, double> best_range(const ChannelValues& v, int b,
+                                          const std::vector<std::pair<float, float>>& extra) {
+  std::vector<float> coarse;
+  for (int i = 0; i < 19; ++i) coarse.push_back(std::pow(0.85f, static_cast<float>(i)));
+  const auto opts = v.x.options();
+  auto [lo, scale] = clipped_ranges(v, b, coarse);
+  const int64_t c =
+      at::argmin(range_errors(v, b, at::tensor(lo, opts), at::tensor(scale, opts))).item<int64_t>();
+  std::vector<float> fine;
+  for (int k = -3; k <= 3; ++k) {
+    const float a = coarse[static_cast<size_t>(c)] * std::pow(0.85f, static_cast<float>(k) / 4);
+    if (k != 0 && a <= 1.0f) fine.push_back(a);
+  }
+  fine.push_back(coarse[static_cast<size_t>(c)]);
+  std::tie(lo, scale) = clipped_ranges(v, b, fine);
+  for (const auto& [o, s] : extra) {
+    lo.push_back(o);
+    scale.push_back(std::max(s, std::numeric_limits<float>::min()));
+  }
+  const at::Tensor err = range_errors(v, b, at::tensor(lo, opts), at::tensor(scale, opts));
+  const auto best = static_cast<size_t>(err.argmin().item<int64_t>());
+  return {{b, lo[best], scale[best]}, err[static_cast<int64_t>(best)].item<double>()};
+}
+
+}  // namespace
+
+ChannelCurve fit_channel(const at::Tensor& values) {
+  const ChannelValues v = channel_values(values, "fit_channel");
   ChannelCurve curve;
-  curve.code[0] = {0, mean, 0.0f};
-  curve.error[0] = (x.to(at::kDouble) - mean).pow(2).sum().item<double>();
-  // The α grid (0.97^i down to ~0.05) as one tensor: every candidate range of a width is
-  // evaluated in one pass. One more candidate per width nests the previous width's levels in
-  // this one's (its offset, half its step: 2^b − 1 levels reach past its 2^(b−1) − 1), so the
-  // error never grows with the width; at 1 bit that candidate is {mean, mean + 2σ-ish}.
-  std::vector<float> alphas;
-  for (float a = 1.0f; a > 0.05f; a *= 0.97f) alphas.push_back(a);
-  const auto opts = x.options();
-  const at::Tensor a = at::tensor(alphas, opts).unsqueeze(1);  // [A, 1]
-  const at::Tensor grid_lo = mean - a * (mean - lo0);
-  const at::Tensor grid_hi = mean + a * (hi0 - mean);
-  const at::Tensor xd = x.to(at::kDouble);
-  const float spread = std::max(hi0 - mean, 1e-30f);
+  curve.code[0] = {0, 0.0f, 0.0f};
+  curve.error[0] = v.xd.pow(2).sum().item<double>();
+  // One extra candidate per width nests the previous width's levels in this one's (its offset,
+  // half its step: 2^b − 1 levels reach past its 2^(b−1) − 1), so the error never grows with the
+  // width; at 1 bit it is {mean, mean + (max − mean)}.
   for (int b = 1; b <= kMaxChannelBits; ++b) {
-    const float levels = static_cast<float>((1 << b) - 1);
     const ChannelCode& prev = curve.code[b - 1];
-    const float nested_scale = b == 1 ? spread : prev.scale / 2;
-    const at::Tensor lo = at::cat({grid_lo, at::full({1, 1}, prev.offset, opts)}, 0);
-    const at::Tensor scale =
-        at::cat({(grid_hi - grid_lo) / levels, at::full({1, 1}, nested_scale, opts)}, 0);
-    const at::Tensor xr =
-        reconstruct(x.unsqueeze(0), lo, scale, at::full({1, 1}, levels, opts));  // [A+1, n]
-    const at::Tensor err = (xr.to(at::kDouble) - xd).pow(2).sum(1);              // [A+1]
-    const int64_t best = err.argmin().item<int64_t>();
-    curve.code[b] = {b, lo[best][0].item<float>(), scale[best][0].item<float>()};
-    curve.error[b] = err[best].item<double>();
+    const std::pair<float, float> nested = b == 1
+                                               ? std::pair{v.mean, std::max(v.hi - v.mean, 1e-30f)}
+                                               : std::pair{prev.offset, prev.scale / 2};
+    std::tie(curve.code[b], curve.error[b]) = best_range(v, b, {nested});
   }
   return curve;
+}
+
+ChannelCode refit_channel(const at::Tensor& values, const ChannelCode& current) {
+  CSKV_CHECK(current.bits >= 1 && current.bits <= kMaxChannelBits,
+             "refit_channel: " << current.bits << " bits");
+  const ChannelValues v = channel_values(values, "refit_channel");
+  return best_range(v, current.bits, {{current.offset, current.scale}}).first;
+}
+
+std::vector<ChannelCurve> fit_channels(const at::Tensor& latents) {
+  CSKV_CHECK(latents.dim() == 2,
+             "fit_channels: expected [n, D] latents, found " << latents.sizes());
+  std::vector<ChannelCurve> curves;
+  const at::Tensor cols = latents.to(at::kFloat).t().contiguous();
+  for (int64_t i = 0; i < cols.size(0); ++i) curves.push_back(fit_channel(cols[i]));
+  return curves;
 }
 
 std::vector<int> allocate_bits(const std::vector<ChannelCurve>& curves, int64_t budget_bits) {
@@ -126,23 +199,6 @@ double gaussian_bound(const at::Tensor& eigenvalues, double bits_per_token) {
     (rate(std::exp(mid)) > bits_per_token ? lo : hi) = mid;
   }
   return l.clamp_max(std::exp(hi)).sum().item<double>() / total;
-}
-
-at::Tensor quantize_channels(const at::Tensor& latent, const std::vector<ChannelCode>& codes) {
-  CSKV_CHECK(latent.dim() == 2 && latent.size(1) == static_cast<int64_t>(codes.size()),
-             "quantize_channels: latent " << latent.sizes() << " for " << codes.size()
-                                          << " channel codes");
-  std::vector<float> offset, scale, levels;
-  for (const ChannelCode& c : codes) {
-    CSKV_CHECK(c.bits >= 0 && c.bits <= kMaxChannelBits,
-               "quantize_channels: " << c.bits << " bits");
-    offset.push_back(c.offset);
-    scale.push_back(c.bits == 0 ? 0.0f : c.scale);
-    levels.push_back(static_cast<float>((1 << c.bits) - 1));
-  }
-  const auto opts = latent.options().dtype(at::kFloat);
-  return reconstruct(latent.to(at::kFloat), at::tensor(offset, opts), at::tensor(scale, opts),
-                     at::tensor(levels, opts));
 }
 
 }  // namespace cskv::trainer

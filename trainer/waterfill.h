@@ -1,8 +1,8 @@
-// Transform coding of a job's latent (issue 13, first part): every PCA channel gets its own bit
-// width b ∈ {0, …, 8} and a static affine range fitted on the training latents, and the widths
-// are allocated under a budget of bits per token by greedy marginal gain — reverse
-// water-filling on the measured errors. Not yet a training mode or a cache format; this is the
-// allocation and the quantizer those will use. Every function takes CPU or CUDA tensors.
+// Transform coding of a job's latent (`--quant waterfill`, issue 13): every PCA channel gets its
+// own bit width b ∈ {0, …, 8} and a static affine range (trainer/quantizer.h ChannelCode) fitted
+// on the training latents, and the widths are allocated under a budget of bits per token by
+// greedy marginal gain — reverse water-filling on the measured errors. Every function takes CPU
+// or CUDA tensors.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,17 +11,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "trainer/quantizer.h"
+
 namespace cskv::trainer {
 
 inline constexpr int kMaxChannelBits = 8;
-
-// One channel's code at one width: q = clamp(round_half_even((c − offset) / scale), 0, 2^bits −
-// 1), ĉ = offset + scale·q. bits 0 drops the channel to its constant ĉ = offset (the mean).
-struct ChannelCode {
-  int bits = 0;
-  float offset = 0;
-  float scale = 0;
-};
 
 // A channel's fitted codes and their squared errors Σ(c − ĉ)² over the values, per width.
 struct ChannelCurve {
@@ -29,12 +23,20 @@ struct ChannelCurve {
   std::array<double, kMaxChannelBits + 1> error{};
 };
 
-// Fits every width of one channel (values [n] float32): the mean at 0 bits; at b ≥ 1 the range
+// Fits every width of one channel (values [n] float32): dropped at 0 bits (ĉ = 0, error Σc²); at
+// b ≥ 1 the range
 // [m − α(m − min), m + α(max − m)] (m the mean) with α searched on a grid from 1 (min–max) down
 // to 0.05 for the least squared error — clipping, not min–max — or the previous width's levels
-// nested in this one's, whichever is better: the error never grows with the width. Errors are
-// summed in float64.
+// (at 1 bit: {mean, mean + spread}) nested in this one's, whichever is better: the error never
+// grows with the width from 1 bit on. Errors are summed in float64.
 ChannelCurve fit_channel(const at::Tensor& values);
+
+// The code at current.bits with the least squared error on `values` [n] float32: the range search
+// of fit_channel at that width, with `current` itself as a candidate (so it only gets better).
+ChannelCode refit_channel(const at::Tensor& values, const ChannelCode& current);
+
+// fit_channel of every column of latents [n, D] float32.
+std::vector<ChannelCurve> fit_channels(const at::Tensor& latents);
 
 // Widths for channels whose squared-error curves are `curves` (each non-increasing in bits, as
 // fit_channel's are), summing to at most budget_bits, that minimise the summed error: greedy by
@@ -57,8 +59,5 @@ std::vector<std::vector<int>> allocate_jobs(const std::vector<std::vector<Channe
 // water-filling: channel i gets max(0, ½·log2(λ_i / θ)) bits, θ chosen so they sum to the
 // budget). eigenvalues: float64 [D], non-negative. A yardstick for the codes above.
 double gaussian_bound(const at::Tensor& eigenvalues, double bits_per_token);
-
-// Applies per-channel codes to a latent [n, r] (codes.size() == r), on the latent's device.
-at::Tensor quantize_channels(const at::Tensor& latent, const std::vector<ChannelCode>& codes);
 
 }  // namespace cskv::trainer

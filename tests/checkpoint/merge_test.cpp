@@ -28,13 +28,15 @@ const std::string kConfig =
     R"({"init":"pca","k_bits":4,"k_density":0.5,"model_config_hash":"abc123","rotate":"none",)"
     R"("v_bits":2,"window":32,"group_size":0,"layers":"all"})";
 
-constexpr int64_t H = 8, D = 6;
+constexpr int64_t H = 8, D = 4;
 int64_t rank_of(int64_t layer, KvKind k) { return k == KvKind::kKey ? 3 + layer % 2 : 2; }
 
-// Layers 0..2 K and V over two ranks; `unfinished` jobs stop early.
-std::vector<trainer::JobState> save_run(
-    const std::string& dir, int64_t step,
-    const std::set<std::pair<int64_t, KvKind>>& unfinished = {}) {
+// Layers 0..2 K and V over two ranks (K ranks 3, 4, 3 and V 2, or with `uniform_ranks` 2 each);
+// `unfinished` jobs stop early.
+std::vector<trainer::JobState> save_run(const std::string& dir, int64_t step,
+                                        const std::set<std::pair<int64_t, KvKind>>& unfinished = {},
+                                        const std::string& config = kConfig,
+                                        bool uniform_ranks = false) {
   std::vector<trainer::JobState> all;
   std::vector<RankFileEntry> entries;
   for (int r = 0; r < 2; ++r) {
@@ -43,14 +45,14 @@ std::vector<trainer::JobState> save_run(
       for (const KvKind k : {KvKind::kKey, KvKind::kValue}) {
         const int64_t done = unfinished.count({l, k}) ? (k == KvKind::kKey ? 0 : 3) : 10;
         jobs.push_back(
-            make_state(l, k, H, rank_of(l, k), D, done, 10,
+            make_state(l, k, H, uniform_ranks ? 2 : rank_of(l, k), D, done, 10,
                        static_cast<uint64_t>(1000 * step + 10 * l + static_cast<int>(k))));
       }
     }
-    entries.push_back(write_rank_checkpoint(dir, step, r, jobs, kConfig));
+    entries.push_back(write_rank_checkpoint(dir, step, r, jobs, config));
     all.insert(all.end(), jobs.begin(), jobs.end());
   }
-  write_step_manifest(dir, step, 2, entries, kConfig);
+  write_step_manifest(dir, step, 2, entries, config);
   return all;
 }
 
@@ -119,8 +121,8 @@ TEST(Merge, UnfinishedJobsAreNamed) {
 TEST(Export, NeedsEveryLayerFromZero) {
   test::TempDir dir;
   FactorMap factors;
-  factors[{1, KvKind::kKey}] = {at::zeros({2, 4}), at::zeros({4, 2})};
-  factors[{1, KvKind::kValue}] = {at::zeros({2, 4}), at::zeros({4, 2})};
+  factors[{1, KvKind::kKey}] = {at::zeros({2, 4}), at::zeros({4, 2}), {}};
+  factors[{1, KvKind::kValue}] = {at::zeros({2, 4}), at::zeros({4, 2}), {}};
   EXPECT_CSKV_ERROR(export_cskv(factors, dir.path(), "x"),
                     "--export-cskv: the reference format is a list indexed by layer, so it needs K "
                     "and V factors of every layer 0..n-1; found K layers 1 and V layers 1");
@@ -135,24 +137,48 @@ nlohmann::json bits(const at::Tensor& t) {
   return {{"shape", c.sizes().vec()}, {"bits", std::vector<uint32_t>(p, p + c.numel())}};
 }
 
+// The model of the exported run: hidden 8, 4 heads of 2 channels, 2 KV heads (D = 4), 3 layers.
+model::ModelConfig export_model() {
+  model::ModelConfig m;
+  m.hidden_size = H;
+  m.num_hidden_layers = 3;
+  m.num_attention_heads = 4;
+  m.num_key_value_heads = 2;
+  m.head_dim = 2;
+  m.intermediate_size = 16;
+  m.vocab_size = 32;
+  return m;
+}
+
 TEST(MergeCli, PythonReadsCompressorAndExport) {
   test::TempDir dir;
-  const auto states = save_run(dir / "ckpt", 40);
+  const model::ModelConfig model = export_model();
+  fs::create_directories(dir / "model");
+  test::write_file(dir / "model/config.json", model.to_json());
+  nlohmann::json config = nlohmann::json::parse(kConfig);
+  config.update({{"model_config_hash", model.hash()},
+                 {"v_density", 0.5},
+                 {"budget", 0},
+                 {"quant_compat", "cskv"}});
+  const auto states = save_run(dir / "ckpt", 40, {}, config.dump(), /*uniform_ranks=*/true);
   const std::string out = dir / "compressor.safetensors";
   const auto r = test::run_cskv({"merge", "--ckpt-dir", dir / "ckpt", "--out", out, "--export-cskv",
-                                 dir / "export", "--name", "tiny"});
+                                 dir / "export", "--name", "tiny", "--model", dir / "model"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "merged 6 job(s) of step 40 into " + out + "\nexported " +
-                       dir / "export/tiny_k.ckpt" + " and " + dir / "export/tiny_v.ckpt" + "\n");
+                       dir / "export/tiny_k.ckpt" + " and " + dir / "export/tiny_v.ckpt" +
+                       "\nreference code: --kv_ckpt_root_path " + dir.path() +
+                       " --model_id export --k_density 0.5 --v_density 0.5 --k_bits 4 --v_bits 2 "
+                       "--use_window --q_window_size 32\n");
 
   nlohmann::json expected;
   expected["compressor"] = out;
   expected["k_ckpt"] = dir / "export/tiny_k.ckpt";
   expected["v_ckpt"] = dir / "export/tiny_v.ckpt";
-  expected["metadata"] = {{"cskv_config", nlohmann::json::parse(kConfig).dump()},
-                          {"k_ranks", "[3,4,3]"},
+  expected["metadata"] = {{"cskv_config", config.dump()},
+                          {"k_ranks", "[2,2,2]"},
                           {"k_bits", "4"},
-                          {"model_config_hash", "abc123"}};
+                          {"model_config_hash", model.hash()}};
   for (const auto& s : states) {
     const std::string kind = s.job.kind == KvKind::kKey ? "k" : "v";
     nlohmann::json layer = {{"a", bits(s.A.t())}, {"b", bits(s.B.t())}};

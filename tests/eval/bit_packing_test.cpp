@@ -19,7 +19,7 @@ at::Tensor random_codes(int64_t n, int bits, uint64_t seed) {
 }
 
 TEST(EvalBitPacking, RoundTripIsExactForEveryWidthAndLength) {
-  for (const int bits : {2, 3, 4, 8}) {
+  for (const int bits : {1, 2, 3, 4, 5, 6, 7, 8}) {
     for (const int64_t n : {0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4099}) {
       const at::Tensor codes = random_codes(n, bits, static_cast<uint64_t>(n * 10 + bits));
       const at::Tensor packed = pack_codes(codes, bits);
@@ -32,7 +32,7 @@ TEST(EvalBitPacking, RoundTripIsExactForEveryWidthAndLength) {
 }
 
 TEST(EvalBitPacking, AppendedPiecesGiveTheSameStreamAsOnePack) {
-  for (const int bits : {2, 3, 4, 8}) {
+  for (const int bits : {1, 2, 3, 4, 5, 6, 7, 8}) {
     const at::Tensor codes = random_codes(3000, bits, 7 + bits);
     PackedCodes stream(bits);
     // Pieces of awkward sizes, so most appends start inside a partial group.
@@ -58,6 +58,13 @@ TEST(EvalBitPacking, LayoutIsALittleEndianBitstream) {
   EXPECT_EQ(p3[0].item<int>(), 0xD1);
   EXPECT_EQ(p3[1].item<int>(), 0x58);
   EXPECT_EQ(p3[2].item<int>(), 0x1F);
+  // 7 bits (a waterfill width): codes 127, 0, 1 → stream bits 0–6 set, then bit 14 → bytes
+  // 0x7F, 0x40 (bit 6 of byte 1), 0x00.
+  const at::Tensor p7 = pack_codes(at::tensor({127, 0, 1}, at::kByte), 7);
+  ASSERT_EQ(p7.numel(), 3);
+  EXPECT_EQ(p7[0].item<int>(), 0x7F);
+  EXPECT_EQ(p7[1].item<int>(), 0x40);
+  EXPECT_EQ(p7[2].item<int>(), 0x00);
   // 4 bits: code 2j in the low nibble of byte j; a lone last code fills a low nibble.
   const at::Tensor p4 = pack_codes(at::tensor({0x3, 0xA, 0xF}, at::kByte), 4);
   ASSERT_EQ(p4.numel(), 2);

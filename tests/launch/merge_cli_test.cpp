@@ -36,8 +36,29 @@ TEST(MergeCli, MergesWhatTrainWroteBitwiseAndRecordsTheConfig) {
   // The final checkpoint step is the number of optimizer steps of all jobs: 2 layers × 2 × 3.
   ASSERT_TRUE(fs::exists(dir / "ckpt/step-00000012/manifest.json"));
   r = run_cskv({"merge", "--ckpt-dir", dir / "ckpt", "--out", dir / "merged.safetensors",
-                "--export-cskv", dir / "export", "--name", "toy"});
+                "--export-cskv", dir / "export"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err,
+            "cskv merge: usage error: --export-cskv needs --model (the model the factors were "
+            "trained for: the reference code's shapes and arguments come from its config.json)\n");
+  r = run_cskv({"merge", "--ckpt-dir", dir / "ckpt", "--out", dir / "merged.safetensors",
+                "--export-cskv", dir / "export", "--model", dir / "model"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  // The reference code's own file name and the arguments that load the files; it clamps the zero
+  // point, this run did not (--quant-compat none): warned.
+  const std::string ref_name = "density_k_0.5_v_0.5_quant_k_4_v_8_window_32_";
+  EXPECT_EQ(r.out, "merged 4 job(s) of step 12 into " + dir / "merged.safetensors" + "\nexported " +
+                       dir / "export/" + ref_name + "_k.ckpt and " + dir / "export/" + ref_name +
+                       "_v.ckpt\nreference code: "
+                       "--kv_ckpt_root_path " +
+                       dir.path() +
+                       " --model_id export --k_density 0.5 "
+                       "--v_density 0.5 --k_bits 4 --v_bits 8 --use_window --q_window_size 32\n");
+  EXPECT_NE(r.err.find("] [checkpoint] warning: --export-cskv: --quant-compat none: the reference "
+                       "code clamps the zero point to [0, 2^bits-1], these factors were trained "
+                       "without the clamp (train with --quant-compat cskv to match)\n"),
+            std::string::npos)
+      << r.err;
 
   const auto trained = model::SafetensorsFile::open(dir / "ckpt/compressor.safetensors");
   const auto merged = model::SafetensorsFile::open(dir / "merged.safetensors");
@@ -57,8 +78,8 @@ TEST(MergeCli, MergesWhatTrainWroteBitwiseAndRecordsTheConfig) {
   EXPECT_EQ(cfg.at("init"), "pca");
   EXPECT_EQ(cfg.at("window"), 32);
   EXPECT_EQ(meta.at("ckpt_step"), "12");
-  EXPECT_TRUE(fs::exists(dir / "export/toy_k.ckpt"));
-  EXPECT_TRUE(fs::exists(dir / "export/toy_v.ckpt"));
+  EXPECT_TRUE(fs::exists(dir / ("export/" + ref_name + "_k.ckpt")));
+  EXPECT_TRUE(fs::exists(dir / ("export/" + ref_name + "_v.ckpt")));
 }
 
 }  // namespace

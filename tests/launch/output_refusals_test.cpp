@@ -254,8 +254,9 @@ TEST_F(OutputRefusals, MergeExportNeverReplacesFilesCskvDidNotWrite) {
   fs::create_directories(exp);
   test::write_file(exp + "/mine_v.ckpt", "my checkpoint\n");
   const std::string merged = dir_ / "m.safetensors";
-  r = test::run_cskv(
-      {"merge", "--ckpt-dir", ckpt, "--out", merged, "--export-cskv", exp, "--name", "mine"});
+  const std::string model = dir_ / "model";
+  r = test::run_cskv({"merge", "--ckpt-dir", ckpt, "--out", merged, "--export-cskv", exp, "--name",
+                      "mine", "--model", model});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cskv merge: error: " +
                        foreign(exp + "/mine_v.ckpt", "expected a cskv --export-cskv file",
@@ -265,11 +266,12 @@ TEST_F(OutputRefusals, MergeExportNeverReplacesFilesCskvDidNotWrite) {
   EXPECT_EQ(tree_bytes(exp),
             (std::map<std::string, std::string>{{"mine_v.ckpt", "my checkpoint\n"}}));
   for (int i = 0; i < 2; ++i) {  // another name, then its own files again
-    r = test::run_cskv({"merge", "--ckpt-dir", ckpt, "--out", merged, "--export-cskv", exp});
+    r = test::run_cskv(
+        {"merge", "--ckpt-dir", ckpt, "--out", merged, "--export-cskv", exp, "--model", model});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   r = test::run_cskv({"merge", "--ckpt-dir", ckpt, "--out", merged, "--export-cskv", exp, "--name",
-                      "mine", "--overwrite"});
+                      "mine", "--overwrite", "--model", model});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(test::read_file(exp + "/mine_v.ckpt"), "my checkpoint\n");
   EXPECT_FALSE(fs::exists(exp + "/.cskv.lock"));

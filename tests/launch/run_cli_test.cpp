@@ -104,6 +104,10 @@ TEST_F(RunCli, BadJobFilesGiveExactMessages) {
   expect({{"tokens", 5}}, 1, "\"tokens\" must be a string, found 5");
   expect({{"export_cskv", 1}}, 1, "\"export_cskv\" must be true or false, found 1");
   expect({{"seed", -1}}, 1, "\"seed\" must be a non-negative integer, found -1");
+  expect({{"export_cskv", true}, {"budget", 0.25}}, 2,
+         "usage error: --export-cskv with --budget 0.25: the reference code has one K and one V "
+         "rank for all layers, --budget chooses them per layer; give --k-density/--v-density, or "
+         "turn --export-cskv off");
   expect({{"model", nullptr}}, 2,
          "usage error: missing required setting \"model\" (give --model, or \"model\" in the "
          "--config file)");
@@ -133,8 +137,9 @@ TEST_F(RunCli, SecondRunDoesNothingAndFlagsOverrideTheFile) {
   EXPECT_TRUE(resolved.at("k_bits").is_number_integer());
   EXPECT_EQ(resolved.at("export_cskv"), true);
   EXPECT_EQ(resolved.at("model"), dir_ / "model");
-  for (const char* file : {"compressor.safetensors", "export/cskv_k.ckpt", "eval/report.json",
-                           "eval/report.md", "ckpt/metrics.json", "summary.json"}) {
+  for (const char* file :
+       {"compressor.safetensors", "export/density_k_0.25_v_0.5_quant_k_4_v_3_window_32__k.ckpt",
+        "eval/report.json", "eval/report.md", "ckpt/metrics.json", "summary.json"}) {
     EXPECT_TRUE(fs::exists(out + "/" + file)) << file;
   }
   EXPECT_NE(first.out.find("summary (" + out + "):"), std::string::npos) << first.out;

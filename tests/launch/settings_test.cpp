@@ -79,9 +79,10 @@ TEST(Settings, EveryFlagIsDeclaredOnceAndCaptureIdentityIsTheRecordedKeys) {
     identity.insert(key);
     EXPECT_TRUE(value.is_null()) << key;
   }
-  EXPECT_EQ(identity, (std::set<std::string>{"tokens", "token_dtype", "text", "tokenizer",
-                                             "num_seqs", "seq_len", "holdout_seqs", "sampling",
-                                             "seed", "dtype", "layers"}));
+  EXPECT_EQ(identity,
+            (std::set<std::string>{"tokens", "token_dtype", "text", "tokenizer", "holdout_tokens",
+                                   "holdout_text", "num_seqs", "seq_len", "holdout_seqs",
+                                   "sampling", "seed", "dtype", "layers"}));
 }
 
 TEST(Settings, EveryDtypeSpellingResolvesToTheCanonicalOne) {

@@ -571,5 +571,40 @@ TEST(LlamaForward, GenerationAndTokenizerConfigFilesAreIgnored) {
   EXPECT_TRUE(at::equal(a.logits, b.logits));
 }
 
+// Real directories as they come: bfloat16 weights ("torch_dtype": "bfloat16"), read in their own
+// dtype and cast a layer at a time, give what their values give in float64.
+TEST(LlamaForward, Bfloat16DirectoryMatchesNaiveFloat64) {
+  test::TempDir dir;
+  ToyModelSpec spec = tiny_spec(Arch::kMistral, 32, 2, 4, 2, false);
+  spec.dtype = StDType::kBF16;
+  write_toy_model(spec, dir.path());
+  const auto lm = load(dir.path());
+  EXPECT_EQ(lm.config.torch_dtype, "bfloat16");
+  EXPECT_EQ(lm.weights->get("model.layers.0.self_attn.k_proj.weight").scalar_type(), at::kBFloat16);
+  expect_matches_reference(lm, 2, 9);
+}
+
+// An explicit head_dim other than hidden_size / num_attention_heads (Mistral-NeMo, Qwen3, Gemma
+// style): q/k/v are heads * head_dim wide, o_proj maps them back to hidden_size.
+TEST(LlamaForward, ExplicitHeadDimMatchesNaiveFloat64) {
+  test::TempDir dir;
+  ModelConfig c = toy_config(tiny_spec(Arch::kLlama, 32, 2, 4, 2, false));
+  c.head_dim = 12;  // hidden / heads = 8
+  NamedTensors weights;
+  auto gen = at::detail::createCPUGenerator(5);
+  for (const auto& [name, shape] : expected_weight_list(c)) {
+    at::Tensor t = at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat)) * 0.2;
+    if (name.find("norm") != std::string::npos) t = t + 1.0;
+    weights.emplace_back(name, t);
+  }
+  write_safetensors(dir / "model.safetensors", weights);
+  test::write_file(dir / "config.json", c.to_json());
+  const auto lm = load(dir.path());
+  EXPECT_EQ(lm.config.head_dim, 12);
+  EXPECT_EQ(lm.weights->get("model.layers.1.self_attn.q_proj.weight").sizes(),
+            (at::IntArrayRef{48, 32}));
+  expect_matches_reference(lm, 1, 11);
+}
+
 }  // namespace
 }  // namespace cskv::model

@@ -12,6 +12,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -206,6 +207,28 @@ TEST(SafetensorsRoundTrip, ShardedWithIndexBitwise) {
             meta);
 }
 
+// Real indexes carry more than total_size (total_parameters, a format, a tool's version) and
+// sometimes keys beside weight_map: only weight_map decides where a tensor is.
+TEST(SafetensorsRoundTrip, IndexWithExtraMetadataLoads) {
+  TempDir dir;
+  const NamedTensors tensors = {{"a.weight", sample(at::kBFloat16, {16, 8}, 1)},
+                                {"b.weight", sample(at::kFloat, {20, 8}, 2)}};
+  write_safetensors_sharded(dir.path(), tensors, {}, 300);
+  auto index = nlohmann::json::parse(read_file(dir / "model.safetensors.index.json"));
+  index["metadata"]["total_parameters"] = 288;
+  index["metadata"]["format"] = "pt";
+  index["metadata"]["mergekit_version"] = "0.0.4.2";
+  index["metadata"]["nested"] = {{"x", {1, 2}}};
+  index["generated_by"] = "convert_llama_weights_to_hf.py";
+  std::ofstream(dir / "model.safetensors.index.json") << index.dump(2);
+  const auto model = SafetensorsModel::open_dir(dir.path());
+  EXPECT_EQ(model.names(), (std::vector<std::string>{"a.weight", "b.weight"}));
+  for (const auto& [name, t] : tensors) {
+    EXPECT_EQ(model.file_of(name), dir / index["weight_map"][name].get<std::string>()) << name;
+    EXPECT_EQ(raw_bytes(model.get(name)), raw_bytes(t)) << name;
+  }
+}
+
 TEST(SafetensorsRoundTrip, SingleShardWritesPlainFileOnly) {
   TempDir dir;
   const NamedTensors tensors = {{"a", sample(at::kHalf, {4, 4}, 1)},
@@ -357,7 +380,7 @@ TEST(SafetensorsHeaderErrors, EntryFields) {
   EXPECT_EQ(parse_error(entry(R"({"dtype": 16, "shape": [8, 8], "data_offsets": [0, 128]})")),
             t + ": 'dtype' must be a string, found number");
   EXPECT_EQ(parse_error(entry(R"({"dtype": "I64", "shape": [8, 8], "data_offsets": [0, 128]})")),
-            t + ": unsupported dtype 'I64' (supported: F32, F16, BF16)");
+            t + ": unsupported dtype 'I64' (supported: F32, F16, BF16, U8)");
   EXPECT_EQ(parse_error(entry(R"({"dtype": "F16", "shape": "8x8", "data_offsets": [0, 128]})")),
             t + ": 'shape' must be an array of non-negative integers, found \"8x8\"");
   EXPECT_EQ(parse_error(entry(R"({"dtype": "F16", "shape": [8, 8.0], "data_offsets": [0, 128]})")),
@@ -442,7 +465,7 @@ TEST(SafetensorsHeaderErrors, ThroughFileOpen) {
              craft(R"({"ids": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}})", 8));
   EXPECT_CSKV_ERROR(SafetensorsFile::open(dir / "i64.safetensors"),
                     (dir / "i64.safetensors") +
-                        ": tensor 'ids': unsupported dtype 'I64' (supported: F32, F16, BF16)");
+                        ": tensor 'ids': unsupported dtype 'I64' (supported: F32, F16, BF16, U8)");
   EXPECT_CSKV_ERROR(SafetensorsFile::open(dir / "none.safetensors"),
                     (dir / "none.safetensors") + ": cannot open: No such file or directory");
 
@@ -467,7 +490,7 @@ TEST(SafetensorsWriterErrors, RejectsBadTensors) {
   EXPECT_CSKV_ERROR(write_safetensors(path, {{"ids", at::zeros({2}, at::kLong)}}),
                     path +
                         ": tensor 'ids' has dtype Long, expected one of float32, float16, "
-                        "bfloat16");
+                        "bfloat16, uint8");
   EXPECT_CSKV_ERROR(
       write_safetensors(path, {{"m", at::empty({2}, at::TensorOptions().device(at::kMeta))}}),
       path + ": tensor 'm' is on meta, expected a CPU tensor");
@@ -481,7 +504,7 @@ TEST(SafetensorsWriterErrors, RejectsBadTensors) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.path())) << "no temporary file left behind";
   EXPECT_CSKV_ERROR(from_scalar_type(at::kInt),
                     "unsupported dtype Int for safetensors (supported: float32, float16, "
-                    "bfloat16)");
+                    "bfloat16, uint8)");
 }
 
 // ---------------------------------------------------------------------------------------------

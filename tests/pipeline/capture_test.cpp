@@ -74,6 +74,74 @@ TEST_F(CaptureTest, StatisticsEqualGramOfStoredTrainingRows) {
   EXPECT_EQ(hold.x.begin()->first, 6);  // held-out ids follow the training ids
 }
 
+// The tokens of the stream from `start`, as a sequence of the shards stores them.
+at::Tensor stream_tokens(const std::vector<uint32_t>& stream, int64_t start, int64_t len) {
+  at::Tensor t = at::empty({len}, at::kLong);
+  for (int64_t i = 0; i < len; ++i) t[i] = static_cast<int64_t>(stream[start + i]);
+  return t;
+}
+
+// Held-out sequences are the last 2 x 16 tokens of the stream; the training windows are drawn
+// from the tokens before them, so no held-out token was trained on.
+TEST_F(CaptureTest, HeldOutSequencesAreTheStreamsEndNoTrainingWindowReaches) {
+  const std::string out = tmp_ / "acts";
+  const auto r = capture(out);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<uint32_t> stream = model::toy_tokens(512, 20000, 0);
+  const SplitContents hold = read_split(out, "holdout");
+  EXPECT_TRUE(at::equal(hold.tokens.at(6), stream_tokens(stream, 20000 - 32, 16)));
+  EXPECT_TRUE(at::equal(hold.tokens.at(7), stream_tokens(stream, 20000 - 16, 16)));
+  const auto starts = sample_sequences(20000 - 32, 6, 16, 0, Sampling::kRandom);
+  const SplitContents train = read_split(out, "train");
+  for (int64_t id = 0; id < 6; ++id) {
+    EXPECT_TRUE(at::equal(train.tokens.at(id), stream_tokens(stream, starts[id], 16))) << id;
+    EXPECT_LE(starts[id] + 16, 20000 - 32) << id;
+  }
+}
+
+// --holdout-tokens: the held-out sequences are that corpus's first chunks; training windows
+// are drawn from all of --tokens; the held-out corpus is part of the capture's identity.
+TEST_F(CaptureTest, HoldoutTokensFileGivesTheHeldOutSequences) {
+  const std::vector<uint32_t> held = model::toy_tokens(512, 40, 5);
+  model::write_tokens(tmp_ / "held.bin", held, 512, model::TokenDType::kU16);
+  const std::string out = tmp_ / "acts";
+  auto r = capture(out, {"--holdout-tokens", tmp_ / "held.bin"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const SplitContents hold = read_split(out, "holdout");
+  EXPECT_TRUE(at::equal(hold.tokens.at(6), stream_tokens(held, 0, 16)));
+  EXPECT_TRUE(at::equal(hold.tokens.at(7), stream_tokens(held, 16, 16)));
+  const std::vector<uint32_t> stream = model::toy_tokens(512, 20000, 0);
+  const auto starts = sample_sequences(20000, 6, 16, 0, Sampling::kRandom);
+  const SplitContents train = read_split(out, "train");
+  for (int64_t id = 0; id < 6; ++id) {
+    EXPECT_TRUE(at::equal(train.tokens.at(id), stream_tokens(stream, starts[id], 16))) << id;
+  }
+  const auto identity = nlohmann::json::parse(test::read_file(out + "/capture.json"));
+  EXPECT_EQ(identity.at("holdout_tokens"), fs::absolute(tmp_ / "held.bin").string());
+  EXPECT_EQ(identity.at("holdout_stream_size"), 40);
+  r = capture(out);  // the held-out corpus differs: refused by name
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("holdout_tokens"), std::string::npos) << r.err;
+
+  r = capture(tmp_ / "x", {"--holdout-tokens", tmp_ / "held.bin", "--holdout-seqs", "3"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(has_line(r.err, "cskv capture: error: " + tmp_ / "held.bin" +
+                                  ": 40 tokens hold only 2 held-out sequences of 16 tokens, 3 "
+                                  "requested"))
+      << r.err;
+  r = capture(tmp_ / "x", {"--holdout-tokens", tmp_ / "held.bin", "--holdout-seqs", "0"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_TRUE(has_line(
+      r.err,
+      "cskv capture: usage error: --holdout-tokens is only used with --holdout-seqs > 0 (found 0)"))
+      << r.err;
+  r = capture(tmp_ / "x", {"--holdout-tokens", tmp_ / "held.bin", "--holdout-text", tmp_ / "t"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_TRUE(has_line(
+      r.err, "cskv capture: usage error: give at most one of --holdout-tokens or --holdout-text"))
+      << r.err;
+}
+
 TEST_F(CaptureTest, StoredActivationsEqualForwardRoundedToFloat16) {
   const std::string out = tmp_ / "acts";
   const auto r = capture(out);
@@ -257,6 +325,12 @@ TEST_F(CaptureTest, BadTokenFilesModelAndLayersGiveExactMessages) {
        "cskv capture: error: " + (tmp_ / "bad-ids.bin") +
            ": token id 600 at position 3 is out of range for vocab_size 512"},
       {"short file", with("--tokens", tmp_ / "short.bin"), 1,
+       "cskv capture: error: " + (tmp_ / "short.bin") +
+           ": 10 tokens cannot hold 2 held-out sequences of 16 tokens at its end and a training "
+           "window before them (at least 48 tokens are needed; or give a separate held-out "
+           "corpus)"},
+      {"short file, no held-out",
+       test::with_overrides(args(out), {"--tokens", tmp_ / "short.bin", "--holdout-seqs", "0"}), 1,
        "cskv capture: error: " + (tmp_ / "short.bin") +
            ": 10 tokens is shorter than one sequence of 16 tokens"},
       {"odd length", with("--tokens", tmp_ / "odd.bin"), 1,

@@ -96,7 +96,7 @@ class EvalRunTest : public ::testing::Test {
     for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
       const auto k = trainer.init({l, KvKind::kKey, static_cast<int64_t>(density_k * 32) * 2});
       const auto v = trainer.init({l, KvKind::kValue, static_cast<int64_t>(density_v * 32) * 2});
-      c.layers[l] = {k.A, k.B, v.A, v.B};
+      c.layers[l] = {k.A, k.B, v.A, v.B, {}, {}};
     }
     return c;
   }
@@ -208,12 +208,20 @@ TEST_F(EvalRunTest, CliReportJsonHoldsEveryFieldTheReportShows) {
     EXPECT_EQ(l.at("k_spectrum").size(), 64u);
     EXPECT_GT(l.at("k_error").get<double>(), l.at("k_error_16bit").get<double>());
     EXPECT_GT(l.at("v_error").get<double>(), 0.0);
+    // Bits per compressed token: K 16·4 codes + 16 scale/zero bits (per 32-token window); V
+    // 32·3 codes + 2 groups · 32 bits. The Gaussian bound at those bits lies below the error.
+    EXPECT_EQ(l.at("k_bits_per_token"), 80.0);
+    EXPECT_EQ(l.at("v_bits_per_token"), 160.0);
+    EXPECT_GT(l.at("k_bound").get<double>(), 0.0);
+    EXPECT_LT(l.at("k_bound").get<double>(), l.at("k_error").get<double>());
+    EXPECT_LT(l.at("v_bound").get<double>(), l.at("v_error").get<double>());
     has("| " + std::to_string(l.at("layer").get<int>()) + " | 16 | " + f4(l.at("k_floor")) + " | " +
-        f4(l.at("k_error_16bit")) + " | " + f4(l.at("k_error")) + " | 32 | " + f4(l.at("v_floor")) +
-        " | " + f4(l.at("v_error_16bit")) + " | " + f4(l.at("v_error")) + " |");
+        f4(l.at("k_error_16bit")) + " | " + f4(l.at("k_error")) + " | 80 | " + f4(l.at("k_bound")) +
+        " | 32 | " + f4(l.at("v_floor")) + " | " + f4(l.at("v_error_16bit")) + " | " +
+        f4(l.at("v_error")) + " | 160 | " + f4(l.at("v_bound")) + " |");
   }
-  has("| mean | | " + f4(j.at("mean_k_floor")) + " | | " + f4(j.at("mean_k_error")) + " | | " +
-      f4(j.at("mean_v_floor")) + " | | " + f4(j.at("mean_v_error")) + " |");
+  has("| mean | | " + f4(j.at("mean_k_floor")) + " | | " + f4(j.at("mean_k_error")) + " | | | | " +
+      f4(j.at("mean_v_floor")) + " | | " + f4(j.at("mean_v_error")) + " | | |");
   // (b) end to end.
   const auto& e = j.at("end_to_end");
   EXPECT_EQ(e.at("context"), 80);

@@ -44,6 +44,11 @@ json hand_written_train_identity(const TrainRunOptions& o, const std::string& mo
   j["group_size"] = c.group_size;
   j["window"] = c.window;
   j["quant_compat"] = c.quant_compat_cskv ? "cskv" : "none";
+  // Since issue 13, only away from their defaults (older identities stay as they were).
+  if (c.quant == trainer::QuantMode::kWaterfill) j["quant"] = "waterfill";
+  if (c.k_bits_per_token != 0) j["k_bits_per_token"] = c.k_bits_per_token;
+  if (c.v_bits_per_token != 0) j["v_bits_per_token"] = c.v_bits_per_token;
+  if (c.cache_budget != 0) j["cache_budget"] = c.cache_budget;
   j["lr"] = c.lr;
   j["warmup"] = c.warmup;
   j["steps"] = c.steps;
@@ -68,6 +73,8 @@ json hand_written_capture_identity(const CaptureOptions& o, const std::string& m
   j["tokens"] = abs(o.tokens_path);
   j["text"] = abs(o.text_path);
   j["tokenizer"] = abs(o.tokenizer_path);
+  j["holdout_tokens"] = abs(o.holdout_tokens_path);
+  j["holdout_text"] = abs(o.holdout_text_path);
   j["token_dtype"] = data::token_dtype_name(o.token_dtype);
   j["token_stream_size"] = stream;
   j["num_seqs"] = o.num_seqs;
@@ -94,6 +101,7 @@ json other_value(const Setting& s) {
       if (s.flag == "init") return "svd";
       if (s.flag == "rotate") return "hadamard";
       if (s.flag == "quant-compat") return "cskv";
+      if (s.flag == "quant") return "waterfill";
       if (s.flag == "token-dtype") return "u32";
       if (s.flag == "sampling") return "contiguous";
       if (s.flag == "dtype") return "float32";
@@ -134,7 +142,7 @@ TEST(BoundSettings, CaptureIdentityIsTheHandWrittenOneForEveryValueOfEveryRow) {
     o.layers = {1};
     o.seed = 4;
     row.set(o, other_value(row.setting));
-    EXPECT_EQ(capture_config_json(o, "h", "xxh64:f", 1000, 3),
+    EXPECT_EQ(capture_config_json(o, "h", "xxh64:f", 1000, -1, 3),
               hand_written_capture_identity(o, "h", "xxh64:f", 1000, 3).dump(2))
         << "--" << row.setting.flag;
   }
@@ -155,6 +163,9 @@ TEST(BoundSettings, EachIdentityRowChangesItsOwnKeyAndNoOther) {
     std::set<std::string> moved;
     for (const auto& [k, v] : base.items()) {
       if (changed.at(k) != v) moved.insert(k);
+    }
+    for (const auto& [k, v] : changed.items()) {
+      if (!base.contains(k)) moved.insert(k);  // a key present only away from its default
     }
     if (!row.identity) {
       EXPECT_TRUE(moved.empty()) << "--" << row.setting.flag;

@@ -1,5 +1,7 @@
 // run_training / plan_jobs on a captured toy model: the written factors (HF Linear layout) and
-// metrics match the returned states, the budget plan keeps its width, cache bytes by hand.
+// metrics match the returned states, the budget plan keeps its width, cache bytes by hand; and
+// --quant waterfill end to end: budgets kept, codes through rank checkpoints, the compressor file
+// and eval's cache bit for bit, any number of ranks, the accounted bytes, sink tokens.
 #include "pipeline/train.h"
 
 #include "checkpoint/compressor_file.h"
@@ -8,18 +10,23 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "checkpoint/rank_checkpoint.h"
 #include "data/layer_stats.h"
+#include "eval/compressed_kv_cache.h"
+#include "eval/compressor.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/toy_model.h"
 #include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
+#include "tests/support/thread_communicator.h"
 #include "trainer/metrics.h"
 #include "trainer/rank_allocation.h"
 #include "trainer/spectrum.h"
@@ -185,6 +192,196 @@ TEST_F(TrainRunTest, BudgetPlanSpendsTheWidthWhereTheFloorDropsMost) {
   EXPECT_LT(budget_sum, 0.95 * uniform_sum);
   // Keys compress better than values (toy spectra), so the budget gives values more width.
   EXPECT_GT(ranks[0].v + ranks[1].v, ranks[0].k + ranks[1].k);
+}
+
+// ---- --quant waterfill (issue 13): budgets, codes in every file, ranks, the cache, sinks
+
+// --quant waterfill at the bits of the uniform run above (K density 0.25 @ 4 bit: 80 bits per
+// token with the window scales; V density 0.5 @ 4 bit: 192 with the per-token groups).
+TrainRunOptions waterfill_options(TrainRunOptions o) {
+  o.cfg.k_bits = 16;
+  o.cfg.v_bits = 16;
+  o.cfg.quant = QuantMode::kWaterfill;
+  o.cfg.k_bits_per_token = 80;
+  o.cfg.v_bits_per_token = 192;
+  return o;
+}
+
+TEST_F(TrainRunTest, WaterfillKeepsTheBudgetsAndBeatsUniformAtItsBits) {
+  test::TempDir wf_dir, uni_dir;
+  const TrainRunResult wf = run_training(waterfill_options(options(wf_dir.path())));
+  const TrainRunResult uni = run_training(options(uni_dir.path()));
+  ASSERT_EQ(wf.states.size(), 4u);
+  double wf_sum[2] = {0, 0}, uni_sum[2] = {0, 0};
+  for (size_t i = 0; i < 4; ++i) {
+    const JobState& s = wf.states[i];
+    const bool key = s.job.kind == KvKind::kKey;
+    EXPECT_EQ(s.job.bits_per_token(), key ? 80 : 192) << s.job.name();
+    EXPECT_EQ(s.job.rank, static_cast<int64_t>(s.job.codes.size()));
+    EXPECT_EQ(s.A.size(1), s.job.rank);
+    EXPECT_EQ(wf.metrics.jobs[i].bits_per_token, s.job.bits_per_token());
+    for (size_t j = 1; j < s.job.channels.size(); ++j) {
+      EXPECT_LT(s.job.channels[j - 1], s.job.channels[j]);
+    }
+    // The pca floor of the kept channels: the training error at step 0, unquantized.
+    EXPECT_NEAR(s.train_error_init, s.floor, 1e-5 * s.floor + 1e-9) << s.job.name();
+    wf_sum[key ? 0 : 1] += s.holdout_error_q;
+    uni_sum[key ? 0 : 1] += uni.states[i].holdout_error_q;
+  }
+  // Static per-channel widths at the same bits: well below the uniform code's error.
+  EXPECT_LT(wf_sum[0], 0.8 * uni_sum[0]) << wf_sum[0] << " vs " << uni_sum[0];
+  EXPECT_LT(wf_sum[1], 0.6 * uni_sum[1]) << wf_sum[1] << " vs " << uni_sum[1];
+  // The accounted bytes: codes only, each width packed on its own (4096 tokens, window 32 → all
+  // compressed): 4096·80/8 + 4096·192/8 per layer.
+  EXPECT_EQ(wf.metrics.compressed_bytes, 2.0 * (4096.0 * 80 / 8 + 4096.0 * 192 / 8));
+}
+
+TEST_F(TrainRunTest, WaterfillOneBudgetOverAllJobsIsNeverExceeded) {
+  test::TempDir ckpt;
+  TrainRunOptions o = waterfill_options(options(ckpt.path()));
+  o.cfg.k_bits_per_token = 0;
+  o.cfg.v_bits_per_token = 0;
+  o.cfg.cache_budget = 0.1;  // of 4 jobs · 64 channels · 16 bits: 409 bits per token in all
+  o.cfg.steps = 0;
+  o.cfg.epochs = 1;
+  const TrainRunResult r = run_training(o);
+  int64_t spent = 0;
+  for (const JobState& s : r.states) spent += s.job.bits_per_token();
+  EXPECT_LE(spent, 409);
+  EXPECT_GE(spent, 400);  // greedy stops only when no width fits the rest
+}
+
+// Codes through every file they live in: rank checkpoint, compressor file, eval's compressor.
+TEST_F(TrainRunTest, WaterfillCodesSurviveCheckpointCompressorAndEvalBitwise) {
+  test::TempDir ckpt;
+  const TrainRunResult r = run_training(waterfill_options(options(ckpt.path())));
+  checkpoint::write_rank_checkpoint(ckpt / "x", 1, 0, r.states, "{}");
+  const auto back = checkpoint::read_rank_checkpoint(checkpoint::rank_file_path(ckpt / "x", 1, 0));
+  ASSERT_EQ(back.size(), r.states.size());
+  const auto model = model::load_config(model_dir());
+  const eval::Compressor c = eval::load_compressor(r.factors_path, model);
+  EXPECT_EQ(c.quant.quant, QuantMode::kWaterfill);
+  const auto file = model::SafetensorsFile::open(r.factors_path);
+  EXPECT_EQ(file->header().metadata.at("quant"), "waterfill");
+  for (size_t i = 0; i < r.states.size(); ++i) {
+    const LayerJob& j = r.states[i].job;
+    EXPECT_EQ(back[i].job.channels, j.channels);
+    EXPECT_EQ(back[i].job.codes, j.codes);
+    const auto& lf = c.layers.at(j.layer);
+    EXPECT_EQ(j.kind == KvKind::kKey ? lf.k_codes : lf.v_codes, j.codes) << j.name();
+    const at::Tensor bits = file->get(checkpoint::latent_code_name(j.layer, j.kind, "bits"));
+    EXPECT_EQ(bits.scalar_type(), at::kByte);
+    EXPECT_EQ(bits.to(at::kLong).sum().item<int64_t>(), j.bits_per_token());
+  }
+}
+
+TEST_F(TrainRunTest, WaterfillAnyNumberOfRanksWritesTheSameFile) {
+  test::TempDir one, three;
+  run_training(waterfill_options(options(one.path())));
+  test::run_ranks(3, [&](comm::Communicator& comm) {
+    TrainRunOptions o = waterfill_options(options(three.path()));
+    run_training(o, comm);
+  });
+  EXPECT_EQ(test::read_file(one / "compressor.safetensors"),
+            test::read_file(three / "compressor.safetensors"));
+}
+
+TEST_F(TrainRunTest, WaterfillTheCacheHoldsTheAccountedBytesAndFoldedKeysMatchExplicitOnes) {
+  test::TempDir ckpt;
+  const TrainRunResult r = run_training(waterfill_options(options(ckpt.path())));
+  const auto config = model::load_config(model_dir());
+  const eval::Compressor c = eval::load_compressor(r.factors_path, config);
+  const eval::LayerFactors& f = c.layers.at(1);
+  eval::BranchFactors k{f.k_a, f.k_b, at::Tensor(), eval::branch_quant(c, config, KvKind::kKey, 1)};
+  eval::BranchFactors v{f.v_a, f.v_b, at::Tensor(),
+                        eval::branch_quant(c, config, KvKind::kValue, 1)};
+  eval::CompressedKvCache cache(config, k, v, /*window=*/32, at::kFloat);
+  at::manual_seed(4);
+  const int64_t T = 100, n_kv = config.num_key_value_heads, hd = config.head_dim;
+  const at::Tensor x = at::randn({T, config.hidden_size});
+  for (int64_t t = 0; t < T; t += 25) {
+    cache.append(x.narrow(0, t, 25), at::randn({n_kv, 25, hd}), at::randn({n_kv, 25, hd}));
+  }
+  ASSERT_EQ(cache.compressed_tokens(), 96);
+  // Mixed widths round trip exactly: the stored latents are the channel quantizer's (latents
+  // computed per appended block, as the cache does).
+  const auto latents = [&](const at::Tensor& a) {
+    std::vector<at::Tensor> parts;
+    for (int64_t t = 0; t < T; t += 25) parts.push_back(at::mm(x.narrow(0, t, 25), a));
+    return at::cat(parts, 0).narrow(0, 0, 96);
+  };
+  EXPECT_TRUE(at::equal(cache.key_latents(), quantize_channels(latents(f.k_a), f.k_codes)));
+  EXPECT_TRUE(at::equal(cache.value_latents(), quantize_channels(latents(f.v_a), f.v_codes)));
+  // Bytes: exactly the accounting formula (float32 window here: 4 bytes instead of 2).
+  LayerCacheBytes want = layer_cache_bytes(config, c.quant, f.k_codes, f.v_codes, T);
+  EXPECT_EQ(static_cast<double>(cache.bytes()), want.latent + 2 * (want.window + want.pending));
+  // Folded (codes·B' + c) against explicit ((offset + scale·codes)·B), before RoPE: values.
+  const at::Tensor explicit_v = at::mm(cache.value_latents(), f.v_b);  // [96, D]
+  const at::Tensor folded_v =
+      cache.values(at::kFloat).narrow(1, 0, 96).transpose(0, 1).reshape({96, -1});
+  EXPECT_TRUE(
+      at::allclose(folded_v, explicit_v, 1e-5, 1e-5 * explicit_v.abs().max().item<float>()));
+}
+
+// --sink-tokens: the first tokens stay full precision ahead of the compressed ones; the bytes are
+// the formula's (sinks' K/V plus the cache of the rest) and the sinks' keys are the given ones.
+TEST_F(TrainRunTest, WaterfillSinkTokensStayFullPrecisionAndAreCounted) {
+  test::TempDir ckpt;
+  const TrainRunResult r = run_training(waterfill_options(options(ckpt.path())));
+  const auto config = model::load_config(model_dir());
+  eval::Compressor c = eval::load_compressor(r.factors_path, config);
+  c.sink_tokens = 5;
+  const eval::LayerFactors& f = c.layers.at(0);
+  eval::BranchFactors k{f.k_a, f.k_b, at::Tensor(), eval::branch_quant(c, config, KvKind::kKey, 0)};
+  eval::BranchFactors v{f.v_a, f.v_b, at::Tensor(),
+                        eval::branch_quant(c, config, KvKind::kValue, 0)};
+  eval::CompressedKvCache cache(config, k, v, 32, at::kHalf, at::kCPU, c.sink_tokens);
+  at::manual_seed(6);
+  const int64_t T = 103, n_kv = config.num_key_value_heads, hd = config.head_dim;
+  const at::Tensor x = at::randn({T, config.hidden_size});
+  const at::Tensor kk = at::randn({n_kv, T, hd}), vv = at::randn({n_kv, T, hd});
+  for (int64_t t = 0; t < T; t += 3) {
+    const int64_t n = std::min<int64_t>(3, T - t);
+    cache.append(x.narrow(0, t, n), kk.narrow(1, t, n), vv.narrow(1, t, n));
+  }
+  EXPECT_EQ(cache.sink_tokens(), 5);
+  EXPECT_EQ(cache.compressed_tokens(), 96);  // (103 − 5) → 3 whole windows of 32
+  EXPECT_EQ(cache.window_tokens(), 2);
+  EXPECT_EQ(cache.bytes(), static_cast<int64_t>(eval::formula_layer_bytes(c, config, 0, T)));
+  // Sink keys are stored after RoPE as given (fp16 storage), first in the key order.
+  const at::Tensor cos = at::ones({T, hd}), sin = at::zeros({T, hd});
+  const at::Tensor keys = cache.keys(cos, sin);
+  ASSERT_EQ(keys.size(1), T);
+  EXPECT_TRUE(at::equal(keys.narrow(1, 0, 5), kk.narrow(1, 0, 5).to(at::kHalf).to(at::kFloat)));
+  EXPECT_TRUE(at::equal(keys.narrow(1, 101, 2), kk.narrow(1, 101, 2).to(at::kHalf).to(at::kFloat)));
+  // The compressed tokens are x[5..100]'s latents (computed per appended piece, as the cache
+  // does: token 5 alone, then blocks of 3; fp16 while they wait in the window).
+  std::vector<at::Tensor> parts = {at::mm(x.narrow(0, 5, 1), f.k_a)};
+  for (int64_t t = 6; t < 101; t += 3) parts.push_back(at::mm(x.narrow(0, t, 3), f.k_a));
+  const at::Tensor ck = at::cat(parts, 0).narrow(0, 0, 96).to(at::kHalf).to(at::kFloat);
+  EXPECT_TRUE(at::equal(cache.key_latents(), quantize_channels(ck, f.k_codes)));
+}
+
+TEST_F(TrainRunTest, WaterfillRefusalsNameTheFlag) {
+  TrainRunOptions o;
+  o.cfg.quant = QuantMode::kWaterfill;
+  o.cfg.k_bits_per_token = 64;
+  o.cfg.v_bits_per_token = 64;
+  const auto config = model::load_config(model_dir());
+  o.cfg.k_bits = 4;
+  EXPECT_CSKV_ERROR(validate_train_settings(o, config, 64),
+                    "--quant waterfill: --k-bits does not apply (every PCA channel gets its own "
+                    "width and static range; give --k/v-bits-per-token or --cache-budget)");
+  o.cfg.k_bits = 16;
+  o.cfg.v_bits_per_token = 0;
+  EXPECT_CSKV_ERROR(validate_train_settings(o, config, 64),
+                    "--quant waterfill needs --cache-budget F or both --k-bits-per-token and "
+                    "--v-bits-per-token");
+  o.cfg.quant = QuantMode::kUniform;
+  o.cfg.k_bits_per_token = 0;
+  o.cfg.cache_budget = 0.2;
+  EXPECT_CSKV_ERROR(validate_train_settings(o, config, 64),
+                    "--cache-budget applies to --quant waterfill only");
 }
 
 }  // namespace

@@ -2,8 +2,9 @@
 """Checks the outputs of `cskv merge` from Python, bit for bit against EXPECTED.json.
 
 usage: checkpoint_check_export.py EXPECTED.json
-  - torch.load of <name>_k.ckpt / <name>_v.ckpt: a list over layers of 2-tuples of dicts
-    {"weight": float32 tensor} (a [r, H], b [D, r]); shapes and raw float32 bits compared;
+  - torch.load of <name>_k.ckpt / <name>_v.ckpt (default, weights_only=True and False): a list
+    over layers of 2-tuples of dicts {"weight": float32 tensor} (a [r, H], b [D, r]); shapes and
+    raw float32 bits compared;
   - compressor.safetensors parsed with json + struct + numpy: __metadata__ entries and every
     tensor's dtype, shape and bits compared.
 Prints "ok: <layers> layers, <tensors> tensors" and exits 0, or names the first mismatch and
@@ -35,10 +36,14 @@ def expect_bits(what, arr, exp):
 
 
 def check_ckpt(path, layers):
-    # torch >= 2.6 defaults to weights_only=True, which refuses the type tags torch::pickle_save
-    # writes (torch.jit._pickle.restore_type_tag); a plain torch.load under current torch is
-    # issue 14's export. The contents are what this checks.
-    obj = torch.load(path, weights_only=False)
+    # torch >= 2.6 defaults to weights_only=True (the reference code's plain torch.load): the file
+    # must hold nothing but lists, tuples, dicts and tensors, and read the same either way.
+    check_ckpt_contents(path, torch.load(path), layers)
+    check_ckpt_contents(path, torch.load(path, weights_only=True), layers)
+    check_ckpt_contents(path, torch.load(path, weights_only=False), layers)
+
+
+def check_ckpt_contents(path, obj, layers):
     if type(obj) is not list:
         fail(f"{path}: top level is {type(obj).__name__}, expected list")
     if len(obj) != len(layers):
