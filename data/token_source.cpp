@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "data/hf_tokenizer.h"
 #include "data/sentencepiece.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -215,21 +216,59 @@ std::vector<uint32_t> TokenFile::gather(const std::vector<int64_t>& starts, int6
 // A corpus read whole for tokenization may be large; the bound only stops runaway inputs.
 constexpr std::uint64_t kMaxTextFileBytes = std::uint64_t{8} << 30;  // 8 GiB
 
-std::vector<uint32_t> tokenize_text_file(const std::string& text_path,
-                                         const std::string& tokenizer_model_path, bool add_bos) {
-  const auto contents = files::read_whole_file_if_exists(text_path, kMaxTextFileBytes, "text file");
-  CSKV_CHECK_INPUT(contents, text_path << ": cannot open text file: " << std::strerror(ENOENT));
-  const std::string& text = *contents;
+TokenizerKind tokenizer_kind(const std::string& path) {
+  auto ends_with = [&](const std::string& suffix) {
+    return path.size() >= suffix.size() &&
+           path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends_with(".model")) return TokenizerKind::kSentencePiece;
+  if (ends_with(".json")) return TokenizerKind::kHfJson;
+  std::ifstream in(path, std::ios::binary);
+  CSKV_CHECK_INPUT(in, path << ": cannot open tokenizer: " << std::strerror(errno));
+  char c = 0;
+  while (in.get(c) && (c == ' ' || c == '\n' || c == '\r' || c == '\t')) {
+  }
+  if (in && c == '{') return TokenizerKind::kHfJson;
+  if (in && c == '\x0a') return TokenizerKind::kSentencePiece;
+  CSKV_FAIL_INPUT(path << ": not a tokenizer (expected a SentencePiece .model or a Hugging Face "
+                          "tokenizer.json)");
+}
 
-  const SentencePieceInfo info = sentencepiece_info(tokenizer_model_path);
-  std::vector<uint32_t> ids = sentencepiece_encode(tokenizer_model_path, text);
+namespace {
+std::vector<uint32_t> sentencepiece_tokenize(const std::string& text, const std::string& model_path,
+                                             bool add_bos) {
+  const SentencePieceInfo info = sentencepiece_info(model_path);
+  std::vector<uint32_t> ids = sentencepiece_encode(model_path, text);
   if (add_bos) {
-    CSKV_CHECK_INPUT(info.bos_id >= 0, tokenizer_model_path
+    CSKV_CHECK_INPUT(info.bos_id >= 0, model_path
                                            << ": the SentencePiece model has no BOS token, but "
                                               "the model expects one");
     ids.insert(ids.begin(), static_cast<uint32_t>(info.bos_id));
   }
   return ids;
+}
+}  // namespace
+
+std::vector<uint32_t> tokenize_text_file(const std::string& text_path,
+                                         const std::string& tokenizer_path, bool add_bos,
+                                         const TokenizeProgress& progress) {
+  const TokenizerKind kind = tokenizer_kind(tokenizer_path);
+  const auto contents = files::read_whole_file_if_exists(text_path, kMaxTextFileBytes, "text file");
+  CSKV_CHECK_INPUT(contents, text_path << ": cannot open text file: " << std::strerror(ENOENT));
+  const std::string& text = *contents;
+  if (kind == TokenizerKind::kSentencePiece) {
+    auto ids = sentencepiece_tokenize(text, tokenizer_path, add_bos);
+    if (progress) progress(text.size(), text.size());
+    return ids;
+  }
+  const HfTokenizer tokenizer = HfTokenizer::load(tokenizer_path);
+  HfTokenizer::Progress bytes_done;
+  if (progress) bytes_done = [&](size_t done) { progress(done, text.size()); };
+  try {
+    return tokenizer.encode(text, add_bos, bytes_done);
+  } catch (const Error& e) {
+    CSKV_FAIL_INPUT(text_path << ": " << e.message());
+  }
 }
 
 }  // namespace cskv::data

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -84,10 +85,22 @@ class TokenFile {
   std::vector<uint32_t> owned_;
 };
 
-// Encodes a UTF-8 text file with a SentencePiece model (tokenizer.model) in one call, as HF's
-// tokenizer(text) does; with add_bos the model's BOS id is prepended once at the start.
-// Errors name the file and SentencePiece's status message (see data/sentencepiece.h).
+enum class TokenizerKind { kSentencePiece, kHfJson };
+// Which tokenizer a file is: by name ("*.model": SentencePiece, "*.json": Hugging Face
+// tokenizer.json), else by content (a protobuf's first byte 0x0A: SentencePiece; '{': JSON).
+// Anything else is an input error: "<path>: not a tokenizer (expected a SentencePiece .model or a
+// Hugging Face tokenizer.json)".
+TokenizerKind tokenizer_kind(const std::string& path);
+
+// Called now and then while a text is tokenized: bytes of it done so far, of total.
+using TokenizeProgress = std::function<void(size_t done, size_t total)>;
+
+// Encodes a UTF-8 text file in one call, as HF's tokenizer(text) does, with a SentencePiece
+// model (tokenizer.model; with add_bos its BOS id is prepended once at the start) or a
+// tokenizer.json (with add_bos its post-processor's template, e.g. Llama-3's
+// <|begin_of_text|>, is applied; Qwen2's adds nothing). Errors name the file and the cause.
 std::vector<uint32_t> tokenize_text_file(const std::string& text_path,
-                                         const std::string& tokenizer_model_path, bool add_bos);
+                                         const std::string& tokenizer_path, bool add_bos,
+                                         const TokenizeProgress& progress = {});
 
 }  // namespace cskv::data

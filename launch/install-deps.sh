@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 BUILD_PKGS=(cmake ninja-build g++ pkg-config
   libopenmpi-dev openmpi-bin libhdf5-dev
   libspdlog-dev libcxxopts-dev nlohmann-json3-dev libgtest-dev libsentencepiece-dev
+  libpcre2-dev libutf8proc-dev  # tokenizer.json: Unicode regexes (PCRE2) and NFC (utf8proc)
   gnuplot-nox)  # gnuplot-nox: the PNG plots of `cskv analyze` (skipped with --no-plots)
 # The libFuzzer toolchain and a real one-node Slurm cluster.
 TEST_PKGS=(python3 clang libclang-rt-14-dev slurmctld slurmd slurm-client munge)

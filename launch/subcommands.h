@@ -4,6 +4,7 @@
 namespace cskv::cli {
 int run_toy_model(int argc, char** argv);
 int run_toy_tokens(int argc, char** argv);
+int run_tokenize(int argc, char** argv);
 int run_inspect(int argc, char** argv);
 int run_capture(int argc, char** argv);
 int run_comm_check(int argc, char** argv);

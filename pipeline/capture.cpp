@@ -94,6 +94,7 @@ void check_tokenizer_use(const CaptureOptions& o) {
   CSKV_CHECK_USAGE(o.tokenizer_path.empty() || !o.text_path.empty() || !o.holdout_text_path.empty(),
                    "--tokenizer is only used with --text (the token ids of --tokens are already "
                    "tokenized)");
+  if (!o.tokenizer_path.empty()) data::tokenizer_kind(o.tokenizer_path);
 }
 
 std::string capture_config_json(const CaptureOptions& o, const std::string& model_hash,
@@ -277,8 +278,9 @@ void check_free_space(const std::string& dir, const std::string& file, uint64_t 
 void check_holdout_corpus(const CaptureOptions& opt) {
   const bool tokens = !opt.holdout_tokens_path.empty(), text = !opt.holdout_text_path.empty();
   CSKV_CHECK_USAGE(!(tokens && text), "give at most one of --holdout-tokens or --holdout-text");
-  CSKV_CHECK_USAGE(!text || !opt.tokenizer_path.empty(),
-                   "--holdout-text needs --tokenizer (a SentencePiece tokenizer.model)");
+  CSKV_CHECK_USAGE(
+      !text || !opt.tokenizer_path.empty(),
+      "--holdout-text needs --tokenizer (a SentencePiece tokenizer.model or a tokenizer.json)");
   CSKV_CHECK_USAGE(!(tokens || text) || opt.holdout_seqs > 0,
                    (tokens ? "--holdout-tokens" : "--holdout-text")
                        << " is only used with --holdout-seqs > 0 (found 0)");
@@ -288,8 +290,9 @@ void validate_options(const CaptureOptions& opt, int world) {
   CSKV_CHECK_USAGE(!opt.out_dir.empty(), "missing required option --out");
   CSKV_CHECK_USAGE(opt.tokens_path.empty() != opt.text_path.empty(),
                    "give exactly one of --tokens or --text");
-  CSKV_CHECK_USAGE(opt.text_path.empty() || !opt.tokenizer_path.empty(),
-                   "--text needs --tokenizer (a SentencePiece tokenizer.model)");
+  CSKV_CHECK_USAGE(
+      opt.text_path.empty() || !opt.tokenizer_path.empty(),
+      "--text needs --tokenizer (a SentencePiece tokenizer.model or a tokenizer.json)");
   check_tokenizer_use(opt);
   check_holdout_corpus(opt);
   CSKV_CHECK_USAGE(opt.num_seqs >= 1, "--num-seqs: expected >= 1, found " << opt.num_seqs);

@@ -16,7 +16,7 @@ struct CaptureOptions {
   std::string model_dir;
   std::string tokens_path;     // flat token file, or
   std::string text_path;       // a UTF-8 text file with
-  std::string tokenizer_path;  // a SentencePiece tokenizer.model
+  std::string tokenizer_path;  // a SentencePiece tokenizer.model or an HF tokenizer.json
   // A separate held-out corpus (at most one; empty: the held-out sequences are the end of the
   // training stream, which the training windows never reach — pipeline/sequence_plan.h).
   std::string holdout_tokens_path;  // a token file like --tokens, or
@@ -52,7 +52,8 @@ struct CaptureResult {
   double seconds_stats = 0;
 };
 
-// A usage error when a tokenizer is given without --text (it would be silently ignored).
+// A usage error when a tokenizer is given without --text (it would be silently ignored); an
+// input error when the file is neither a SentencePiece model nor a tokenizer.json.
 void check_tokenizer_use(const CaptureOptions& options);
 
 // "0-7", "0,2,5-6" or "all" (empty) → ascending layer list; each must be < num_layers.

@@ -40,16 +40,16 @@ foreach(d IN LISTS _cskv_json_dirs)
   endif()
 endforeach()
 
-# cskv_add_fuzzer(NAME SOURCES ... DEPENDS ... ARGS ...): the clang-built libFuzzer binary NAME
+# cskv_add_fuzzer(NAME SOURCES ... DEPENDS ... LIBS ... ARGS ...): the clang-built libFuzzer binary NAME
 # and its bounded CTest run over the checked-in seed corpus (read only; new inputs go to a corpus
 # dir in the build tree).
 function(cskv_add_fuzzer name)
-  cmake_parse_arguments(F "" "SEEDS" "SOURCES;DEPENDS;ARGS" ${ARGN})
+  cmake_parse_arguments(F "" "SEEDS" "SOURCES;DEPENDS;LIBS;ARGS" ${ARGN})
   set(bin ${CMAKE_CURRENT_BINARY_DIR}/fuzz/${name})
   add_custom_command(
     OUTPUT ${bin}
     COMMAND ${CSKV_CLANGXX} -std=c++17 ${_cskv_fuzz_flags} ${_cskv_fuzz_includes} ${F_SOURCES}
-            -o ${bin}
+            ${F_LIBS} -o ${bin}
     DEPENDS ${F_SOURCES} ${F_DEPENDS}
     COMMENT "Building the libFuzzer target ${name} with ${CSKV_CLANGXX}"
     VERBATIM)
@@ -94,4 +94,21 @@ cskv_add_fuzzer(fuzz_json_formats
           ${PROJECT_SOURCE_DIR}/pipeline/setting_type.h
   SEEDS ${CMAKE_CURRENT_LIST_DIR}/json_corpus
   ARGS -max_total_time=10 -timeout=10 -rss_limit_mb=2048 -max_len=8192
+       -dict=${CMAKE_CURRENT_LIST_DIR}/json.dict)
+
+# tokenizer.json (data/hf_tokenizer*.cpp, torch-free) and a text encoded with it: a user's file
+# drives a regex engine, a BPE and the added-token matcher. Seeds: small tokenizers in the
+# Llama-3, Qwen2, Mistral and all-Split-behaviors configurations of the tests.
+cskv_add_fuzzer(fuzz_hf_tokenizer
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/fuzz_hf_tokenizer.cpp
+          ${PROJECT_SOURCE_DIR}/data/hf_tokenizer.cpp ${PROJECT_SOURCE_DIR}/data/hf_text.cpp
+          ${PROJECT_SOURCE_DIR}/data/hf_stages.cpp ${PROJECT_SOURCE_DIR}/data/hf_bpe.cpp
+          ${PROJECT_SOURCE_DIR}/common/fs.cpp ${PROJECT_SOURCE_DIR}/common/error.cpp
+          ${PROJECT_SOURCE_DIR}/common/json_bounds.cpp
+  DEPENDS ${PROJECT_SOURCE_DIR}/data/hf_tokenizer.h ${PROJECT_SOURCE_DIR}/data/hf_tokenizer_parts.h
+          ${PROJECT_SOURCE_DIR}/common/fs.h ${PROJECT_SOURCE_DIR}/common/error.h
+          ${PROJECT_SOURCE_DIR}/common/json_bounds.h
+  LIBS -lpcre2-8 -lutf8proc
+  SEEDS ${CMAKE_CURRENT_LIST_DIR}/hf_tokenizer_corpus
+  ARGS -max_total_time=10 -timeout=10 -rss_limit_mb=2048 -max_len=20000
        -dict=${CMAKE_CURRENT_LIST_DIR}/json.dict)

@@ -64,7 +64,8 @@ TEST(CaptureText, TextWithoutTokenizerIsAUsageError) {
   EXPECT_EQ(c.exit_code, 2);
   EXPECT_TRUE(capture_testing::has_line(
       c.err,
-      "cskv capture: usage error: --text needs --tokenizer (a SentencePiece tokenizer.model)"))
+      "cskv capture: usage error: --text needs --tokenizer (a SentencePiece tokenizer.model or a "
+      "tokenizer.json)"))
       << c.err;
 }
 
