@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <map>
 #include <memory>
@@ -463,28 +464,22 @@ TEST(LlamaForward, TokenOutsideVocabularyIsRejected) {
                     "forward: expected int64 tokens [batch, seq], found 1-d tensor");
 }
 
-// HF transformers' own forward (tests/python/model_hf_forward.py, float64) of the toy directory
-// after its config.json's rope_scaling is replaced: every layer's captured X and the logits
-// within 1e-5 relative. The sequence (24) is longer than original_max_position_embeddings (16),
-// so the scaled bands of the spectrum are exercised.
-void expect_matches_hf_rope(Arch arch, const nlohmann::json& rope_scaling) {
-  test::TempDir dir;
-  write_toy_model(tiny_spec(arch, 32, 2, 4, 2, false), dir.path());
-  auto cfg = nlohmann::json::parse(test::read_file(dir / "config.json"));
-  cfg["rope_scaling"] = rope_scaling;
-  test::write_file(dir / "config.json", cfg.dump(2));
-  const auto lm = load(dir.path());
-  const int64_t batch = 2, seq = 24;
-  const auto tokens = make_tokens(batch, seq, lm.config.vocab_size, 3);
+// HF transformers' own forward (tests/python/model_hf_forward.py, float64) of a model directory
+// on `tokens`: every layer's captured X and the logits within 1e-5 relative.
+void expect_matches_hf(const std::string& dir, const std::vector<std::vector<int64_t>>& tokens) {
+  const auto lm = load(dir);
+  const auto batch = static_cast<int64_t>(tokens.size());
+  const auto seq = static_cast<int64_t>(tokens[0].size());
   std::string arg;
   for (const auto& row : tokens) {
     if (!arg.empty()) arg += ";";
     for (size_t i = 0; i < row.size(); ++i) arg += (i ? "," : "") + std::to_string(row[i]);
   }
-  const std::string out = dir / "hf.bin";
+  const test::TempDir out_dir;
+  const std::string out = out_dir / "hf.bin";
   const auto r = test::run_command({test::python3(),
                                     std::string(CSKV_SOURCE_DIR) + "/tests/python/model_hf_forward.py",
-                                    dir.path(), arg, out});
+                                    dir, arg, out});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string bytes = test::read_file(out);
   const int64_t H = lm.config.hidden_size, L = lm.config.num_hidden_layers;
@@ -501,6 +496,38 @@ void expect_matches_hf_rope(Arch arch, const nlohmann::json& rope_scaling) {
     EXPECT_LE(rel_error(got.layers.at(l), slice(l * per_layer, per_layer)), 1e-5) << "layer " << l;
   }
   EXPECT_LE(rel_error(got.logits, slice(L * per_layer, logits_n)), 1e-5);
+}
+
+// The toy directory after its config.json's rope_scaling is replaced. The sequence (24) is longer
+// than original_max_position_embeddings (16), so the scaled bands of the spectrum are exercised.
+void expect_matches_hf_rope(Arch arch, const nlohmann::json& rope_scaling) {
+  test::TempDir dir;
+  write_toy_model(tiny_spec(arch, 32, 2, 4, 2, false), dir.path());
+  auto cfg = nlohmann::json::parse(test::read_file(dir / "config.json"));
+  cfg["rope_scaling"] = rope_scaling;
+  test::write_file(dir / "config.json", cfg.dump(2));
+  const auto lm = load(dir.path());
+  expect_matches_hf(dir.path(), make_tokens(2, 24, lm.config.vocab_size, 3));
+}
+
+// The real trained model in ../shared (stories260K: GQA 8/4, head_dim 8) on two 64-token windows
+// of its held-out TinyStories token stream.
+TEST(LlamaForward, Stories260KMatchesHfTransformers) {
+  const std::string shared = std::string(CSKV_SOURCE_DIR) + "/../shared";
+  const std::string dir = shared + "/models/stories260K";
+  if (!std::filesystem::exists(dir + "/config.json")) {
+    GTEST_SKIP() << dir << " is not here (../shared holds the real model; a user's clone lacks it)";
+  }
+  const std::string stream = test::read_file(shared + "/data/tinystories/heldout.u16");
+  std::vector<std::vector<int64_t>> tokens(2);
+  for (size_t b = 0; b < 2; ++b) {
+    for (size_t i = 0; i < 64; ++i) {
+      const size_t at = 2 * (1000 * b + i);  // two windows 1000 tokens apart
+      tokens[b].push_back(static_cast<uint8_t>(stream[at]) |
+                          static_cast<int64_t>(static_cast<uint8_t>(stream[at + 1])) << 8);
+    }
+  }
+  expect_matches_hf(dir, tokens);
 }
 
 TEST(LlamaForward, Llama3RopeMatchesHfTransformers) {
