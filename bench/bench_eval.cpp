@@ -217,8 +217,8 @@ int main(int argc, char** argv) {
   // The uniform code's bits per compressed token (codes + scale/zero): the waterfill budget.
   const auto bits_of = [&](tr::KvKind kind, int64_t r) {
     const tr::QuantConfig q = tr::job_quant_config(comp.quant, config, {0, kind, r});
-    return static_cast<int64_t>(8 * (tr::quant_code_bytes_per_token(r, q) +
-                                     tr::quant_overhead_bytes_per_token(r, q)));
+    return static_cast<int64_t>(
+        8 * (tr::quant_code_bytes_per_token(r, q) + tr::quant_overhead_bytes_per_token(r, q)));
   };
   const int64_t k_bits = bits_of(tr::KvKind::kKey, rk), v_bits = bits_of(tr::KvKind::kValue, rv);
   const bool waterfill = a.quant == "waterfill";

@@ -477,9 +477,9 @@ void expect_matches_hf(const std::string& dir, const std::vector<std::vector<int
   }
   const test::TempDir out_dir;
   const std::string out = out_dir / "hf.bin";
-  const auto r = test::run_command({test::python3(),
-                                    std::string(CSKV_SOURCE_DIR) + "/tests/python/model_hf_forward.py",
-                                    dir, arg, out});
+  const auto r = test::run_command(
+      {test::python3(), std::string(CSKV_SOURCE_DIR) + "/tests/python/model_hf_forward.py", dir,
+       arg, out});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string bytes = test::read_file(out);
   const int64_t H = lm.config.hidden_size, L = lm.config.num_hidden_layers;
@@ -560,11 +560,17 @@ TEST(LlamaForward, LinearRopeBothSpellingsMatchHfTransformers) {
 }
 
 TEST(LlamaForward, RopeParametersAreInTheModelHash) {
-  nlohmann::json j{{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 32},
-                   {"num_hidden_layers", 1},  {"num_attention_heads", 4},
-                   {"intermediate_size", 8},  {"vocab_size", 16}};
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
-                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 16}};
+  nlohmann::json j{{"architectures", {"LlamaForCausalLM"}},
+                   {"hidden_size", 32},
+                   {"num_hidden_layers", 1},
+                   {"num_attention_heads", 4},
+                   {"intermediate_size", 8},
+                   {"vocab_size", 16}};
+  j["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 16}};
   const ModelConfig a = parse_config_json(j.dump(), "a");
   j["rope_scaling"]["factor"] = 4.0;
   const ModelConfig b = parse_config_json(j.dump(), "b");

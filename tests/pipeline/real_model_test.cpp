@@ -29,11 +29,9 @@ void run_ok(std::vector<std::string> args) {
 // train + eval of one code; the eval report.
 nlohmann::json train_and_eval(const test::TempDir& w, const std::string& name,
                               std::vector<std::string> code) {
-  std::vector<std::string> train = {"train",           "--model",          kModel,
-                                    "--acts",          w / "acts",         "--ckpt-dir",
-                                    w / name,          "--batch-tokens",   "2048",
-                                    "--epochs",        "2",                "--lr",
-                                    "1e-3"};
+  std::vector<std::string> train = {
+      "train",          "--model", kModel,     "--acts", w / "acts", "--ckpt-dir", w / name,
+      "--batch-tokens", "2048",    "--epochs", "2",      "--lr",     "1e-3"};
   train.insert(train.end(), code.begin(), code.end());
   run_ok(train);
   run_ok({"eval", "--model", kModel, "--acts", w / "heldout", "--compressor",
