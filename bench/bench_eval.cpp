@@ -181,6 +181,38 @@ int64_t total_bytes(const std::vector<cskv::model::KvCache*>& caches) {
 
 }  // namespace
 
+// The compressor the timing runs with: random factors at the densities' ranks (uniform), or the
+// full basis with widths allocated under the uniform code's bits per token (waterfill).
+ev::Compressor make_compressor(const Args& a, const cskv::model::ModelConfig& config,
+                               const cskv::model::SafetensorsModel& weights, int64_t& k_bits,
+                               int64_t& v_bits) {
+  const int64_t d = config.kv_dim();
+  const int64_t rk = tr::rank_from_density(a.k_density, config.head_dim, config.num_key_value_heads,
+                                           "--k-density");
+  const int64_t rv = tr::rank_from_density(a.v_density, config.head_dim, config.num_key_value_heads,
+                                           "--v-density");
+  ev::Compressor comp;
+  comp.model_config_hash = config.hash();
+  comp.quant.k_bits = comp.quant.v_bits = a.bits;
+  comp.quant.window = a.window;
+  at::manual_seed(0);
+  // The uniform code's bits per compressed token (codes + scale/zero): the waterfill budget.
+  const auto bits_of = [&](tr::KvKind kind, int64_t r) {
+    const tr::QuantConfig q = tr::job_quant_config(comp.quant, config, {0, kind, r});
+    return static_cast<int64_t>(
+        8 * (tr::quant_code_bytes_per_token(r, q) + tr::quant_overhead_bytes_per_token(r, q)));
+  };
+  k_bits = bits_of(tr::KvKind::kKey, rk);
+  v_bits = bits_of(tr::KvKind::kValue, rv);
+  const bool waterfill = a.quant == "waterfill";
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    comp.layers[l] = random_factors(weights, l, waterfill ? d : rk, waterfill ? d : rv, d);
+    if (waterfill) waterfill_factors(comp.layers[l], config.hidden_size, k_bits, v_bits);
+  }
+  if (waterfill) comp.quant.quant = tr::QuantMode::kWaterfill;
+  return comp;
+}
+
 int main(int argc, char** argv) {
   const Args a = parse(argc, argv);
   cskv::set_compute_threads(a.threads);
@@ -204,29 +236,8 @@ int main(int argc, char** argv) {
   model.keep_converted_layers(true);
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) model.layer_weights(l);  // convert once
 
-  const int64_t d = config.kv_dim();
-  const int64_t rk = tr::rank_from_density(a.k_density, config.head_dim, config.num_key_value_heads,
-                                           "--k-density");
-  const int64_t rv = tr::rank_from_density(a.v_density, config.head_dim, config.num_key_value_heads,
-                                           "--v-density");
-  ev::Compressor comp;
-  comp.model_config_hash = config.hash();
-  comp.quant.k_bits = comp.quant.v_bits = a.bits;
-  comp.quant.window = a.window;
-  at::manual_seed(0);
-  // The uniform code's bits per compressed token (codes + scale/zero): the waterfill budget.
-  const auto bits_of = [&](tr::KvKind kind, int64_t r) {
-    const tr::QuantConfig q = tr::job_quant_config(comp.quant, config, {0, kind, r});
-    return static_cast<int64_t>(
-        8 * (tr::quant_code_bytes_per_token(r, q) + tr::quant_overhead_bytes_per_token(r, q)));
-  };
-  const int64_t k_bits = bits_of(tr::KvKind::kKey, rk), v_bits = bits_of(tr::KvKind::kValue, rv);
-  const bool waterfill = a.quant == "waterfill";
-  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    comp.layers[l] = random_factors(*weights, l, waterfill ? d : rk, waterfill ? d : rv, d);
-    if (waterfill) waterfill_factors(comp.layers[l], config.hidden_size, k_bits, v_bits);
-  }
-  if (waterfill) comp.quant.quant = tr::QuantMode::kWaterfill;
+  int64_t k_bits = 0, v_bits = 0;
+  const ev::Compressor comp = make_compressor(a, config, *weights, k_bits, v_bits);
   std::printf(
       "# model: hidden %lld, %lld layers, %lld heads / %lld kv heads of %lld (D %lld), "
       "intermediate %lld, vocab %lld, f16 weights computed in float32; %d thread(s)\n"
@@ -234,9 +245,9 @@ int main(int argc, char** argv) {
       "%lld bits per token)\n",
       (long long)config.hidden_size, (long long)config.num_hidden_layers,
       (long long)config.num_attention_heads, (long long)config.num_key_value_heads,
-      (long long)config.head_dim, (long long)d, (long long)config.intermediate_size,
-      (long long)config.vocab_size, a.threads, (long long)comp.layers[0].r_k(),
-      (long long)comp.layers[0].r_v(), a.bits, (long long)a.window, a.quant.c_str(),
+      (long long)config.head_dim, (long long)config.kv_dim(), (long long)config.intermediate_size,
+      (long long)config.vocab_size, a.threads, (long long)comp.layers.at(0).r_k(),
+      (long long)comp.layers.at(0).r_v(), a.bits, (long long)a.window, a.quant.c_str(),
       (long long)k_bits, (long long)v_bits);
   std::printf(
       "| context | fp16 cache ms/step | compressed ms/step | time ratio | key rebuild ms/layer | "

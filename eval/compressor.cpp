@@ -126,15 +126,12 @@ double formula_layer_bytes(const Compressor& c, const model::ModelConfig& model,
   const auto it = c.layers.find(layer);
   if (it == c.layers.end()) return trainer::fp16_cache_bytes(model, context);
   const int64_t sinks = std::min(c.sink_tokens, context), rest = context - sinks;
-  const double sink_bytes = trainer::fp16_cache_bytes(model, sinks);
-  if (c.quant.quant == trainer::QuantMode::kWaterfill) {
-    return sink_bytes +
-           trainer::layer_cache_bytes(model, c.quant, it->second.k_codes, it->second.v_codes, rest)
-               .total();
-  }
-  return sink_bytes +
-         trainer::layer_cache_bytes(model, c.quant, it->second.r_k(), it->second.r_v(), rest)
-             .total();
+  const LayerFactors& f = it->second;
+  const trainer::LayerCacheBytes b =
+      c.quant.quant == trainer::QuantMode::kWaterfill
+          ? trainer::layer_cache_bytes(model, c.quant, f.k_codes, f.v_codes, rest)
+          : trainer::layer_cache_bytes(model, c.quant, f.r_k(), f.r_v(), rest);
+  return trainer::fp16_cache_bytes(model, sinks) + b.total();
 }
 
 }  // namespace cskv::eval

@@ -119,9 +119,9 @@ std::string report_json(const EvalReport& r) {
   return j.dump(2);
 }
 
-std::string report_markdown(const EvalReport& r, bool plots) {
-  std::ostringstream md;
-  const auto& e = r.end_to_end;
+namespace {
+// The title, the configuration sentence and the headline.
+void markdown_header(std::ostringstream& md, const EvalReport& r) {
   md << "# KV-cache compression report\n\n"
      << "Model `" << r.model_dir << "` (config hash " << r.model_config_hash << ", " << r.num_layers
      << " layers), compressor `" << r.compressor_path << "`: ";
@@ -140,7 +140,10 @@ std::string report_markdown(const EvalReport& r, bool plots) {
        << ".";
   }
   md << "\n\n**Headline:** " << r.headline() << "\n\n";
+}
 
+// (a) the reconstruction errors per layer, with the bits spent and the Gaussian bound.
+void markdown_layers(std::ostringstream& md, const EvalReport& r) {
   md << "## Reconstruction error per layer (held-out activations)\n\n"
      << "Relative error ‖K − K̂‖²/‖K‖² over the held-out split of `" << r.acts_dir
      << "`; *floor*: the 16-bit training-set optimum Σ_{i≥r}λ_i/Σλ of the rank; *16-bit*: the "
@@ -163,7 +166,14 @@ std::string report_markdown(const EvalReport& r, bool plots) {
   }
   md << "| mean | | " << fmt(r.mean_k_floor) << " | | " << fmt(r.mean_k_error) << " | | | | "
      << fmt(r.mean_v_floor) << " | | " << fmt(r.mean_v_error) << " | | |\n\n";
+}
+}  // namespace
 
+std::string report_markdown(const EvalReport& r, bool plots) {
+  std::ostringstream md;
+  const auto& e = r.end_to_end;
+  markdown_header(md, r);
+  markdown_layers(md, r);
   md << "## End to end: next-token distributions with the compressed cache\n\n"
      << e.sequences << " held-out sequence(s): a prompt of " << e.context
      << " tokens is prefilled at full precision, then " << e.decode

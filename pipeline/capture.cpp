@@ -351,23 +351,22 @@ void check_forward_memory(const CaptureOptions& opt, const model::ModelConfig& c
   const double elem = device.is_cuda() ? 2.0 : 4.0;
   const double h = static_cast<double>(config.hidden_size);
   const double inter = static_cast<double>(config.intermediate_size);
-  const double attention =
-      model::attention_peak_bytes(config.num_attention_heads, config.head_dim, opt.seq_len,
-                                  config.sliding_window, elem);
-  const double need = elem * (4.0 * static_cast<double>(opt.batch) * t * h +
-                              t * (8.0 * h + 3.0 * inter)) +
-                      attention;
+  const double attention = model::attention_peak_bytes(config.num_attention_heads, config.head_dim,
+                                                       opt.seq_len, config.sliding_window, elem);
+  const double need =
+      elem * (4.0 * static_cast<double>(opt.batch) * t * h + t * (8.0 * h + 3.0 * inter)) +
+      attention;
   const double free_bytes = static_cast<double>(device::memory(device).free_bytes);
   const double gib = 1024.0 * 1024.0 * 1024.0;
   auto round1 = [gib](double bytes) { return std::round(bytes / gib * 10) / 10; };
-  CSKV_CHECK_USAGE(need <= free_bytes,
-                   "--seq-len " << opt.seq_len << " with --batch " << opt.batch
-                                << ": one layer of the forward needs " << round1(need)
-                                << " GiB (hidden states of " << opt.batch << " sequences of "
-                                << opt.seq_len << " tokens, one sequence's MLP, and its attention: "
-                                << round1(attention) << " GiB) and " << device.str() << " has "
-                                << round1(free_bytes)
-                                << " GiB free; use a shorter --seq-len or a smaller --batch");
+  CSKV_CHECK_USAGE(
+      need <= free_bytes,
+      "--seq-len " << opt.seq_len << " with --batch " << opt.batch
+                   << ": one layer of the forward needs " << round1(need)
+                   << " GiB (hidden states of " << opt.batch << " sequences of " << opt.seq_len
+                   << " tokens, one sequence's MLP, and its attention: " << round1(attention)
+                   << " GiB) and " << device.str() << " has " << round1(free_bytes)
+                   << " GiB free; use a shorter --seq-len or a smaller --batch");
 }
 
 // Loads and checks the inputs; resolves opt.layers against the model.

@@ -32,31 +32,39 @@ void add_coded_branch(LayerCacheBytes& out, const std::vector<ChannelCode>& code
 }
 }  // namespace
 
+namespace {
+// The window's part of a layer (full-precision K/V and the pending latents of ranks r_k + r_v);
+// returns the number of compressed tokens.
+int64_t add_window(LayerCacheBytes& b, const model::ModelConfig& model, const TrainConfig& cfg,
+                   int64_t latent_width, int64_t context) {
+  const int64_t compressed = cfg.window > 0 ? (context / cfg.window) * cfg.window : context;
+  const double recent = static_cast<double>(context - compressed);
+  b.window = recent * 2.0 * static_cast<double>(model.kv_dim()) * 2.0;
+  b.pending = recent * static_cast<double>(latent_width) * 2.0;
+  return compressed;
+}
+}  // namespace
+
 LayerCacheBytes layer_cache_bytes(const model::ModelConfig& model, const TrainConfig& cfg,
                                   const std::vector<ChannelCode>& k_codes,
                                   const std::vector<ChannelCode>& v_codes, int64_t context) {
   LayerCacheBytes b;
-  const int64_t compressed = cfg.window > 0 ? (context / cfg.window) * cfg.window : context;
-  const double recent = static_cast<double>(context - compressed);
-  add_coded_branch(b, k_codes, static_cast<double>(compressed));
-  add_coded_branch(b, v_codes, static_cast<double>(compressed));
-  b.window = recent * 2.0 * static_cast<double>(model.kv_dim()) * 2.0;
-  b.pending = recent * static_cast<double>(k_codes.size() + v_codes.size()) * 2.0;
+  const auto width = static_cast<int64_t>(k_codes.size() + v_codes.size());
+  const auto compressed = static_cast<double>(add_window(b, model, cfg, width, context));
+  add_coded_branch(b, k_codes, compressed);
+  add_coded_branch(b, v_codes, compressed);
   return b;
 }
 
 LayerCacheBytes layer_cache_bytes(const model::ModelConfig& model, const TrainConfig& cfg,
                                   int64_t r_k, int64_t r_v, int64_t context) {
   LayerCacheBytes b;
-  const int64_t compressed = cfg.window > 0 ? (context / cfg.window) * cfg.window : context;
-  const double recent = static_cast<double>(context - compressed);
+  const auto compressed = static_cast<double>(add_window(b, model, cfg, r_k + r_v, context));
   const int64_t n_kv = model.num_key_value_heads;
   const int64_t gk = cfg.group_size > 0 ? cfg.group_size : r_k / n_kv;
   const int64_t gv = cfg.group_size > 0 ? cfg.group_size : r_v / n_kv;
-  add_branch(b, r_k, cfg.k_bits, gk, cfg.window, cfg.window > 0, static_cast<double>(compressed));
-  add_branch(b, r_v, cfg.v_bits, gv, cfg.window, false, static_cast<double>(compressed));
-  b.window = recent * 2.0 * static_cast<double>(model.kv_dim()) * 2.0;
-  b.pending = recent * static_cast<double>(r_k + r_v) * 2.0;
+  add_branch(b, r_k, cfg.k_bits, gk, cfg.window, cfg.window > 0, compressed);
+  add_branch(b, r_v, cfg.v_bits, gv, cfg.window, false, compressed);
   return b;
 }
 
@@ -69,22 +77,19 @@ RunMetrics summarize(const model::ModelConfig& model, const TrainConfig& cfg,
   RunMetrics m;
   m.jobs = std::move(jobs);
   m.context = context;
-  std::map<int64_t, std::pair<int64_t, int64_t>> ranks;  // layer -> (r_k, r_v)
-  std::map<int64_t, std::pair<const LayerJob*, const LayerJob*>> by_layer;
+  std::map<int64_t, std::pair<const LayerJob*, const LayerJob*>> by_layer;  // layer -> (K, V)
   for (const auto& j : m.jobs) {
-    (j.job.kind == KvKind::kKey ? ranks[j.job.layer].first : ranks[j.job.layer].second) =
-        j.job.rank;
     (j.job.kind == KvKind::kKey ? by_layer[j.job.layer].first : by_layer[j.job.layer].second) =
         &j.job;
   }
-  for (const auto& [layer, r] : ranks) {
+  for (const auto& [layer, kv] : by_layer) {
+    const auto& [k, v] = kv;
     // A layer whose K or V is not compressed keeps that half in fp16.
     const double half_fp16 = fp16_cache_bytes(model, context) / 2;
-    if (r.first > 0 && r.second > 0 && cfg.quant == QuantMode::kWaterfill) {
-      const auto& [k, v] = by_layer.at(layer);
+    if (k && v && cfg.quant == QuantMode::kWaterfill) {
       m.compressed_bytes += layer_cache_bytes(model, cfg, k->codes, v->codes, context).total();
-    } else if (r.first > 0 && r.second > 0) {
-      m.compressed_bytes += layer_cache_bytes(model, cfg, r.first, r.second, context).total();
+    } else if (k && v) {
+      m.compressed_bytes += layer_cache_bytes(model, cfg, k->rank, v->rank, context).total();
     } else {
       m.compressed_bytes += 2 * half_fp16;
     }

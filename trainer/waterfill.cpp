@@ -14,17 +14,12 @@ namespace cskv::trainer {
 
 namespace {
 
-// The reconstruction of x under (offset, scale, levels), as the quantizer computes it.
+// The reconstruction of x under (offset, scale > 0, levels), as the quantizer computes it
+// (trainer/quantizer.h ChannelCode): offset + scale·clamp(round((x − offset)/scale), 0, levels).
 at::Tensor reconstruct(const at::Tensor& x, const at::Tensor& offset, const at::Tensor& scale,
                        const at::Tensor& levels) {
-  const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
-  const at::Tensor q = at::clamp(at::round((x - offset) / safe), 0).minimum(levels);
-  return offset + at::where(scale > 0, scale, at::zeros_like(scale)) * q;
+  return offset + scale * at::clamp(at::round((x - offset) / scale), 0).minimum(levels);
 }
-
-}  // namespace
-
-namespace {
 
 // A channel's values and what every width's search needs of them.
 struct ChannelValues {

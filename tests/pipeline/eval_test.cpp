@@ -169,38 +169,20 @@ TEST_F(EvalRunTest, KlGrowsAsDensityAndBitsFall) {
   EXPECT_NEAR(kl(0.5, 8), by_bits[0], 0.01 * by_bits[0]);
 }
 
-TEST_F(EvalRunTest, CliReportJsonHoldsEveryFieldTheReportShows) {
-  test::TempDir out;
-  auto r = test::run_cskv(
-      {"train",      "--model",     model_dir(), "--acts",         acts_dir(), "--ckpt-dir",
-       out / "ckpt", "--k-density", "0.25",      "--v-density",    "0.5",      "--k-bits",
-       "4",          "--v-bits",    "3",         "--batch-tokens", "256",      "--steps",
-       "4",          "--lr",        "1e-3",      "--log-level",    "warn"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = test::run_cskv({"eval", "--model", model_dir(), "--acts", acts_dir(), "--compressor",
-                      out / "ckpt/compressor.safetensors", "--context", "80", "--decode", "16",
-                      "--sequences", "2", "--memory-contexts", "1000,100,4096", "--out",
-                      out / "report", "--log-level", "warn"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const auto j = nlohmann::json::parse(test::read_file(out / "report/report.json"));
-  const std::string md = test::read_file(out / "report/report.md");
-  auto f4 = [](double v) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.4g", v);
-    return std::string(buf);
-  };
-  auto has = [&](const std::string& s) {
-    EXPECT_NE(md.find(s), std::string::npos) << "report.md lacks '" << s << "'";
-  };
-  // Configuration.
-  EXPECT_EQ(j.at("quantization").at("k_bits"), 4);
-  EXPECT_EQ(j.at("quantization").at("v_bits"), 3);
-  EXPECT_EQ(j.at("quantization").at("window"), 32);
-  EXPECT_EQ(j.at("quantization").at("cache_dtype"), "float16");
-  EXPECT_EQ(j.at("num_layers"), 2);
-  EXPECT_TRUE(j.at("uncompressed_layers").empty());
-  has("K 4 bits, V 3 bits, group size 0 (0 = r/n_kv), window 32");
-  // (a) every layer row, and the means.
+std::string f4(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.4g", v);
+  return std::string(buf);
+}
+
+void expect_in_report(const std::string& md, const std::string& s) {
+  EXPECT_NE(md.find(s), std::string::npos) << "report.md lacks '" << s << "'";
+}
+
+// (a) of a report of the CLI test's run (r_k 16 @ 4 bits, r_v 32 @ 3 bits): every layer row of
+// report.json and report.md, and the means.
+void expect_layer_rows(const nlohmann::json& j, const std::string& md) {
+  const auto has = [&](const std::string& s) { expect_in_report(md, s); };
   ASSERT_EQ(j.at("layers").size(), 2u);
   for (const auto& l : j.at("layers")) {
     EXPECT_EQ(l.at("r_k"), 16);
@@ -222,6 +204,33 @@ TEST_F(EvalRunTest, CliReportJsonHoldsEveryFieldTheReportShows) {
   }
   has("| mean | | " + f4(j.at("mean_k_floor")) + " | | " + f4(j.at("mean_k_error")) + " | | | | " +
       f4(j.at("mean_v_floor")) + " | | " + f4(j.at("mean_v_error")) + " | | |");
+}
+
+TEST_F(EvalRunTest, CliReportJsonHoldsEveryFieldTheReportShows) {
+  test::TempDir out;
+  auto r = test::run_cskv(
+      {"train",      "--model",     model_dir(), "--acts",         acts_dir(), "--ckpt-dir",
+       out / "ckpt", "--k-density", "0.25",      "--v-density",    "0.5",      "--k-bits",
+       "4",          "--v-bits",    "3",         "--batch-tokens", "256",      "--steps",
+       "4",          "--lr",        "1e-3",      "--log-level",    "warn"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_cskv({"eval", "--model", model_dir(), "--acts", acts_dir(), "--compressor",
+                      out / "ckpt/compressor.safetensors", "--context", "80", "--decode", "16",
+                      "--sequences", "2", "--memory-contexts", "1000,100,4096", "--out",
+                      out / "report", "--log-level", "warn"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(test::read_file(out / "report/report.json"));
+  const std::string md = test::read_file(out / "report/report.md");
+  const auto has = [&](const std::string& s) { expect_in_report(md, s); };
+  // Configuration.
+  EXPECT_EQ(j.at("quantization").at("k_bits"), 4);
+  EXPECT_EQ(j.at("quantization").at("v_bits"), 3);
+  EXPECT_EQ(j.at("quantization").at("window"), 32);
+  EXPECT_EQ(j.at("quantization").at("cache_dtype"), "float16");
+  EXPECT_EQ(j.at("num_layers"), 2);
+  EXPECT_TRUE(j.at("uncompressed_layers").empty());
+  has("K 4 bits, V 3 bits, group size 0 (0 = r/n_kv), window 32");
+  expect_layer_rows(j, md);
   // (b) end to end.
   const auto& e = j.at("end_to_end");
   EXPECT_EQ(e.at("context"), 80);
