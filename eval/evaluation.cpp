@@ -210,7 +210,7 @@ at::Tensor read_holdout_tokens(const std::string& acts_dir, const std::string& h
 
 at::Tensor decode_logits(const model::LlamaModel& model, const std::vector<model::KvCache*>& caches,
                          const at::Tensor& tokens, int64_t context, int64_t steps) {
-  model.forward_cached(tokens.narrow(1, 0, context), caches);
+  model.forward_cached(tokens.narrow(1, 0, context), caches, /*logits_from=*/context);
   std::vector<at::Tensor> out;
   for (int64_t s = 0; s < steps; ++s) {
     out.push_back(model.forward_cached(tokens.narrow(1, context + s, 1), caches)[0]);
@@ -227,10 +227,12 @@ double add_sequence(const model::LlamaModel& model, const Compressor& compressor
                     const at::Tensor& tokens, int64_t context, int64_t decode,
                     at::ScalarType storage, at::Tensor& sums) {
   // Logits come to the host in float64 ([decode, vocab] per cache): the sums live there.
-  const at::Tensor ref = model.forward(tokens.narrow(1, 0, context + decode))[0]
-                             .narrow(0, context, decode)
-                             .to(at::kDouble)
-                             .to(at::kCPU);
+  model::ForwardOptions logits_of_decode;
+  logits_of_decode.logits_from = context;
+  const at::Tensor ref =
+      model.forward(tokens.narrow(1, 0, context + decode), {}, logits_of_decode)[0]
+          .to(at::kDouble)
+          .to(at::kCPU);
   auto comp_caches = make_caches(compressor, model, storage);
   const at::Tensor comp =
       decode_logits(model, raw(comp_caches), tokens, context, decode).to(at::kDouble).to(at::kCPU);

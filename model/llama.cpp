@@ -237,13 +237,16 @@ at::Tensor LlamaModel::layer_forward_cached(const LayerWeights& w, const at::Ten
   return h1 + at::linear(at::silu(gate) * up, w.down);
 }
 
-at::Tensor LlamaModel::forward_cached(const at::Tensor& tokens,
-                                      const std::vector<KvCache*>& caches) const {
+at::Tensor LlamaModel::forward_cached(const at::Tensor& tokens, const std::vector<KvCache*>& caches,
+                                      int64_t logits_from) const {
   const auto& c = config_;
   CSKV_CHECK_INPUT(tokens.dim() == 2 && tokens.size(0) == 1 && tokens.size(1) > 0 &&
                        tokens.scalar_type() == at::kLong,
                    "forward_cached: expected int64 tokens [1, n] with n >= 1, found "
                        << tokens.scalar_type() << " " << tokens.sizes());
+  CSKV_CHECK(logits_from >= 0 && logits_from <= tokens.size(1),
+             "forward_cached: logits_from " << logits_from << " outside [0, " << tokens.size(1)
+                                            << "]");
   CSKV_CHECK(static_cast<int64_t>(caches.size()) == c.num_hidden_layers,
              "forward_cached: " << caches.size() << " caches given, the model has "
                                 << c.num_hidden_layers << " layers");
@@ -275,7 +278,7 @@ at::Tensor LlamaModel::forward_cached(const at::Tensor& tokens,
       lm_head_ = head_w;
     }
   }
-  return at::linear(rms_norm(h, norm_w), head_w);
+  return at::linear(rms_norm(h.narrow(1, logits_from, h.size(1) - logits_from), norm_w), head_w);
 }
 
 at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,
@@ -288,6 +291,9 @@ at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,
   CSKV_CHECK_INPUT(last < c.num_hidden_layers, "forward: layer "
                                                    << last << " requested, the model has "
                                                    << c.num_hidden_layers << " layers");
+  CSKV_CHECK(options.logits_from >= 0 && options.logits_from <= tokens.size(1),
+             "forward: logits_from " << options.logits_from << " outside [0, " << tokens.size(1)
+                                     << "]");
   if (tokens.numel() > 0) {
     const int64_t max_id = tokens.max().item<int64_t>();
     const int64_t min_id = tokens.min().item<int64_t>();
@@ -326,7 +332,10 @@ at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,
   const at::Tensor head_w = weight(head);
   std::vector<at::Tensor> logits;
   const at::Tensor norm_w = weight("model.norm.weight");
-  for (const auto& hb : hs) logits.push_back(at::linear(rms_norm(hb, norm_w), head_w));
+  const int64_t from = options.logits_from, kept = tokens.size(1) - from;
+  for (const auto& hb : hs) {
+    logits.push_back(at::linear(rms_norm(hb.narrow(1, from, kept), norm_w), head_w));
+  }
   return logits.size() == 1 ? logits[0] : at::cat(logits, 0);
 }
 

@@ -23,6 +23,9 @@ struct ForwardOptions {
   // Run layers 0..last_layer only and return an undefined tensor instead of logits
   // (-1: all layers, final norm and lm_head, returns logits [batch, seq, vocab]).
   int64_t last_layer = -1;
+  // Logits only for positions [logits_from, seq) ([batch, seq - logits_from, vocab]): a long
+  // prefill whose early logits nobody reads never holds [seq, vocab] of them.
+  int64_t logits_from = 0;
 };
 
 // One decoder layer's weights in the compute dtype, on the compute device.
@@ -63,9 +66,11 @@ class LlamaModel {
   // Incremental forward of one sequence: tokens int64 [1, n] at positions [p, p + n), p the
   // caches' common size(); caches[l] is layer l's (one per model layer). Each layer attends over
   // its cache's keys/values followed by the new tokens' own full-precision ones (causal, sliding
-  // window as configured), then appends the new tokens to its cache. Returns logits [1, n, vocab].
-  // With empty caches (a prefill) the logits are bitwise those of forward() on the same tokens.
-  at::Tensor forward_cached(const at::Tensor& tokens, const std::vector<KvCache*>& caches) const;
+  // window as configured), then appends the new tokens to its cache. Returns logits
+  // [1, n - logits_from, vocab] of the new tokens from the logits_from-th on. With empty caches
+  // (a prefill) the logits are bitwise those of forward() on the same tokens.
+  at::Tensor forward_cached(const at::Tensor& tokens, const std::vector<KvCache*>& caches,
+                            int64_t logits_from = 0) const;
 
   // One decoder layer of forward_cached on h [1, n, H]; cos/sin cover positions [0, p + n).
   at::Tensor layer_forward_cached(const LayerWeights& w, const at::Tensor& h, const at::Tensor& cos,

@@ -1,6 +1,7 @@
 // The blocked causal attention against a float64 reference (explicit per-row softmax) at
-// T = 8192, against the dense form at short T for any block height, with causal and sliding-window
-// masks and GQA; and the block height and peak-memory estimate it is sized by.
+// T = 8192 (two 4096-key chunks, so the online softmax), against the dense form at short T for
+// any block height and key chunk, with causal and sliding-window masks and GQA; and the block
+// height and peak-memory estimate it is sized by.
 #include "model/attention.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace cskv::model {
@@ -21,7 +24,8 @@ struct Qkv {
 // Scores of spread ~3 (not a near-uniform softmax), float32 inputs.
 Qkv random_qkv(int64_t nh, int64_t nkv, int64_t seq, int64_t hd, uint64_t seed) {
   at::manual_seed(seed);
-  return {at::randn({nh, seq, hd}) * 1.2, at::randn({nkv, seq, hd}) * 1.2, at::randn({nkv, seq, hd})};
+  return {at::randn({nh, seq, hd}) * 1.2, at::randn({nkv, seq, hd}) * 1.2,
+          at::randn({nkv, seq, hd})};
 }
 
 // Float64 reference of output rows `rows` ([rows, nh·hd]): per row i, a softmax over keys j <= i
@@ -93,28 +97,71 @@ TEST(Attention, BlockedEqualsDenseForAnyBlockHeight) {
 
 TEST(Attention, ShortSequencesTakeTheDenseForm) {
   const Qkv t = random_qkv(2, 2, kDenseAttentionMaxTokens, 8, 6);
-  EXPECT_TRUE(at::equal(causal_attention(t.q, t.k, t.v, 0), dense_causal_attention(t.q, t.k, t.v, 0)));
+  EXPECT_TRUE(
+      at::equal(causal_attention(t.q, t.k, t.v, 0), dense_causal_attention(t.q, t.k, t.v, 0)));
   const Qkv u = random_qkv(2, 2, kDenseAttentionMaxTokens + 1, 8, 6);
-  EXPECT_TRUE(at::equal(causal_attention(u.q, u.k, u.v, 0),
-                        blocked_causal_attention(u.q, u.k, u.v, 0,
-                                                 attention_block_rows(2, u.q.size(1), 0))));
+  EXPECT_TRUE(at::equal(
+      causal_attention(u.q, u.k, u.v, 0),
+      blocked_causal_attention(u.q, u.k, u.v, 0, attention_block_rows(2, u.q.size(1), 0))));
+}
+
+TEST(Attention, OnlineSoftmaxOverKeyChunksEqualsDense) {
+  // Key chunks far smaller than the visible keys: the softmax is carried over up to 19 chunks.
+  const Qkv t = random_qkv(4, 2, 301, 8, 8);
+  for (const int64_t window : {int64_t{0}, int64_t{7}, int64_t{40}}) {
+    const at::Tensor dense = dense_causal_attention(t.q, t.k, t.v, window);
+    for (const auto& [rows, keys] : std::vector<std::pair<int64_t, int64_t>>{
+             {1, 1}, {16, 16}, {16, 23}, {7, 64}, {100, 100}}) {
+      const at::Tensor online = blocked_causal_attention(t.q, t.k, t.v, window, rows, keys);
+      EXPECT_LE((online - dense).abs().max().item<double>(), 2e-6)
+          << "window " << window << ", " << rows << " rows, " << keys << " keys a step";
+    }
+  }
+}
+
+TEST(Attention, OnlineSoftmaxKeepsLargeScoreJumpsExact) {
+  // A later chunk raises a row's maximum by ~60: the running sum and output are rescaled by
+  // exp(-60) rather than overflowing or losing the earlier keys.
+  Qkv t = random_qkv(2, 1, 64, 4, 9);
+  t.k.narrow(1, 50, 1).mul_(50.0);
+  const at::Tensor online = blocked_causal_attention(t.q, t.k, t.v, 0, 16, 16);
+  EXPECT_TRUE(at::isfinite(online).all().item<bool>());
+  EXPECT_LE(max_error_vs_reference(t, online, 0), 1e-5);
+}
+
+TEST(Attention, BlockTallerThanItsKeyChunkIsRefused) {
+  const Qkv t = random_qkv(2, 2, 40, 8, 10);
+  try {
+    blocked_causal_attention(t.q, t.k, t.v, 0, 32, 16);
+    FAIL() << "32 rows with 16-key chunks accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("expected 0 < block_rows <= key_block, found block_rows "
+                                         "32, key_block 16"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Attention, BlockRowsAndPeakBytes) {
-  // [16, rows, 32768] within 2^24 score elements: 32 rows; never fewer than 16.
-  EXPECT_EQ(attention_block_rows(16, 32768, 0), 32);
-  EXPECT_EQ(attention_block_rows(64, 1 << 20, 0), 16);
-  EXPECT_EQ(attention_block_rows(16, 32768, 4096), 256);  // the window bounds the keys
-  EXPECT_EQ(attention_block_rows(2, 100, 0), 100);        // never more rows than tokens
+  // [16, rows, 4096-key chunks] within 2^24 score elements: 256 rows; never fewer than 16.
+  EXPECT_EQ(attention_block_rows(16, 32768, 0), 256);
+  EXPECT_EQ(attention_block_rows(16, 1 << 20, 0), 256);  // the same whatever T
+  EXPECT_EQ(attention_block_rows(1024, 1 << 20, 0), 16);
+  EXPECT_EQ(attention_block_rows(16, 2048, 0), 512);       // visible keys below one chunk
+  EXPECT_EQ(attention_block_rows(16, 32768, 1024), 1024);  // the window bounds the keys
+  EXPECT_EQ(attention_block_rows(2, 100, 0), 100);         // never more rows than tokens
+  EXPECT_EQ(attention_block_rows(1, 1 << 20, 8), kAttentionKeyBlock);  // nor than a chunk's keys
   // Dense at 1024: 3 float score tensors, the bool mask, output and repeated k/v.
   EXPECT_DOUBLE_EQ(attention_peak_bytes(16, 64, 1024, 0, 4.0),
                    3.0 * 16 * 1024 * 1024 * 4 + 1024.0 * 1024 + 4.0 * 16 * 1024 * 64 * 4);
-  // Blocked at 32768: 3 · [16, 32, 32768] floats + the [32, 32768] mask + output twice.
+  // Blocked at 32768: 2 · [16, 256, 4096] floats + the [256, 4096] mask + output twice.
   EXPECT_DOUBLE_EQ(attention_peak_bytes(16, 64, 32768, 0, 4.0),
-                   3.0 * 16 * 32 * 32768 * 4 + 32.0 * 32768 + 2.0 * 16 * 32768 * 64 * 4);
-  // O(T) growth past the crossover (the dense form would be 4x from 16K to 32K).
-  EXPECT_LT(attention_peak_bytes(16, 64, 32768, 0, 4.0),
-            2.01 * attention_peak_bytes(16, 64, 16384, 0, 4.0));
+                   2.0 * 16 * 256 * 4096 * 4 + 256.0 * 4096 + 2.0 * 16 * 32768 * 64 * 4);
+  // Past the first chunk only the output grows with T (the dense form would be 4x from 16K to
+  // 32K).
+  EXPECT_DOUBLE_EQ(
+      attention_peak_bytes(16, 64, 1 << 20, 0, 4.0) - attention_peak_bytes(16, 64, 32768, 0, 4.0),
+      2.0 * 16 * ((1 << 20) - 32768) * 64 * 4);
 }
 
 TEST(Attention, MismatchedShapesAreRefused) {
@@ -123,9 +170,10 @@ TEST(Attention, MismatchedShapesAreRefused) {
     causal_attention(t.q, t.k, t.v, 0);
     FAIL() << "3 query heads on 2 kv heads accepted";
   } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("expected q [nh, T, hd] and k, v [nkv, T, hd] with nkv "
-                                         "dividing nh, found q [3, 10, 8], k [2, 10, 8], v [2, 10, 8]"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("expected q [nh, T, hd] and k, v [nkv, T, hd] with nkv "
+                                   "dividing nh, found q [3, 10, 8], k [2, 10, 8], v [2, 10, 8]"),
+        std::string::npos)
         << e.what();
   }
 }

@@ -52,6 +52,18 @@ void check_model(Arch arch, int64_t sliding_window) {
   EXPECT_TRUE(at::equal(model.forward_cached(tokens.narrow(1, 0, 30), prefill.raw), ref))
       << arch_name(arch) << ": a prefill is forward() bitwise";
   EXPECT_EQ(prefill.raw[1]->size(), 30);
+  // Logits from position 24 on only: forward() and a prefill agree bitwise, and equal the rows of
+  // the full logits to rounding (the head's sgemm runs on 6 rows instead of 30).
+  ForwardOptions tail;
+  tail.logits_from = 24;
+  const at::Tensor ref_tail = model.forward(tokens, {}, tail);
+  ASSERT_EQ(ref_tail.sizes(), (at::IntArrayRef{1, 6, 128}));
+  EXPECT_LE((ref_tail - ref.narrow(1, 24, 6)).abs().max().item<double>(),
+            1e-6 * ref.abs().max().item<double>());
+  Caches prefill_tail(config, at::kFloat);
+  EXPECT_TRUE(at::equal(model.forward_cached(tokens, prefill_tail.raw, 24), ref_tail));
+  EXPECT_EQ(model.forward_cached(tokens.narrow(1, 0, 1), Caches(config, at::kFloat).raw, 1).size(1),
+            0);
 
   Caches step(config, at::kFloat);
   std::vector<at::Tensor> logits = {model.forward_cached(tokens.narrow(1, 0, 10), step.raw)};
@@ -123,6 +135,8 @@ TEST(ForwardCached, Fp16CacheBytesAndErrors) {
                     "forward_cached: token id 128 outside the vocabulary [0, 128)");
   EXPECT_CSKV_ERROR(model.forward_cached(at::zeros({2, 2}, at::kLong), c.raw),
                     "forward_cached: expected int64 tokens [1, n] with n >= 1, found Long [2, 2]");
+  EXPECT_CSKV_ERROR(model.forward_cached(at::zeros({1, 2}, at::kLong), c.raw, 3),
+                    "forward_cached: logits_from 3 outside [0, 2]");
 }
 
 }  // namespace
