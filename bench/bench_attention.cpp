@@ -102,8 +102,12 @@ void key_blocks(int64_t heads, int64_t hd) {
     at::Tensor one;
     const double t_one = best_seconds(
         1, [&] { one = cskv::model::blocked_causal_attention(q, k, v, 0, rows_for(t), t); });
-    for (const int64_t chunk : {int64_t{1024}, int64_t{2048}, int64_t{4096}, int64_t{8192}, t}) {
-      if (chunk > t) continue;
+    std::vector<int64_t> chunks;
+    for (const int64_t c : {int64_t{1024}, int64_t{2048}, int64_t{4096}, int64_t{8192}}) {
+      if (c < t) chunks.push_back(c);
+    }
+    chunks.push_back(t);
+    for (const int64_t chunk : chunks) {
       at::Tensor out;
       const double s = chunk == t ? t_one : best_seconds(1, [&] {
         out = cskv::model::blocked_causal_attention(q, k, v, 0, rows_for(chunk), chunk);

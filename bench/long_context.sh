@@ -16,9 +16,9 @@ cd "$out"
 
 [[ -f toy1024/config.json ]] ||
   "$cskv" toy-model --out toy1024 --hidden 1024 --heads 16 --kv-heads 2 --layers 2 \
-    --intermediate 2816 --vocab 512 --dtype f16 --seed 1 --log-level warn
+    --intermediate 2816 --vocab 512 --dtype f16 --seed 1 --log-level warn >/dev/null
 [[ -f tok.u16 ]] ||
-  "$cskv" toy-tokens --out tok.u16 --vocab 512 --count 300000 --seed 3 --log-level warn
+  "$cskv" toy-tokens --out tok.u16 --vocab 512 --count 300000 --seed 3 --log-level warn >/dev/null
 
 # timed NAME COMMAND...: runs it under /usr/bin/time -v; prints wall seconds and peak RSS (GB).
 timed() {

@@ -5,8 +5,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "common/fs.h"
@@ -29,6 +32,61 @@ std::string layer_list(const std::vector<int64_t>& layers) {
   std::string s;
   for (const int64_t l : layers) s += (s.empty() ? "" : ", ") + std::to_string(l);
   return s;
+}
+
+// The sweep of one kind ("K" | "V") averaged over the layers: per uniform grid point, its
+// numbers and those of the waterfill code at its bits.
+struct ParetoMean {
+  double density = 0, bits = 0;
+  double uniform_bits = 0, uniform_error = 0, uniform_bound = 0;
+  double waterfill_bits = 0, waterfill_error = 0, waterfill_bound = 0;
+};
+
+std::vector<ParetoMean> pareto_means(const EvalReport& r, const std::string& kind) {
+  std::vector<ParetoMean> out;
+  double jobs = 0;
+  for (const JobPareto& j : r.pareto) {
+    if (j.kind != kind) continue;
+    const size_t n = j.points.size() / 2;
+    out.resize(n);
+    jobs += 1;
+    for (size_t i = 0; i < n; ++i) {
+      const ParetoPoint &u = j.points[i], &w = j.points[n + i];
+      ParetoMean& m = out[i];
+      m.density = u.density;
+      m.bits = u.bits;
+      m.uniform_bits += u.bits_per_token;
+      m.uniform_error += u.error;
+      m.uniform_bound += u.bound;
+      m.waterfill_bits += w.bits_per_token;
+      m.waterfill_error += w.error;
+      m.waterfill_bound += w.bound;
+    }
+  }
+  for (ParetoMean& m : out) {
+    for (double* v : {&m.uniform_bits, &m.uniform_error, &m.uniform_bound, &m.waterfill_bits,
+                      &m.waterfill_error, &m.waterfill_bound}) {
+      *v /= jobs;
+    }
+  }
+  return out;
+}
+
+nlohmann::json pareto_json(const EvalReport& r) {
+  nlohmann::json jobs = nlohmann::json::array();
+  for (const JobPareto& j : r.pareto) {
+    nlohmann::json points = nlohmann::json::array();
+    for (const ParetoPoint& p : j.points) {
+      points.push_back({{"code", p.code},
+                        {"density", p.density},
+                        {"bits", p.bits},
+                        {"bits_per_token", p.bits_per_token},
+                        {"error", p.error},
+                        {"bound", p.bound}});
+    }
+    jobs.push_back({{"layer", j.layer}, {"kind", j.kind}, {"points", points}});
+  }
+  return jobs;
 }
 
 }  // namespace
@@ -114,6 +172,7 @@ std::string report_json(const EvalReport& r) {
   j["memory"] = mem;
   j["compression_ratio"] = r.compression_ratio;
   j["compression_ratio_context"] = r.compression_ratio_context;
+  if (!r.pareto.empty()) j["pareto"] = pareto_json(r);
   j["headline"] = r.headline();
   j["seconds"] = r.seconds;
   return j.dump(2);
@@ -169,6 +228,28 @@ void markdown_layers(std::ostringstream& md, const EvalReport& r) {
 }
 }  // namespace
 
+// The budget sweep, averaged over the layers, K then V.
+void markdown_pareto(std::ostringstream& md, const EvalReport& r) {
+  if (r.pareto.empty()) return;
+  md << "\n## Budget sweep: closed-form codes against the bound (--pareto)\n\n"
+     << "Held-out relative error, mean over the layers, of the closed form `cskv train` starts "
+        "from: the paper's uniform code (rank by density, window-32 key groups, r/n_kv-channel "
+        "value groups) and per-channel widths (`--quant waterfill`) at the uniform point's bits "
+        "per token; *bound*: the Gaussian bound of the held-out spectrum at the waterfill bits.\n\n"
+     << "| kind | density | bits | uniform bits/token | uniform error | waterfill bits/token | "
+        "waterfill error | waterfill / uniform | bound | waterfill / bound |\n"
+     << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const char* kind : {"K", "V"}) {
+    for (const ParetoMean& m : pareto_means(r, kind)) {
+      md << "| " << kind << " | " << fmt(m.density) << " | " << fmt(m.bits) << " | "
+         << fmt(m.uniform_bits, "%.1f") << " | " << fmt(m.uniform_error) << " | "
+         << fmt(m.waterfill_bits, "%.1f") << " | " << fmt(m.waterfill_error) << " | "
+         << fmt(m.waterfill_error / m.uniform_error, "%.3f") << " | " << fmt(m.waterfill_bound)
+         << " | " << fmt(m.waterfill_error / m.waterfill_bound, "%.2f") << " |\n";
+    }
+  }
+}
+
 std::string report_markdown(const EvalReport& r, bool plots) {
   std::ostringstream md;
   const auto& e = r.end_to_end;
@@ -206,12 +287,45 @@ std::string report_markdown(const EvalReport& r, bool plots) {
   }
   md << "\nCompression ratio at " << r.compression_ratio_context
      << " tokens: " << fmt(r.compression_ratio, "%.2f") << "x.\n";
+  markdown_pareto(md, r);
   if (plots) {
     md << "\n![errors](errors.png)\n![K spectra](spectrum_k.png)\n![V spectra](spectrum_v.png)\n"
        << "![memory](memory.png)\n";
+    if (!r.pareto.empty()) md << "![pareto](" << kParetoPlot << ")\n";
   }
   return md.str();
 }
+
+namespace {
+// Error against bits per token, mean over the layers: uniform points, the waterfill frontier and
+// the bound, K and V.
+void gnuplot_pareto(std::ostringstream& gp, const EvalReport& r, const std::string& out) {
+  for (const char* kind : {"K", "V"}) {
+    auto means = pareto_means(r, kind);
+    std::sort(means.begin(), means.end(), [](const ParetoMean& a, const ParetoMean& b) {
+      return a.waterfill_bits < b.waterfill_bits;
+    });
+    gp << "$P" << kind << " << EOD\n";
+    for (const ParetoMean& m : means) {
+      gp << fmt(m.uniform_bits, "%.8g") << ' ' << fmt(m.uniform_error, "%.8g") << ' '
+         << fmt(m.waterfill_bits, "%.8g") << ' ' << fmt(m.waterfill_error, "%.8g") << ' '
+         << fmt(m.waterfill_bound, "%.8g") << '\n';
+    }
+    gp << "EOD\n";
+  }
+  gp << "set output '" << out << "/" << kParetoPlot << "'\n"
+     << "set title 'Held-out error vs cache bits per token and job (closed form, mean over "
+        "layers)'\nunset logscale\nset logscale xy\nset format y '10^{%L}'\nset format x '%g'\n"
+     << "set key outside right\nset xlabel 'bits per token (codes + scale/zero)'\n"
+     << "set ylabel '|K - K^|^2 / |K|^2'\n"
+     << "plot $PK using 1:2 with points pt 7 ps 1.3 lc rgb '#1f77b4' title 'K uniform', "
+     << "$PK using 3:4 with linespoints pt 5 lw 2 lc rgb '#1f77b4' title 'K waterfill', "
+     << "$PK using 3:5 with lines dt 2 lw 2 lc rgb '#1f77b4' title 'K bound', "
+     << "$PV using 1:2 with points pt 7 ps 1.3 lc rgb '#d62728' title 'V uniform', "
+     << "$PV using 3:4 with linespoints pt 5 lw 2 lc rgb '#d62728' title 'V waterfill', "
+     << "$PV using 3:5 with lines dt 2 lw 2 lc rgb '#d62728' title 'V bound'\n";
+}
+}  // namespace
 
 std::string report_gnuplot(const EvalReport& r, const std::string& out_dir) {
   const std::string out = fs::absolute(out_dir).string();
@@ -290,8 +404,9 @@ std::string report_gnuplot(const EvalReport& r, const std::string& out_dir) {
      << "plot $MEM using 1:4 with points pt 5 ps 1.5 lc rgb '#7f7f7f' title 'fp16 measured', "
      << "$MEM using 1:5 with lines lw 1 lc rgb '#7f7f7f' title 'fp16 formula', "
      << "$MEM using 1:2 with points pt 7 ps 1.5 lc rgb '#2ca02c' title 'compressed measured', "
-     << "$MEM using 1:3 with lines lw 1 lc rgb '#2ca02c' title 'compressed formula'\n"
-     << "set output\n";
+     << "$MEM using 1:3 with lines lw 1 lc rgb '#2ca02c' title 'compressed formula'\n";
+  if (!r.pareto.empty()) gnuplot_pareto(gp, r, out);
+  gp << "set output\n";
   return gp.str();
 }
 
@@ -310,7 +425,9 @@ void write_report(const EvalReport& r, const std::string& out_dir, bool plots) {
   const std::string script = out_dir + "/plots.gp";
   files::write_file_atomic(script, report_gnuplot(r, out_dir));
   run_gnuplot(gnuplot, script, out_dir + "/plots.log");
-  for (const char* png : kReportPlots) {
+  std::vector<std::string> pngs(std::begin(kReportPlots), std::end(kReportPlots));
+  if (!r.pareto.empty()) pngs.emplace_back(kParetoPlot);
+  for (const std::string& png : pngs) {
     const std::string path = out_dir + "/" + png;
     CSKV_CHECK(fs::exists(path) && fs::file_size(path) > 0,
                gnuplot << " did not write " << path << " (script " << script << ")");

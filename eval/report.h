@@ -52,6 +52,22 @@ struct MemoryRow {
   int64_t compressed_device_allocated = -1;
 };
 
+// (d) `--pareto`: one closed-form code of one job at one budget (eval/pareto.h).
+struct ParetoPoint {
+  std::string code;           // "uniform" | "waterfill"
+  double density = 0;         // uniform: the grid's; waterfill: kept channels / D
+  int bits = 0;               // uniform: code bits; waterfill: 0 (its widths differ per channel)
+  double bits_per_token = 0;  // codes and scale/zero overhead of one token's latent
+  double error = 0;  // held-out ‖K − K̂‖²/‖K‖², quantized as the cache stores it
+  double bound = 0;  // Gaussian bound of the held-out spectrum at bits_per_token
+};
+
+struct JobPareto {
+  int64_t layer = 0;
+  std::string kind;                 // "K" | "V"
+  std::vector<ParetoPoint> points;  // uniform points in grid order, then one waterfill per each
+};
+
 struct EvalReport {
   std::string model_dir, acts_dir, compressor_path, model_config_hash;
   int64_t num_layers = 0;
@@ -66,7 +82,8 @@ struct EvalReport {
   double mean_k_error = 0, mean_v_error = 0, mean_k_floor = 0, mean_v_floor = 0;
   EndToEndEval end_to_end;
   std::vector<MemoryRow> memory;
-  double compression_ratio = 0;  // at the largest measured context
+  std::vector<JobPareto> pareto;  // --pareto (empty without)
+  double compression_ratio = 0;   // at the largest measured context
   int64_t compression_ratio_context = 0;
   double seconds = 0;
 
@@ -77,9 +94,10 @@ struct EvalReport {
 std::string report_json(const EvalReport& r);
 std::string report_markdown(const EvalReport& r, bool plots);
 // A self-contained gnuplot script (inline data) writing errors.png, spectrum_k.png,
-// spectrum_v.png and memory.png into out_dir.
+// spectrum_v.png and memory.png into out_dir, and pareto.png when the report has a sweep.
 std::string report_gnuplot(const EvalReport& r, const std::string& out_dir);
 extern const char* const kReportPlots[4];
+inline constexpr const char* kParetoPlot = "pareto.png";
 
 // Writes <out_dir>/report.json, report.md and, with plots, plots.gp and the PNGs (gnuplot must be
 // in $PATH: runtime error otherwise, checked before any work by check_plotting()).

@@ -76,6 +76,14 @@ SettingTable eval_settings(const std::string& prefix) {
        "The first tokens of a sequence every compressed layer keeps at full precision (attention "
        "sinks), ahead of the compressed tokens",
        in_range(0, kMaxTokensPerSequence)},
+      {"report",
+       prefix + "pareto",
+       T::kBool,
+       "false",
+       "Also sweep budgets per job: held-out error vs bits per token of the closed-form uniform "
+       "code (densities 1/8..1 x 2/4/8 bits) and of per-channel widths at the same bits, with the "
+       "Gaussian bound (report.json 'pareto', pareto.png)",
+       {}},
       {"memory", "memory-contexts", T::kString, "1024,2048,4096,8192,16384,32768",
        "Contexts (tokens) the caches are filled to and measured at",
        [](const json& v, const std::string&) { parse_memory_contexts(v.get<std::string>()); }},

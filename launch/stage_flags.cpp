@@ -70,6 +70,7 @@ void eval_options(const cxxopts::ParseResult& r, const std::string& prefix,
   o.decode = r[prefix + "decode"].as<int64_t>();
   o.max_sequences = r[prefix + "sequences"].as<int64_t>();
   o.sink_tokens = r[prefix + "sink-tokens"].as<int64_t>();
+  o.pareto = r[prefix + "pareto"].as<bool>();
   o.memory_contexts = parse_memory_contexts(r["memory-contexts"].as<std::string>());
 }
 

@@ -18,6 +18,7 @@
 #include "data/manifest.h"
 #include "eval/compressor.h"
 #include "eval/evaluation.h"
+#include "eval/pareto.h"
 #include "eval/report.h"
 #include "model/config.h"
 #include "model/llama.h"
@@ -85,6 +86,12 @@ void check_lengths(const EvalOptions& o, EvalInputs& in) {
   in.n_seq = o.max_sequences > 0 ? std::min(o.max_sequences, available) : available;
   CSKV_CHECK_USAGE(o.max_sequences >= 0,
                    "--sequences: expected >= 0 (0 = all), found " << o.max_sequences);
+  CSKV_CHECK_USAGE(!o.pareto || in.seq_len % eval::kParetoKeyWindow == 0,
+                   "--pareto: its uniform points group keys in "
+                       << eval::kParetoKeyWindow
+                       << "-token windows, so the captured sequences must be a multiple of "
+                       << eval::kParetoKeyWindow << " tokens long; those of " << o.acts_dir
+                       << " have " << in.seq_len << " (capture with such a --seq-len)");
   in.contexts = o.memory_contexts;
   std::sort(in.contexts.begin(), in.contexts.end());
   in.contexts.erase(std::unique(in.contexts.begin(), in.contexts.end()), in.contexts.end());
@@ -230,6 +237,17 @@ void work_memory(const EvalOptions& o, const EvalInputs& in, const model::LlamaM
   }
 }
 
+// work (d), --pareto: the budget sweep of every compressed layer's K and V (jobs shared among
+// the ranks).
+void work_pareto(const EvalOptions& o, const EvalInputs& in, eval::EvalReport& r,
+                 comm::Communicator& comm) {
+  if (!o.pareto) return;
+  std::vector<int64_t> layers;
+  for (const auto& [l, f] : in.comp.layers) layers.push_back(l);
+  r.pareto =
+      eval::pareto_sweep(in.weights, in.config, o.acts_dir, layers, eval::ParetoGrid{}, comm);
+}
+
 // write: rank 0 writes the report; every rank waits for it.
 void write(const EvalOptions& o, const eval::EvalReport& r, comm::Communicator& comm) {
   if (comm.rank() == 0 && o.write_files) eval::write_report(r, o.out_dir, o.plots);
@@ -267,6 +285,7 @@ eval::EvalReport run_eval_checked(const EvalOptions& o, comm::Communicator& comm
   work_layer_errors(o, in, *weights, device, r, comm);
   work_end_to_end(o, in, model, r, comm);
   work_memory(o, in, model, r, comm);
+  work_pareto(o, in, r, comm);
   r.seconds = since(t0);
   write(o, r, comm);
   return r;
@@ -290,6 +309,7 @@ std::vector<OwnedOutput> eval_outputs(const std::string& out_dir) {
   for (const char* png : eval::kReportPlots) {
     out.push_back({png, beside_report, "a plot beside a cskv report.json"});
   }
+  out.push_back({eval::kParetoPlot, beside_report, "a plot beside a cskv report.json"});
   return out;
 }
 

@@ -24,6 +24,7 @@ struct EvalOptions {
   int64_t max_sequences = 0;    // held-out sequences used end to end; 0: all
   int64_t sink_tokens = 0;      // the first tokens every compressed layer keeps full precision
   std::vector<int64_t> memory_contexts = {1024, 2048, 4096, 8192, 16384, 32768};
+  bool pareto = false;  // also the budget sweep of eval/pareto.h (report 'pareto', pareto.png)
   bool plots = true;
   // "cpu" | "cuda" (GPU local rank mod visible GPUs): the forward, the caches and the layer
   // errors run there in float32; the model's layers are converted once, on the device.

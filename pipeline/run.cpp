@@ -252,6 +252,8 @@ void eval_stage(RunState& s) {
                          {"decode", eo.decode},
                          {"sequences", eo.max_sequences},
                          {"memory_contexts", eo.memory_contexts},
+                         {"sink_tokens", eo.sink_tokens},
+                         {"pareto", eo.pareto},
                          {"plots", eo.plots}};
   if (!s.o.want_eval) {
     s.add("eval", "off (--eval=false)", 0);

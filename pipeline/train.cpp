@@ -31,6 +31,7 @@
 #include "pipeline/coordinator.h"
 #include "pipeline/settings.h"
 #include "pipeline/stage_outputs.h"
+#include "trainer/job_widths.h"
 #include "trainer/quantizer.h"
 #include "trainer/rank_allocation.h"
 #include "trainer/schedule.h"
@@ -168,17 +169,11 @@ std::vector<LayerJob> plan_widths(const TrainRunOptions& o, std::vector<LayerJob
   const auto widths = allocate_widths(o.cfg, jobs, curves, model.kv_dim());
   for (size_t i = 0; i < jobs.size(); ++i) {
     LayerJob& j = jobs[i];
-    j.channels.clear();
-    j.codes.clear();
+    j = with_widths(j, curves[i].channels, widths[i]);
     double err = 0;
     for (size_t c = 0; c < widths[i].size(); ++c) {
-      const int b = widths[i][c];
-      err += curves[i].channels[c].error[static_cast<size_t>(b)];
-      if (b == 0) continue;
-      j.channels.push_back(static_cast<int64_t>(c));
-      j.codes.push_back(curves[i].channels[c].code[static_cast<size_t>(b)]);
+      err += curves[i].channels[c].error[static_cast<size_t>(widths[i][c])];
     }
-    j.rank = static_cast<int64_t>(j.channels.size());
     CSKV_CHECK_USAGE(j.rank > 0, j.name() << ": the budget leaves no bits for any channel");
     log::get("trainer")->info("{}: {} bits/token over {} of {} channels, training-set error {:.4g}",
                               j.name(), j.bits_per_token(), j.rank, model.kv_dim(),

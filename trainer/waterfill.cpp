@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "trainer/job_widths.h"
 
 namespace cskv::trainer {
 
@@ -194,6 +195,24 @@ double gaussian_bound(const at::Tensor& eigenvalues, double bits_per_token) {
     (rate(std::exp(mid)) > bits_per_token ? lo : hi) = mid;
   }
   return l.clamp_max(std::exp(hi)).sum().item<double>() / total;
+}
+
+LayerJob with_widths(LayerJob job, const std::vector<ChannelCurve>& curves,
+                     const std::vector<int>& widths) {
+  CSKV_CHECK(widths.size() == curves.size(),
+             job.name() << ": " << widths.size() << " widths for " << curves.size() << " channels");
+  job.channels.clear();
+  job.codes.clear();
+  for (size_t c = 0; c < widths.size(); ++c) {
+    const int b = widths[c];
+    CSKV_CHECK(b >= 0 && b <= kMaxChannelBits,
+               job.name() << ": channel " << c << " width " << b << " outside [0, 8]");
+    if (b == 0) continue;
+    job.channels.push_back(static_cast<int64_t>(c));
+    job.codes.push_back(curves[c].code[static_cast<size_t>(b)]);
+  }
+  job.rank = static_cast<int64_t>(job.channels.size());
+  return job;
 }
 
 }  // namespace cskv::trainer

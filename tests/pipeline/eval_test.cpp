@@ -4,6 +4,7 @@
 // refused with messages that name what was expected and found.
 #include "pipeline/eval.h"
 #include "eval/evaluation.h"
+#include "eval/pareto.h"
 
 #include <gtest/gtest.h>
 
@@ -286,6 +287,93 @@ TEST_F(EvalRunTest, CliReportJsonHoldsEveryFieldTheReportShows) {
   }
 }
 
+// Bits per token of the uniform points of the fixture (D 64 = 2 kv heads of 32): K r·b codes and
+// one fp16 scale/zero pair per channel per 32-token window (r bits); V r·b codes and a pair per
+// group of r/2 channels (64 bits).
+double uniform_bits(const std::string& kind, int64_t r, int bits) {
+  return static_cast<double>(r * bits + (kind == "K" ? r : 64));
+}
+
+TEST_F(EvalRunTest, ParetoSweepKeepsItsBudgetsAndMeasuresTheClosedForms) {
+  const auto config = model::load_config(model_dir());
+  auto weights =
+      std::make_shared<model::SafetensorsModel>(model::SafetensorsModel::open_dir(model_dir()));
+  comm::LocalCommunicator local;
+  const ParetoGrid grid{{0.25, 1.0}, {2, 4}};
+  const auto jobs = pareto_sweep(weights, config, acts_dir(), {0, 1}, grid, local);
+  ASSERT_EQ(jobs.size(), 4u);
+  for (const JobPareto& j : jobs) {
+    ASSERT_EQ(j.points.size(), 8u) << j.layer << j.kind;
+    const bool key = j.kind == "K";
+    trainer::TrainConfig cfg;
+    for (size_t i = 0; i < 4; ++i) {
+      const ParetoPoint &u = j.points[i], &w = j.points[4 + i];
+      const int64_t r = static_cast<int64_t>(u.density * 32) * 2;
+      std::printf(
+          "layer %lld %s d %.3g b %d: uniform %.0f bits %.5g | waterfill %.0f bits %.5g "
+          "(%.3fx) | bound %.5g\n",
+          static_cast<long long>(j.layer), j.kind.c_str(), u.density, u.bits, u.bits_per_token,
+          u.error, w.bits_per_token, w.error, w.error / u.error, w.bound);
+      EXPECT_EQ(u.code, "uniform");
+      EXPECT_EQ(w.code, "waterfill");
+      EXPECT_EQ(u.density, grid.densities[i / 2]);
+      EXPECT_EQ(u.bits, grid.bits[i % 2]);
+      EXPECT_EQ(u.bits_per_token, uniform_bits(j.kind, r, u.bits));
+      // The uniform point is the closed form `cskv train` starts from at that rank and bits.
+      (key ? cfg.k_bits : cfg.v_bits) = u.bits;
+      const trainer::LayerTrainer t(cfg, config, weights, acts_dir());
+      const trainer::LayerJob job(j.layer, key ? KvKind::kKey : KvKind::kValue, r);
+      EXPECT_EQ(u.error, t.relative_error(t.init(job), "holdout", true));
+      // Per-channel widths spend at most the uniform point's bits (and leave less than a
+      // channel's widest code unspent) and do better with them.
+      EXPECT_LE(w.bits_per_token, u.bits_per_token);
+      EXPECT_GT(w.bits_per_token, u.bits_per_token - 8);
+      EXPECT_LT(w.error, u.error);
+      EXPECT_GT(w.bound, 0.0);
+      EXPECT_LT(w.bound, w.error);
+    }
+    EXPECT_LT(j.points[1].error, j.points[0].error);  // more bits, same rank
+    EXPECT_LT(j.points[5].error, j.points[4].error);
+  }
+}
+
+TEST_F(EvalRunTest, CliParetoWritesItsJsonTableAndPlot) {
+  test::TempDir out;
+  const std::string exact = write_exact_compressor(out / "exact.safetensors");
+  auto r = test::run_cskv({"eval", "--model", model_dir(), "--acts", acts_dir(), "--compressor",
+                           exact, "--decode", "8", "--sequences", "1", "--memory-contexts", "128",
+                           "--pareto", "--out", out / "report", "--log-level", "warn"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(test::read_file(out / "report/report.json"));
+  const std::string md = test::read_file(out / "report/report.md");
+  ASSERT_EQ(j.at("pareto").size(), 4u);  // layers 0, 1 × K, V
+  for (const auto& job : j.at("pareto")) {
+    ASSERT_EQ(job.at("points").size(), 24u);  // densities 1/8..1 × 2, 4, 8 bits, both codes
+    EXPECT_EQ(job.at("points")[0].at("code"), "uniform");
+    EXPECT_EQ(job.at("points")[0].at("density"), 0.125);
+    EXPECT_EQ(job.at("points")[12].at("code"), "waterfill");
+  }
+  const auto& k0 = j.at("pareto")[0].at("points");
+  EXPECT_EQ(j.at("pareto")[0].at("kind"), "K");
+  EXPECT_EQ(k0[1].at("bits_per_token"), uniform_bits("K", 8, 4));
+  expect_in_report(md, "## Budget sweep: closed-form codes against the bound (--pareto)");
+  expect_in_report(md, "| K | 0.125 | 4 | 40.0 | ");
+  expect_in_report(md, "![pareto](pareto.png)");
+  EXPECT_GT(fs::file_size(out / "report/pareto.png"), 1000u);
+  // Sequences whose length is not a multiple of the key window are refused before any work.
+  test::TempDir odd;
+  data::capture_testing::capture_fixture(model_dir(), *dir_ / "tokens.bin", 2, 100, 1, 4,
+                                         odd / "acts");
+  r = test::run_cskv({"eval", "--model", model_dir(), "--acts", odd / "acts", "--compressor", exact,
+                      "--decode", "8", "--pareto", "--out", out / "odd", "--log-level", "warn"});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--pareto: its uniform points group keys in 32-token windows, so the "
+                       "captured sequences must be a multiple of 32 tokens long; those of " +
+                       odd / "acts" + " have 100"),
+            std::string::npos)
+      << r.err;
+}
+
 TEST_F(EvalRunTest, BadInputsAreRefusedNamingWhatDiffers) {
   test::TempDir out;
   const std::string exact = write_exact_compressor(out / "exact.safetensors");
@@ -346,6 +434,7 @@ TEST_F(EvalRunTest, TwoRanksReportWhatOneRankReports) {
   o.decode = 8;
   o.max_sequences = 2;  // one per rank: the sums add in the same order
   o.memory_contexts = {64, 128};
+  o.pareto = true;  // its jobs are shared among the ranks too
   o.plots = false;
   o.write_files = false;
   EvalReport alone = pipeline::run_eval(o);
@@ -363,6 +452,7 @@ TEST_F(EvalRunTest, TwoRanksReportWhatOneRankReports) {
   }
   EXPECT_GT(alone.end_to_end.kl_max, 0.0);
   EXPECT_EQ(alone.end_to_end.sequences, 2);
+  EXPECT_EQ(alone.pareto.size(), 4u);
 }
 
 }  // namespace
