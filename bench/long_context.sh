@@ -49,13 +49,14 @@ if [[ $which == capture || $which == all ]]; then
 fi
 
 if [[ $which == eval || $which == all ]]; then
-  seq_len=$((32768 + 16 + 1))
+  seq_len=$((32768 + 32))  # >= context + decode + 1, a multiple of the 32-token key windows
   [[ -f acts32k/manifest.json ]] ||
     timed capture32k "$cskv" capture --model toy1024 --tokens tok.u16 --token-dtype u16 \
       --num-seqs 1 --seq-len "$seq_len" --holdout-seqs 1 --out acts32k --overwrite \
       --log-level warn >/dev/null
   [[ -f ckpt32k/compressor.safetensors ]] ||
-    "$cskv" train --model toy1024 --acts acts32k --ckpt-dir ckpt32k --steps 20 --log-level warn
+    "$cskv" train --model toy1024 --acts acts32k --ckpt-dir ckpt32k --steps 20 \
+      --k-bits 4 --v-bits 4 --log-level warn >/dev/null
   read -r wall rss < <(timed eval32k "$cskv" eval --model toy1024 --acts acts32k \
     --compressor ckpt32k/compressor.safetensors --out eval32k --context 32768 --decode 16 \
     --memory-contexts 32768 --no-plots --overwrite --log-level warn)

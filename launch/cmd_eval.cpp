@@ -60,7 +60,7 @@ int run_eval(int argc, char** argv) {
               << report.mean_v_error << " (floor " << report.mean_v_floor << ")\n"
               << "wrote " << o.out_dir << "/{report.json, report.md"
               << (o.plots ? ", errors.png, spectrum_k.png, spectrum_v.png, memory.png" : "")
-              << "}\n"
+              << (o.plots && o.pareto ? ", pareto.png" : "") << "}\n"
               << "headline: " << report.headline() << std::endl;
     return kExitOk;
   });

@@ -360,6 +360,7 @@ TEST_F(EvalRunTest, CliParetoWritesItsJsonTableAndPlot) {
   expect_in_report(md, "| K | 0.125 | 4 | 40.0 | ");
   expect_in_report(md, "![pareto](pareto.png)");
   EXPECT_GT(fs::file_size(out / "report/pareto.png"), 1000u);
+  EXPECT_NE(r.out.find("memory.png, pareto.png}"), std::string::npos) << r.out;
   // Sequences whose length is not a multiple of the key window are refused before any work.
   test::TempDir odd;
   data::capture_testing::capture_fixture(model_dir(), *dir_ / "tokens.bin", 2, 100, 1, 4,
