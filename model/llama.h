@@ -45,6 +45,7 @@ class LlamaModel {
                      const ForwardOptions& options = {}) const;
 
   // RoPE tables for positions [0, seq): cos/sin of shape [seq, head_dim] (HF rotate_half layout).
+  // Under dynamic RoPE every row depends on seq too (HF's base for a forward of seq positions).
   std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq) const;
 
   // The layer's weights converted for compute (cached on CUDA devices, and on the CPU after
@@ -65,6 +66,7 @@ class LlamaModel {
   // its cache's keys/values followed by the new tokens' own full-precision ones (causal, sliding
   // window as configured), then appends the new tokens to its cache. Returns logits [1, n, vocab].
   // With empty caches (a prefill) the logits are bitwise those of forward() on the same tokens.
+  // Dynamic RoPE: refused beyond max_position_embeddings (rope_tables_cached).
   at::Tensor forward_cached(const at::Tensor& tokens, const std::vector<KvCache*>& caches) const;
 
   // One decoder layer of forward_cached on h [1, n, H]; cos/sin cover positions [0, p + n).
@@ -72,7 +74,9 @@ class LlamaModel {
                                   const at::Tensor& sin, KvCache& cache) const;
 
   // rope_tables(seq) rows, computed once for the longest length asked so far (each row depends
-  // only on its position, so the values equal rope_tables(seq)'s).
+  // only on its position, so the values equal rope_tables(seq)'s). Under dynamic RoPE that holds
+  // up to max_position_embeddings only (unscaled rows): a longer seq is refused (cached decoding
+  // cannot follow a base that changes with the length; see llama.cpp).
   std::pair<at::Tensor, at::Tensor> rope_tables_cached(int64_t seq) const;
 
   // A weight by HF name in the compute dtype on the compute device.
