@@ -148,9 +148,9 @@ Arch arch_from_config(const json& obj, const std::string& path) {
 }
 
 double rope_number(const json& rs, const std::string& path, const Fields& f, const char* key) {
-  CSKV_CHECK_INPUT(rs.contains(key) && !rs.at(key).is_null(),
-                   path << ": missing required key 'rope_scaling." << key
-                        << "' (expected a number)");
+  CSKV_CHECK_INPUT(
+      rs.contains(key) && !rs.at(key).is_null(),
+      path << ": missing required key 'rope_scaling." << key << "' (expected a number)");
   return f.positive_number_value(std::string("rope_scaling.") + key, rs.at(key));
 }
 
@@ -187,11 +187,14 @@ RopeScaling parse_rope_scaling(const json& obj, const std::string& path, const F
                                           << "': expected a string, found " << describe(type));
   r.type = type.get<std::string>();
   if (r.type == "default") return RopeScaling{};
-  CSKV_CHECK_INPUT(r.type == "linear" || r.type == "llama3" || r.type == "yarn",
-                   path << ": rope_scaling type '" << r.type
-                        << "' is not supported (supported: linear, llama3, yarn)");
+  CSKV_CHECK_INPUT(
+      r.type == "linear" || r.type == "dynamic" || r.type == "llama3" || r.type == "yarn",
+      path << ": rope_scaling type '" << r.type
+           << "' is not supported (supported: linear, dynamic, llama3, yarn)");
   r.factor = rope_number(rs, path, f, "factor");
-  if (r.type == "linear") return r;
+  // dynamic (HF _compute_dynamic_ntk_parameters) reads factor and the top-level
+  // max_position_embeddings only (checked in parse_config_json).
+  if (r.type == "linear" || r.type == "dynamic") return r;
   const char* omp = "original_max_position_embeddings";
   CSKV_CHECK_INPUT(rs.contains(omp), path << ": missing required key 'rope_scaling." << omp
                                           << "' (expected an integer)");
@@ -389,6 +392,10 @@ ModelConfig parse_config_json(const std::string& json_text, const std::string& p
   c.bos_token_id = f.non_negative_int_or("bos_token_id", -1);
   c.sliding_window = sliding_window(obj, path, f, c.arch);
   c.max_position_embeddings = f.positive_int_or("max_position_embeddings", 0);
+  // HF would take its class default (2048 for Llama); a silent default would change activations.
+  CSKV_CHECK_INPUT(c.rope_scaling.type != "dynamic" || c.max_position_embeddings > 0,
+                   path << ": rope_scaling type 'dynamic' needs key 'max_position_embeddings' "
+                           "(the length beyond which dynamic NTK raises the RoPE base)");
   check_size_limits(c, path);
   check_unimplemented(obj, path, f);
   return c;
@@ -421,13 +428,18 @@ std::string ModelConfig::canonical_json() const {
   // Only when set, so that the hashes of models without a window stay what they were.
   if (sliding_window > 0) j["sliding_window"] = sliding_window;
   if (!rope_scaling.type.empty() && rope_scaling.type != "linear") j["rope_scaling"] = rope_json();
+  // dynamic's base depends on the sequence length relative to max_position_embeddings.
+  if (rope_scaling.type == "dynamic") {
+    j["rope_scaling"]["max_position_embeddings"] = max_position_embeddings;
+  }
   return j.dump();
 }
 
 nlohmann::json ModelConfig::rope_json() const {
   const RopeScaling& r = rope_scaling;
-  json j{{"rope_type", r.type}, {"factor", r.factor},
-         {"original_max_position_embeddings", r.original_max_position_embeddings}};
+  json j{{"rope_type", r.type}, {"factor", r.factor}};
+  if (r.type == "dynamic") return j;
+  j["original_max_position_embeddings"] = r.original_max_position_embeddings;
   if (r.type == "llama3") {
     j["low_freq_factor"] = r.low_freq_factor;
     j["high_freq_factor"] = r.high_freq_factor;

@@ -15,10 +15,10 @@ enum class Arch { kLlama, kMistral, kQwen2 };
 const char* arch_name(Arch a);  // "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM"
 const char* model_type_name(Arch a);  // "llama" | "mistral" | "qwen2" (config.json model_type)
 
-// rope_scaling of config.json ("type" or "rope_type"): linear, llama3 or yarn, as HF
+// rope_scaling of config.json ("type" or "rope_type"): linear, dynamic (NTK), llama3 or yarn, as HF
 // transformers' modeling_rope_utils computes them.
 struct RopeScaling {
-  std::string type;  // "" (none) | "linear" | "llama3" | "yarn"
+  std::string type;  // "" (none) | "linear" | "dynamic" | "llama3" | "yarn"
   double factor = 1.0;
   double low_freq_factor = 0, high_freq_factor = 0;  // llama3
   int64_t original_max_position_embeddings = 0;      // llama3, yarn
@@ -39,25 +39,27 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   double rope_scaling_factor = 1.0;  // rope_scaling {"type"|"rope_type": "linear", "factor": f}
-  RopeScaling rope_scaling;          // llama3/yarn parameters (type "" or "linear": unused)
+  RopeScaling rope_scaling;          // dynamic/llama3/yarn parameters (type "" or "linear": unused)
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases (always true for Qwen2)
   std::string torch_dtype = "float32";
   int64_t bos_token_id = -1;   // -1: none
   int64_t sliding_window = 0;  // Mistral sliding-window attention span (0: none)
-  // The longest sequence the model was trained for (0: not given). Not part of hash(): it
-  // bounds --seq-len and eval's context, it does not change a single activation.
+  // The longest sequence the model was trained for (0: not given). It bounds --seq-len and eval's
+  // context; part of hash() only under dynamic RoPE (whose base grows beyond it), as it changes no
+  // activation otherwise. Required by dynamic.
   int64_t max_position_embeddings = 0;
 
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // D
   int64_t q_dim() const { return num_attention_heads * head_dim; }
 
-  // Stable hex hash of the fields above but max_position_embeddings (what shards/checkpoints record
-  // to detect a model swap): FNV-1a 64 of canonical_json(), as 16 lowercase hex digits.
+  // Stable hex hash of the fields above but max_position_embeddings (but under dynamic RoPE; what
+  // shards/checkpoints record to detect a model swap): FNV-1a 64 of canonical_json(), as 16
+  // lowercase hex digits.
   std::string hash() const;
   // The fields above as compact JSON with sorted keys (the input of hash()).
   std::string canonical_json() const;
-  // rope_scaling of a llama3/yarn config as JSON (part of canonical_json and to_json).
+  // rope_scaling of a dynamic/llama3/yarn config as JSON (part of canonical_json and to_json).
   nlohmann::json rope_json() const;
   // config.json text that HF transformers and parse_config() both read.
   std::string to_json() const;

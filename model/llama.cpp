@@ -1,5 +1,6 @@
-// Llama-family forward: embedding, RMSNorm, RoPE (linear, llama3 or yarn scaling), causal GQA attention with
-// optional q/k/v biases and sliding window, SiLU-gated MLP, final norm and (tied) lm_head.
+// Llama-family forward: embedding, RMSNorm, RoPE (linear, dynamic NTK, llama3 or yarn scaling),
+// causal GQA attention with optional q/k/v biases and sliding window, SiLU-gated MLP, final norm
+// and (tied) lm_head.
 #include "model/llama.h"
 
 #include <algorithm>
@@ -73,8 +74,8 @@ at::Tensor llama3_inv_freq(const at::Tensor& inv_freq, const RopeScaling& r) {
   const double high_wavelen = old_len / r.high_freq_factor;
   const auto wavelen = 2 * M_PI / inv_freq;
   auto out = at::where(wavelen > low_wavelen, inv_freq / r.factor, inv_freq);
-  const auto smooth = (old_len / wavelen - r.low_freq_factor) /
-                      (r.high_freq_factor - r.low_freq_factor);
+  const auto smooth =
+      (old_len / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
   const auto smoothed = (1 - smooth) * out / r.factor + smooth * out;
   const auto medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
   return at::where(medium, smoothed, out);
@@ -96,11 +97,22 @@ at::Tensor yarn_inv_freq(const at::Tensor& pos_freqs, int64_t dim, double base,
   low = std::max(low, 0.0);
   high = std::min(high, static_cast<double>(dim - 1));
   if (low == high) high += 0.001;
-  const auto ramp =
-      ((at::arange(dim / 2, pos_freqs.options()) - low) / (high - low)).clamp(0, 1);
+  const auto ramp = ((at::arange(dim / 2, pos_freqs.options()) - low) / (high - low)).clamp(0, 1);
   const auto extrapolation_factor = 1 - ramp;
   return (1.0 / (r.factor * pos_freqs)) * (1 - extrapolation_factor) +
          (1.0 / pos_freqs) * extrapolation_factor;
+}
+
+// HF _compute_dynamic_ntk_parameters with dynamic_rope_update: a forward over seq positions
+// (HF's seq_len = max(position_ids) + 1) longer than max_position_embeddings m raises the base to
+// base·(factor·seq/m − (factor − 1))^(dim/(dim − 2)); up to m the base is the original one.
+double dynamic_ntk_base(const ModelConfig& c, int64_t seq) {
+  const int64_t m = c.max_position_embeddings;
+  if (seq <= m) return c.rope_theta;
+  const double factor = c.rope_scaling.factor, dim = static_cast<double>(c.head_dim);
+  return c.rope_theta *
+         std::pow(factor * static_cast<double>(seq) / static_cast<double>(m) - (factor - 1),
+                  dim / (dim - 2));
 }
 
 }  // namespace
@@ -108,9 +120,10 @@ at::Tensor yarn_inv_freq(const at::Tensor& pos_freqs, int64_t dim, double base,
 std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables(int64_t seq) const {
   const int64_t hd = config_.head_dim;
   const RopeScaling& r = config_.rope_scaling;
-  // inv_freq_i = theta^(-2i/hd), computed in float64 (HF computes in float32).
+  const double base = r.type == "dynamic" ? dynamic_ntk_base(config_, seq) : config_.rope_theta;
+  // inv_freq_i = base^(-2i/hd), computed in float64 (HF computes in float32).
   const auto idx = at::arange(0, hd, 2, at::TensorOptions().dtype(at::kDouble));
-  const auto pos_freqs = at::pow(config_.rope_theta, idx / static_cast<double>(hd));
+  const auto pos_freqs = at::pow(base, idx / static_cast<double>(hd));
   at::Tensor inv_freq = 1.0 / pos_freqs;
   double attention_factor = 1.0;
   if (r.type == "llama3") {
@@ -158,7 +171,7 @@ at::Tensor LlamaModel::layer_forward(int64_t layer, const LayerWeights& w, const
   for (int64_t b = 0; b < batch; ++b) {
     rows.push_back(causal_attention(q[b], k[b], v[b], c.sliding_window).unsqueeze(0));
   }
-  const auto attn = batch == 1 ? rows[0]
+  const auto attn = batch == 1   ? rows[0]
                     : batch == 0 ? at::empty({0, seq, nh * hd}, h.options())
                                  : at::cat(rows, 0);
   const auto h1 = h + at::linear(attn, w.o);
@@ -170,9 +183,26 @@ at::Tensor LlamaModel::layer_forward(int64_t layer, const LayerWeights& w, const
 }
 
 std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables_cached(int64_t seq) const {
+  // Dynamic NTK: HF rotates each new key with the base of the length reached when it is appended
+  // and keeps it rotated, so a cached key's rotation depends on the decoding history. The
+  // compressed cache keeps keys before RoPE and rotates them again at every step with one table;
+  // it can honour that only where the base is still the original one.
+  const bool dynamic = config_.rope_scaling.type == "dynamic";
+  const int64_t limit = config_.max_position_embeddings;
+  CSKV_CHECK_INPUT(!dynamic || seq <= limit,
+                   "rope_scaling type 'dynamic': cached decoding (LlamaModel::forward_cached, as "
+                   "cskv eval decodes) over "
+                       << seq << " positions is not supported beyond max_position_embeddings "
+                       << limit
+                       << ": dynamic NTK changes every frequency with the sequence length, and "
+                          "the compressed cache rotates its keys again at each step with one "
+                          "table; decode at most "
+                       << limit << " positions, or run the one-shot forward");
   if (!rope_cos_.defined() || rope_cos_.size(0) < seq) {
     const int64_t have = rope_cos_.defined() ? rope_cos_.size(0) : 0;
-    std::tie(rope_cos_, rope_sin_) = rope_tables(std::max<int64_t>(seq, 2 * have));
+    int64_t rows = std::max<int64_t>(seq, 2 * have);
+    if (dynamic) rows = std::min(rows, limit);  // rows past the limit would rescale every row
+    std::tie(rope_cos_, rope_sin_) = rope_tables(rows);
   }
   return {rope_cos_.narrow(0, 0, seq), rope_sin_.narrow(0, 0, seq)};
 }

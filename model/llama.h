@@ -48,6 +48,7 @@ class LlamaModel {
                      const ForwardOptions& options = {}) const;
 
   // RoPE tables for positions [0, seq): cos/sin of shape [seq, head_dim] (HF rotate_half layout).
+  // Under dynamic RoPE every row depends on seq too (HF's base for a forward of seq positions).
   std::pair<at::Tensor, at::Tensor> rope_tables(int64_t seq) const;
 
   // The layer's weights converted for compute (cached on CUDA devices, and on the CPU after
@@ -69,6 +70,7 @@ class LlamaModel {
   // window as configured), then appends the new tokens to its cache. Returns logits
   // [1, n - logits_from, vocab] of the new tokens from the logits_from-th on. With empty caches
   // (a prefill) the logits are bitwise those of forward() on the same tokens.
+  // Dynamic RoPE: refused beyond max_position_embeddings (rope_tables_cached).
   at::Tensor forward_cached(const at::Tensor& tokens, const std::vector<KvCache*>& caches,
                             int64_t logits_from = 0) const;
 
@@ -77,7 +79,9 @@ class LlamaModel {
                                   const at::Tensor& sin, KvCache& cache) const;
 
   // rope_tables(seq) rows, computed once for the longest length asked so far (each row depends
-  // only on its position, so the values equal rope_tables(seq)'s).
+  // only on its position, so the values equal rope_tables(seq)'s). Under dynamic RoPE that holds
+  // up to max_position_embeddings only (unscaled rows): a longer seq is refused (cached decoding
+  // cannot follow a base that changes with the length; see llama.cpp).
   std::pair<at::Tensor, at::Tensor> rope_tables_cached(int64_t seq) const;
 
   // A weight by HF name in the compute dtype on the compute device.

@@ -110,10 +110,10 @@ TEST(ConfigRefusals, OtherUnimplementedFields) {
   EXPECT_EQ(parse_error(j),
             "m/config.json: key 'rms_norm_eps': expected a positive number, found 0");
   j = base();
-  j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
+  j["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 2.0}};
   EXPECT_EQ(parse_error(j),
-            "m/config.json: rope_scaling type 'dynamic' is not supported (supported: linear, "
-            "llama3, yarn)");
+            "m/config.json: rope_scaling type 'longrope' is not supported (supported: linear, "
+            "dynamic, llama3, yarn)");
   j = base();
   j["head_dim"] = 15;
   EXPECT_EQ(parse_error(j),

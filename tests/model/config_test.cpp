@@ -259,22 +259,31 @@ TEST(Config, DivisibilityErrors) {
 TEST(Config, RopeScalingErrors) {
   auto j = base();
   j["rope_scaling"] = {{"type", "longrope"}, {"factor", 4.0}};
-  EXPECT_EQ(parse_error(j), "m/config.json: rope_scaling type 'longrope' is not supported "
-                            "(supported: linear, llama3, yarn)");
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: rope_scaling type 'longrope' is not supported "
+            "(supported: linear, dynamic, llama3, yarn)");
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
-  EXPECT_EQ(parse_error(j), "m/config.json: missing required key "
-                            "'rope_scaling.original_max_position_embeddings' (expected an integer)");
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0},
-                       {"original_max_position_embeddings", 8192}, {"low_freq_factor", 1.0}};
-  EXPECT_EQ(parse_error(j), "m/config.json: missing required key "
-                            "'rope_scaling.high_freq_factor' (expected a number)");
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: missing required key "
+            "'rope_scaling.original_max_position_embeddings' (expected an integer)");
+  j["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"original_max_position_embeddings", 8192},
+                       {"low_freq_factor", 1.0}};
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: missing required key "
+            "'rope_scaling.high_freq_factor' (expected a number)");
   j["rope_scaling"]["high_freq_factor"] = 0.5;
-  EXPECT_EQ(parse_error(j), "m/config.json: rope_scaling.high_freq_factor (0.5) must exceed "
-                            "low_freq_factor (1)");
-  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 4096},
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: rope_scaling.high_freq_factor (0.5) must exceed "
+            "low_freq_factor (1)");
+  j["rope_scaling"] = {{"type", "yarn"},
+                       {"factor", 4.0},
+                       {"original_max_position_embeddings", 4096},
                        {"truncate", 1}};
-  EXPECT_EQ(parse_error(j), "m/config.json: key 'rope_scaling.truncate': expected a boolean, "
-                            "found an integer (1)");
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: key 'rope_scaling.truncate': expected a boolean, "
+            "found an integer (1)");
   j["rope_scaling"] = {{"factor", 8.0}};
   EXPECT_EQ(parse_error(j), "m/config.json: key 'rope_scaling': missing 'type' (or 'rope_type')");
   j["rope_scaling"] = {{"type", "linear"}};
@@ -286,6 +295,68 @@ TEST(Config, RopeScalingErrors) {
   j["rope_scaling"] = 2;
   EXPECT_EQ(parse_error(j),
             "m/config.json: key 'rope_scaling': expected an object or null, found an integer (2)");
+}
+
+// dynamic (NTK): factor under either key spelling, the top-level max_position_embeddings required
+// (it is where the base starts to grow, so it is part of the hash here and only here); to_json
+// writes what HF reads and what parses back to the same model.
+TEST(Config, DynamicRopeBothSpellingsHashAndRoundTrip) {
+  auto j = base();
+  j["max_position_embeddings"] = 64;
+  j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+  const ModelConfig a = parse_config_json(j.dump(), "a");
+  EXPECT_EQ(a.rope_scaling.type, "dynamic");
+  EXPECT_EQ(a.rope_scaling.factor, 2.0);
+  EXPECT_EQ(a.rope_scaling_factor, 1.0);  // positions are not divided as linear's are
+  j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
+  const ModelConfig b = parse_config_json(j.dump(), "b");
+  EXPECT_EQ(b.hash(), a.hash());
+  EXPECT_EQ(a.rope_json().dump(), R"({"factor":2.0,"rope_type":"dynamic"})");
+  EXPECT_NE(
+      a.canonical_json().find(
+          R"("rope_scaling":{"factor":2.0,"max_position_embeddings":64,"rope_type":"dynamic"})"),
+      std::string::npos)
+      << a.canonical_json();
+  const auto written = nlohmann::json::parse(a.to_json());
+  EXPECT_EQ(written.at("rope_scaling"),
+            (nlohmann::json{{"rope_type", "dynamic"}, {"factor", 2.0}}));
+  EXPECT_EQ(written.at("max_position_embeddings"), 64);
+  const ModelConfig again = parse_config_json(a.to_json(), "again");
+  EXPECT_EQ(again.canonical_json(), a.canonical_json());
+  EXPECT_EQ(again.hash(), a.hash());
+
+  j["rope_scaling"]["factor"] = 4.0;
+  EXPECT_NE(parse_config_json(j.dump(), "c").hash(), a.hash());
+  j["rope_scaling"]["factor"] = 2.0;
+  j["max_position_embeddings"] = 128;
+  EXPECT_NE(parse_config_json(j.dump(), "d").hash(), a.hash());
+  auto plain = base();  // without dynamic, max_position_embeddings changes no activation
+  const std::string plain_hash = parse_config_json(plain.dump(), "e").hash();
+  plain["max_position_embeddings"] = 128;
+  EXPECT_EQ(parse_config_json(plain.dump(), "f").hash(), plain_hash);
+  EXPECT_NE(a.hash(), plain_hash);
+}
+
+TEST(Config, DynamicRopeErrors) {
+  auto j = base();
+  j["max_position_embeddings"] = 64;
+  j["rope_scaling"] = {{"rope_type", "dynamic"}};
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: missing required key 'rope_scaling.factor' (expected a number)");
+  j["rope_scaling"]["factor"] = nullptr;
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: missing required key 'rope_scaling.factor' (expected a number)");
+  j["rope_scaling"]["factor"] = -2;
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: key 'rope_scaling.factor': expected a positive number, found -2");
+  j["rope_scaling"]["factor"] = "2";
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: key 'rope_scaling.factor': expected a number, found a string (\"2\")");
+  j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+  j.erase("max_position_embeddings");
+  EXPECT_EQ(parse_error(j),
+            "m/config.json: rope_scaling type 'dynamic' needs key 'max_position_embeddings' (the "
+            "length beyond which dynamic NTK raises the RoPE base)");
 }
 
 TEST(Config, MalformedJsonAndMissingFile) {

@@ -464,9 +464,29 @@ TEST(LlamaForward, TokenOutsideVocabularyIsRejected) {
                     "forward: expected int64 tokens [batch, seq], found 1-d tensor");
 }
 
+// Why HF transformers' reference cannot run here ("" when it can): the project venv's Python or
+// its transformers package is absent (a clone without launch/install-deps.sh). Asked once.
+const std::string& hf_reference_missing() {
+  static const std::string why = []() -> std::string {
+    if (!std::filesystem::exists(test::python3())) {
+      return "the project venv's Python " + test::python3() + " is absent (launch/install-deps.sh)";
+    }
+    // find_spec: whether it is installed, without the seconds an import takes.
+    const auto r = test::run_command(
+        {test::python3(), "-c",
+         "import importlib.util, sys; sys.exit(importlib.util.find_spec('transformers') is None)"});
+    if (r.exit_code == 0) return "";
+    return "the Python package transformers is not installed in " + test::python3() +
+           " (launch/install-deps.sh)";
+  }();
+  return why;
+}
+
 // HF transformers' own forward (tests/python/model_hf_forward.py, float64) of a model directory
-// on `tokens`: every layer's captured X and the logits within 1e-5 relative.
+// on `tokens`: every layer's captured X and the logits within 1e-5 relative. Skips the test
+// without the reference.
 void expect_matches_hf(const std::string& dir, const std::vector<std::vector<int64_t>>& tokens) {
+  if (!hf_reference_missing().empty()) GTEST_SKIP() << hf_reference_missing();
   const auto lm = load(dir);
   const auto batch = static_cast<int64_t>(tokens.size());
   const auto seq = static_cast<int64_t>(tokens[0].size());
@@ -557,6 +577,90 @@ TEST(LlamaForward, YarnGivenAttentionFactorMatchesHfTransformers) {
 TEST(LlamaForward, LinearRopeBothSpellingsMatchHfTransformers) {
   expect_matches_hf_rope(Arch::kQwen2, {{"rope_type", "linear"}, {"factor", 3.0}});
   expect_matches_hf_rope(Arch::kLlama, {{"type", "linear"}, {"factor", 2.0}});
+}
+
+// A toy directory with dynamic NTK RoPE from max_position_embeddings 16 on, its config.json as
+// ModelConfig::to_json writes it (so HF reads what cskv writes).
+LoadedModel write_dynamic_toy(const test::TempDir& dir, Arch arch,
+                              const nlohmann::json& rope_scaling) {
+  write_toy_model(tiny_spec(arch, 32, 2, 4, 2, false), dir.path());
+  auto cfg = nlohmann::json::parse(test::read_file(dir / "config.json"));
+  cfg["rope_scaling"] = rope_scaling;
+  cfg["max_position_embeddings"] = 16;
+  const ModelConfig parsed = parse_config_json(cfg.dump(), dir / "config.json");
+  test::write_file(dir / "config.json", parsed.to_json());
+  auto lm = load(dir.path());
+  EXPECT_EQ(lm.config.rope_scaling.type, "dynamic");
+  EXPECT_EQ(lm.config.max_position_embeddings, 16);
+  return lm;
+}
+
+// The same model with plain RoPE: what dynamic must equal up to max_position_embeddings.
+LlamaModel without_scaling(const LoadedModel& lm) {
+  ModelConfig plain = lm.config;
+  plain.rope_scaling = RopeScaling{};
+  return LlamaModel(plain, lm.weights);
+}
+
+// HF's base for a 24-token forward is 10000·(2·24/16 − 1)^(8/6) (head_dim 8); for 12 tokens the
+// original base. Either spelling of the type key gives the same model (to_json writes rope_type,
+// so HF reads the same config.json for both: it runs once).
+TEST(LlamaForward, DynamicRopeMatchesHfTransformersAboveAndBelowTheLimit) {
+  for (const char* key : {"rope_type", "type"}) {
+    test::TempDir dir;
+    const auto lm = write_dynamic_toy(dir, Arch::kLlama, {{key, "dynamic"}, {"factor", 2.0}});
+    const LlamaModel model(lm.config, lm.weights);
+    const at::Tensor long_seq = to_tensor(make_tokens(2, 24, lm.config.vocab_size, 3));
+    const at::Tensor short_seq = long_seq.narrow(1, 0, 12);
+    // Scaling is active above the limit (the base differs), absent up to it (bitwise plain RoPE).
+    const at::Tensor scaled = model.forward(long_seq),
+                     plain = without_scaling(lm).forward(long_seq);
+    EXPECT_GT((scaled - plain).abs().max().item<double>(), 1e-3 * plain.abs().max().item<double>());
+    EXPECT_TRUE(at::equal(model.forward(short_seq), without_scaling(lm).forward(short_seq)));
+    if (std::string(key) == "type") {
+      expect_matches_hf(dir.path(), make_tokens(2, 24, lm.config.vocab_size, 3));
+      expect_matches_hf(dir.path(), make_tokens(1, 12, lm.config.vocab_size, 5));
+    }
+  }
+}
+
+TEST(LlamaForward, Qwen2DynamicRopeMatchesHfTransformers) {
+  test::TempDir dir;
+  const auto lm = write_dynamic_toy(dir, Arch::kQwen2, {{"rope_type", "dynamic"}, {"factor", 4.0}});
+  expect_matches_hf(dir.path(), make_tokens(1, 40, lm.config.vocab_size, 7));
+}
+
+// Cached decoding (eval's path) up to max_position_embeddings uses the original frequencies, as HF
+// does there, and matches the one-shot forward; one position further is refused before any cache
+// changes: HF keeps each key rotated with the base of the length it was appended at, the compressed
+// cache rotates pre-RoPE keys again with one table.
+TEST(LlamaForward, DynamicRopeCachedDecodingWithinTheLimitRefusedBeyond) {
+  test::TempDir dir;
+  const auto lm = write_dynamic_toy(dir, Arch::kMistral, {{"type", "dynamic"}, {"factor", 2.0}});
+  const LlamaModel model(lm.config, lm.weights);
+  const at::Tensor tokens = to_tensor(make_tokens(1, 17, lm.config.vocab_size, 9));
+  std::vector<std::unique_ptr<FullKvCache>> owned;
+  std::vector<KvCache*> caches;
+  for (int64_t l = 0; l < lm.config.num_hidden_layers; ++l) {
+    owned.push_back(std::make_unique<FullKvCache>(lm.config, at::kFloat));
+    caches.push_back(owned.back().get());
+  }
+  std::vector<at::Tensor> logits = {model.forward_cached(tokens.narrow(1, 0, 10), caches)};
+  for (int64_t t = 10; t < 16; ++t)
+    logits.push_back(model.forward_cached(tokens.narrow(1, t, 1), caches));
+  const at::Tensor got = at::cat(logits, 1);
+  const at::Tensor want = model.forward(tokens.narrow(1, 0, 16));
+  EXPECT_LE((got - want).abs().max().item<double>(), 1e-5 * want.abs().max().item<double>());
+  const std::string err =
+      test::error_message([&] { model.forward_cached(tokens.narrow(1, 16, 1), caches); });
+  EXPECT_EQ(err,
+            "rope_scaling type 'dynamic': cached decoding (LlamaModel::forward_cached, as cskv "
+            "eval decodes) over 17 positions is not supported beyond max_position_embeddings 16: "
+            "dynamic NTK changes every frequency with the sequence length, and the compressed "
+            "cache rotates its keys again at each step with one table; decode at most 16 "
+            "positions, or run the one-shot forward");
+  EXPECT_EQ(caches[0]->size(), 16);
+  EXPECT_EQ(caches[1]->size(), 16);
 }
 
 TEST(LlamaForward, RopeParametersAreInTheModelHash) {

@@ -4,9 +4,13 @@ Prepend/Replace normalizer and Metaspace pre-tokenizer), trained on the test's t
 as OUT/<name>.json and writes OUT/expected.json: {name: [ids of Tokenizer.encode(text) per text]}.
 bench/bench_tokenizer uses --train-bench (a Llama-3-style tokenizer trained on TEXT) and --bench
 (tokenizers' single-threaded encode of TEXT's documents; run with RAYON_NUM_THREADS=1).
+tests/launch/llama3_run_test.cpp uses --train-llama3: the llama3 configuration below trained on
+TEXT's documents, saved as OUT_JSON; prints {"vocab": ids in use, "bos": id, "eos": id, "count":
+ids of TEXT as HF's tokenizer(TEXT) gives them, "tail": the last TAIL of those ids}.
 
 usage: data_hf_tokenizers.py TEXTS_JSON OUT_DIR
        data_hf_tokenizers.py --train-bench TEXT_FILE OUT_JSON VOCAB_SIZE
+       data_hf_tokenizers.py --train-llama3 TEXT_FILE OUT_JSON VOCAB_SIZE TAIL
        data_hf_tokenizers.py --bench TOKENIZER_JSON TEXT_FILE
 """
 import json
@@ -44,10 +48,10 @@ def byte_level_bpe(texts, pattern, specials, vocab_size, extra_vocab=(), **bpe_a
     return rebuilt
 
 
-def llama3(texts):
+def llama3(texts, vocab_size=700):
     bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
     # "Ġuncopyrightable" is a vocabulary entry no merge reaches: only ignore_merges finds it.
-    tok = byte_level_bpe(texts, LLAMA3_PATTERN, [bos, eos, "<|eot_id|>"], 700,
+    tok = byte_level_bpe(texts, LLAMA3_PATTERN, [bos, eos, "<|eot_id|>"], vocab_size,
                          extra_vocab=["\u0120uncopyrightable"], ignore_merges=True)
     tok.add_special_tokens([bos, eos, "<|eot_id|>"])
     tok.add_tokens([AddedToken("<tool>", special=False, normalized=False, lstrip=True,
@@ -163,6 +167,19 @@ def train_bench_tokenizer(text_file, out_json, vocab_size):
     tok.save(out_json)
 
 
+def train_llama3(text_file, out_json, vocab_size, tail):
+    """The llama3 configuration trained on text_file's documents (blank-line separated)."""
+    with open(text_file, encoding="utf-8") as f:
+        text = f.read()
+    tok = llama3(text.split("\n\n"), vocab_size)
+    tok.save(out_json)
+    ids = tok.encode(text).ids
+    print(json.dumps({"vocab": tok.get_vocab_size(with_added_tokens=True),
+                      "bos": tok.token_to_id("<|begin_of_text|>"),
+                      "eos": tok.token_to_id("<|end_of_text|>"), "count": len(ids),
+                      "tail": ids[-tail:]}))
+
+
 def bench(tokenizer_json, text_file):
     """tokenizers on one thread: encode_batch of the documents (blank-line separated; one encode
     of a 100 MB string takes minutes and gigabytes in tokenizers), no special tokens."""
@@ -182,5 +199,7 @@ if __name__ == "__main__":
         bench(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "--train-bench":
         train_bench_tokenizer(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "--train-llama3":
+        train_llama3(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         build_all(sys.argv[1], sys.argv[2])
