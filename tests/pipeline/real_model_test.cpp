@@ -62,6 +62,14 @@ TEST(RealModel, Stories260KFromTextTrainsAndEvaluatesWithinItsKlBounds) {
   const double kl_w = waterfill.at("end_to_end").at("kl_mean");
   // The same bytes (3.76x smaller than fp16 at 1024 tokens), a fraction of the KL.
   EXPECT_NEAR(uniform.at("compression_ratio").get<double>(), 3.76, 0.01);
+  // With the window of 32 half full (1040 tokens) and one token short of full (1055).
+  const auto& mem = uniform.at("memory");
+  ASSERT_EQ(mem.size(), 3u);
+  EXPECT_EQ(mem[1].at("context"), 1040);
+  EXPECT_NEAR(mem[1].at("ratio").get<double>(), 133120.0 / 37888.0, 1e-12);  // 3.51
+  EXPECT_EQ(mem[2].at("context"), 1055);
+  EXPECT_NEAR(mem[2].at("ratio").get<double>(), 135040.0 / 40768.0, 1e-12);  // 3.31
+  EXPECT_EQ(waterfill.at("compression_ratio"), uniform.at("compression_ratio"));
   EXPECT_LT(kl_u, 0.06) << kl_u;
   EXPECT_LT(kl_w, 0.012) << kl_w;
   EXPECT_LT(kl_w, 0.3 * kl_u) << kl_w << " vs " << kl_u;
