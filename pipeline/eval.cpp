@@ -24,6 +24,7 @@
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "pipeline/capture.h"
+#include "trainer/group_overhead.h"
 
 namespace cskv::pipeline {
 
@@ -158,6 +159,18 @@ void check_compressor_weights(const EvalOptions& o, const EvalInputs& in) {
                                      << " (same config.json, other weights: another model)");
 }
 
+// A grouping whose fp16 scale/zero make the codes larger than 16-bit latents: one warning each.
+void warn_costly_groupings(const EvalOptions& o, const EvalInputs& in) {
+  std::vector<trainer::LayerJob> jobs;
+  for (const auto& [layer, f] : in.comp.layers) {
+    jobs.emplace_back(layer, trainer::KvKind::kKey, f.r_k());
+    jobs.emplace_back(layer, trainer::KvKind::kValue, f.r_v());
+  }
+  for (const auto& g : trainer::costly_groupings(in.config, in.comp.quant, jobs)) {
+    log::get("eval")->warn("{}: {}", o.compressor_path, trainer::costly_grouping_message(g));
+  }
+}
+
 // validate: every rank checks the same inputs (and fails the same way); rank 0's gnuplot check
 // holds for all.
 EvalInputs validate(const EvalOptions& o, comm::Communicator& comm) {
@@ -177,6 +190,7 @@ EvalInputs validate(const EvalOptions& o, comm::Communicator& comm) {
   in.seq_len = in.sequences.size(1);
   check_lengths(o, in);
   check_captured_layers(o, in);
+  if (comm.rank() == 0) warn_costly_groupings(o, in);
   comm::root_decides(comm, std::function<void()>([&] {
                        if (o.write_files && o.plots) eval::check_plotting();
                      }));
