@@ -79,9 +79,11 @@ BoundTable<C> capture_input_rows() {
         [](const json& v, const std::string& f) { data::parse_text_docs(v.get<std::string>(), f); },
         true},
        [](C& o, const json& v) { o.text_docs = data::parse_text_docs(v.get<std::string>()); },
-       // Recorded only when a text is tokenized: it leaves a --tokens capture's identity as it was.
+       // Recorded only when a text is tokenized into documents: a --tokens capture and one of the
+       // whole file (what --text did before documents) keep the identity they had.
        [](const C& o) {
-         return o.text_path.empty() && o.holdout_text_path.empty()
+         const bool text = !o.text_path.empty() || !o.holdout_text_path.empty();
+         return !text || o.text_docs == data::TextDocs::kWhole
                     ? json()
                     : json(data::text_docs_name(o.text_docs));
        }},

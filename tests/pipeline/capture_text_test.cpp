@@ -135,6 +135,11 @@ TEST(CaptureText, EveryDocumentStartsWithBosAndTheLayoutIsPartOfTheIdentity) {
   const auto redone = capture({"--text-docs", "lines", "--overwrite"});
   ASSERT_EQ(redone.exit_code, 0) << redone.err;
   windows_of(lines);
+  // The whole file as one document, what --text did before documents: the identity it had then.
+  const auto whole = capture({"--text-docs", "whole", "--overwrite"});
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  EXPECT_FALSE(
+      nlohmann::json::parse(test::read_file(dir / "acts/capture.json")).contains("text_docs"));
 }
 
 TEST(CaptureText, TextWithoutTokenizerIsAUsageError) {

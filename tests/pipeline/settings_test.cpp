@@ -75,7 +75,8 @@ json hand_written_capture_identity(const CaptureOptions& o, const std::string& m
   j["tokenizer"] = abs(o.tokenizer_path);
   j["holdout_tokens"] = abs(o.holdout_tokens_path);
   j["holdout_text"] = abs(o.holdout_text_path);
-  if (!o.text_path.empty() || !o.holdout_text_path.empty()) {  // since issue 14 item 5
+  const bool text = !o.text_path.empty() || !o.holdout_text_path.empty();
+  if (text && o.text_docs != data::TextDocs::kWhole) {  // since issue 14 item 5
     j["text_docs"] = data::text_docs_name(o.text_docs);
   }
   j["token_dtype"] = data::token_dtype_name(o.token_dtype);
