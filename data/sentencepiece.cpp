@@ -24,6 +24,8 @@ constexpr const char* kPluginName = "libcskv_sentencepiece.so";
 struct Plugin {
   int (*info)(const char*, int64_t*, int64_t*, char**) = nullptr;
   int (*encode)(const char*, const char*, size_t, uint32_t**, size_t*, char**) = nullptr;
+  int (*encode_documents)(const char*, const char*, const size_t*, size_t, uint32_t**, size_t**,
+                          char**) = nullptr;
   int (*decode)(const char*, const uint32_t*, size_t, char**, char**) = nullptr;
   int (*train)(const char*, char**) = nullptr;
   void (*free_fn)(void*) = nullptr;
@@ -56,6 +58,7 @@ const Plugin& plugin() {
       }
       bind(handle, "cskv_spm_info", p.info, path);
       bind(handle, "cskv_spm_encode", p.encode, path);
+      bind(handle, "cskv_spm_encode_documents", p.encode_documents, path);
       bind(handle, "cskv_spm_decode", p.decode, path);
       bind(handle, "cskv_spm_train", p.train, path);
       bind(handle, "cskv_spm_free", p.free_fn, path);
@@ -112,6 +115,33 @@ std::vector<uint32_t> sentencepiece_encode(const std::string& model_path, const 
   }
   std::vector<uint32_t> out(ids, ids + count);
   p.free_fn(ids);
+  return out;
+}
+
+std::vector<std::vector<uint32_t>> sentencepiece_encode_documents(
+    const std::string& model_path, const std::vector<std::string>& documents) {
+  const Plugin& p = plugin();
+  std::string text;
+  std::vector<size_t> offsets{0};
+  for (const std::string& d : documents) {
+    text += d;
+    offsets.push_back(text.size());
+  }
+  uint32_t* ids = nullptr;
+  size_t* counts = nullptr;
+  char* error = nullptr;
+  if (p.encode_documents(model_path.c_str(), text.data(), offsets.data(), documents.size(), &ids,
+                         &counts, &error) != 0) {
+    throw_plugin_error(p, error, model_path);
+  }
+  std::vector<std::vector<uint32_t>> out(documents.size());
+  const uint32_t* next = ids;
+  for (size_t i = 0; i < documents.size(); ++i) {
+    out[i].assign(next, next + counts[i]);
+    next += counts[i];
+  }
+  p.free_fn(ids);
+  p.free_fn(counts);
   return out;
 }
 

@@ -20,6 +20,9 @@ struct SentencePieceInfo {
 // Errors (input) name the model file and SentencePiece's status message.
 SentencePieceInfo sentencepiece_info(const std::string& model_path);
 std::vector<uint32_t> sentencepiece_encode(const std::string& model_path, const std::string& text);
+// The ids of each document, encoded on its own, with one load of the model.
+std::vector<std::vector<uint32_t>> sentencepiece_encode_documents(
+    const std::string& model_path, const std::vector<std::string>& documents);
 std::string sentencepiece_decode(const std::string& model_path, const std::vector<uint32_t>& ids);
 // SentencePieceTrainer::Train with a flag string ("--input=... --model_prefix=... ..."), for
 // toy tokenizers in tests and demos.

@@ -4,10 +4,12 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -63,6 +65,38 @@ __attribute__((visibility("default"))) int cskv_spm_encode(const char* model_pat
     if (*ids == nullptr)
       return fail(error, "out of memory for " + std::to_string(out.size()) + " ids");
     for (size_t i = 0; i < out.size(); ++i) (*ids)[i] = static_cast<uint32_t>(out[i]);
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(error, e.what());
+  }
+}
+
+// Encodes n documents with one load of the model: document i is text[offsets[i], offsets[i+1])
+// (offsets has n + 1 entries). *ids holds their ids back to back, (*counts)[i] those of document i.
+__attribute__((visibility("default"))) int cskv_spm_encode_documents(
+    const char* model_path, const char* text, const size_t* offsets, size_t n, uint32_t** ids,
+    size_t** counts, char** error) {
+  try {
+    sentencepiece::SentencePieceProcessor sp;
+    if (load(sp, model_path, error) != 0) return 1;
+    std::vector<int> all, one;
+    std::vector<size_t> sizes(n);
+    for (size_t i = 0; i < n; ++i) {
+      const auto status =
+          sp.Encode(std::string_view(text + offsets[i], offsets[i + 1] - offsets[i]), &one);
+      if (!status.ok()) return fail(error, "SentencePiece encoding failed: " + status.ToString());
+      sizes[i] = one.size();
+      all.insert(all.end(), one.begin(), one.end());
+    }
+    *ids = static_cast<uint32_t*>(std::malloc(std::max<size_t>(all.size(), 1) * sizeof(uint32_t)));
+    *counts = static_cast<size_t*>(std::malloc(std::max<size_t>(n, 1) * sizeof(size_t)));
+    if (*ids == nullptr || *counts == nullptr) {
+      std::free(*ids);
+      std::free(*counts);
+      return fail(error, "out of memory for " + std::to_string(all.size()) + " ids");
+    }
+    for (size_t i = 0; i < all.size(); ++i) (*ids)[i] = static_cast<uint32_t>(all[i]);
+    std::copy(sizes.begin(), sizes.end(), *counts);
     return 0;
   } catch (const std::exception& e) {
     return fail(error, e.what());

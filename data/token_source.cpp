@@ -7,14 +7,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 
 #include "common/error.h"
 #include "common/fs.h"
 #include "data/hf_tokenizer.h"
+#include "data/hf_tokenizer_parts.h"
 #include "data/sentencepiece.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -234,41 +237,169 @@ TokenizerKind tokenizer_kind(const std::string& path) {
                           "tokenizer.json)");
 }
 
-namespace {
-std::vector<uint32_t> sentencepiece_tokenize(const std::string& text, const std::string& model_path,
-                                             bool add_bos) {
-  const SentencePieceInfo info = sentencepiece_info(model_path);
-  std::vector<uint32_t> ids = sentencepiece_encode(model_path, text);
-  if (add_bos) {
-    CSKV_CHECK_INPUT(info.bos_id >= 0, model_path
-                                           << ": the SentencePiece model has no BOS token, but "
-                                              "the model expects one");
-    ids.insert(ids.begin(), static_cast<uint32_t>(info.bos_id));
-  }
-  return ids;
+TextDocs parse_text_docs(const std::string& s, const std::string& flag) {
+  if (s == "blank-lines") return TextDocs::kBlankLines;
+  if (s == "lines") return TextDocs::kLines;
+  if (s == "whole") return TextDocs::kWhole;
+  CSKV_FAIL_USAGE("--" << flag << ": expected blank-lines|lines|whole, found '" << s << "'");
 }
-}  // namespace
 
-std::vector<uint32_t> tokenize_text_file(const std::string& text_path,
-                                         const std::string& tokenizer_path, bool add_bos,
-                                         const TokenizeProgress& progress) {
-  const TokenizerKind kind = tokenizer_kind(tokenizer_path);
-  const auto contents = files::read_whole_file_if_exists(text_path, kMaxTextFileBytes, "text file");
-  CSKV_CHECK_INPUT(contents, text_path << ": cannot open text file: " << std::strerror(ENOENT));
-  const std::string& text = *contents;
-  if (kind == TokenizerKind::kSentencePiece) {
-    auto ids = sentencepiece_tokenize(text, tokenizer_path, add_bos);
+const char* text_docs_name(TextDocs d) {
+  switch (d) {
+    case TextDocs::kBlankLines:
+      return "blank-lines";
+    case TextDocs::kLines:
+      return "lines";
+    case TextDocs::kWhole:
+      return "whole";
+  }
+  return "?";
+}
+
+namespace {
+
+bool is_blank(std::string_view line) {
+  return line.find_first_not_of(" \t\r\v\f") == std::string_view::npos;
+}
+
+// Calls add(document, begin, end) for every non-empty document of `text` in order; [begin, end)
+// is the span of the file it comes from (its lines and their ends). The document is a view into
+// `text`, or into a buffer when "\r\n" line ends inside it are joined by "\n"; it lives until
+// add returns.
+template <class Add>
+void for_each_document(const std::string& text, TextDocs docs, Add&& add) {
+  const std::string_view all(text);
+  if (docs == TextDocs::kWhole) {
+    if (!text.empty()) add(all, size_t{0}, text.size());
+    return;
+  }
+  size_t doc_begin = 0, doc_end = 0;  // the document's lines in `text`, without the last end
+  bool open = false, has_cr = false;
+  auto close = [&](size_t end) {
+    if (!open) return;
+    std::string_view doc = all.substr(doc_begin, doc_end - doc_begin);
+    std::string joined;
+    if (has_cr) {  // drop the "\r" of inner "\r\n" ends
+      joined.reserve(doc.size());
+      for (size_t i = 0; i < doc.size(); ++i) {
+        if (!(doc[i] == '\r' && i + 1 < doc.size() && doc[i + 1] == '\n')) joined += doc[i];
+      }
+      doc = joined;
+    }
+    add(doc, doc_begin, end);
+    open = has_cr = false;
+  };
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t nl = text.find('\n', pos);
+    const size_t next = nl == std::string::npos ? text.size() : nl + 1;
+    std::string_view line = all.substr(pos, (nl == std::string::npos ? text.size() : nl) - pos);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (docs == TextDocs::kLines) {
+      if (!is_blank(line)) add(line, pos, next);
+    } else if (is_blank(line)) {
+      close(pos);
+    } else {
+      if (open) {
+        has_cr = has_cr || text[doc_end] == '\r';
+      } else {
+        doc_begin = pos;
+        open = true;
+      }
+      doc_end = pos + line.size();
+    }
+    pos = next;
+  }
+  close(text.size());
+}
+
+// SentencePiece encodes this many bytes of documents per load of the model.
+constexpr size_t kSentencePieceBatchBytes = size_t{16} << 20;
+
+std::vector<uint32_t> sentencepiece_tokenize(const std::string& text, const std::string& model_path,
+                                             bool add_bos, TextDocs docs,
+                                             const TokenizeProgress& progress) {
+  const SentencePieceInfo info = sentencepiece_info(model_path);
+  CSKV_CHECK_INPUT(!add_bos || info.bos_id >= 0,
+                   model_path << ": the SentencePiece model has no BOS token, but the model "
+                                 "expects one");
+  std::vector<uint32_t> ids;
+  if (docs == TextDocs::kWhole) {  // encoded in place, not copied into a batch
+    if (add_bos && !text.empty()) ids.push_back(static_cast<uint32_t>(info.bos_id));
+    if (!text.empty()) {
+      const auto all = sentencepiece_encode(model_path, text);
+      ids.insert(ids.end(), all.begin(), all.end());
+    }
     if (progress) progress(text.size(), text.size());
     return ids;
   }
+  std::vector<std::string> batch;
+  size_t batch_bytes = 0;
+  auto flush = [&](size_t done) {
+    for (const auto& doc_ids : sentencepiece_encode_documents(model_path, batch)) {
+      if (add_bos) ids.push_back(static_cast<uint32_t>(info.bos_id));
+      ids.insert(ids.end(), doc_ids.begin(), doc_ids.end());
+    }
+    batch.clear();
+    batch_bytes = 0;
+    if (progress) progress(done, text.size());
+  };
+  for_each_document(text, docs, [&](std::string_view doc, size_t, size_t end) {
+    batch_bytes += doc.size();
+    batch.emplace_back(doc);
+    if (batch_bytes >= kSentencePieceBatchBytes) flush(end);
+  });
+  flush(text.size());
+  return ids;
+}
+
+std::vector<uint32_t> hf_tokenize(const std::string& text, const std::string& text_path,
+                                  const std::string& tokenizer_path, bool add_bos, TextDocs docs,
+                                  const TokenizeProgress& progress) {
   const HfTokenizer tokenizer = HfTokenizer::load(tokenizer_path);
-  HfTokenizer::Progress bytes_done;
-  if (progress) bytes_done = [&](size_t done) { progress(done, text.size()); };
-  try {
-    return tokenizer.encode(text, add_bos, bytes_done);
-  } catch (const Error& e) {
-    CSKV_FAIL_INPUT(text_path << ": " << e.message());
+  // Checked on the whole file, so that the offset is the file's, not a document's.
+  const size_t bad = hf::invalid_utf8_offset(text);
+  CSKV_CHECK_INPUT(bad == std::string_view::npos, text_path << ": not valid UTF-8 at byte " << bad);
+  std::vector<uint32_t> ids;
+  ids.reserve(text.size() / 3 + 16);
+  for_each_document(text, docs, [&](std::string_view doc, size_t begin, size_t end) {
+    HfTokenizer::Progress bytes_done;
+    if (progress) {
+      bytes_done = [&](size_t done) { progress(std::min(begin + done, end), text.size()); };
+    }
+    try {
+      // The whole file is encoded in place; a document is copied out of it.
+      const auto doc_ids = docs == TextDocs::kWhole
+                               ? tokenizer.encode(text, add_bos, bytes_done)
+                               : tokenizer.encode(std::string(doc), add_bos, bytes_done);
+      ids.insert(ids.end(), doc_ids.begin(), doc_ids.end());
+    } catch (const Error& e) {
+      CSKV_FAIL_INPUT(text_path << ": the document at byte " << begin << ": " << e.message());
+    }
+  });
+  if (progress) progress(text.size(), text.size());
+  return ids;
+}
+
+}  // namespace
+
+std::vector<std::string> split_text_documents(const std::string& text, TextDocs docs) {
+  std::vector<std::string> out;
+  for_each_document(text, docs,
+                    [&](std::string_view doc, size_t, size_t) { out.emplace_back(doc); });
+  return out;
+}
+
+std::vector<uint32_t> tokenize_text_file(const std::string& text_path,
+                                         const std::string& tokenizer_path, bool add_bos,
+                                         TextDocs docs, const TokenizeProgress& progress) {
+  const TokenizerKind kind = tokenizer_kind(tokenizer_path);
+  const auto contents = files::read_whole_file_if_exists(text_path, kMaxTextFileBytes, "text file");
+  CSKV_CHECK_INPUT(contents, text_path << ": cannot open text file: " << std::strerror(ENOENT));
+  if (kind == TokenizerKind::kSentencePiece) {
+    return sentencepiece_tokenize(*contents, tokenizer_path, add_bos, docs, progress);
   }
+  return hf_tokenize(*contents, text_path, tokenizer_path, add_bos, docs, progress);
 }
 
 }  // namespace cskv::data

@@ -92,15 +92,33 @@ enum class TokenizerKind { kSentencePiece, kHfJson };
 // Hugging Face tokenizer.json)".
 TokenizerKind tokenizer_kind(const std::string& path);
 
+// How a text file is cut into documents. Each document is encoded on its own, with the
+// tokenizer's BOS (or template) at its start, as pre-training data is laid out. Lines end at "\n"
+// or "\r\n"; a blank line is empty or holds only spaces, tabs, "\r", "\v" or "\f".
+enum class TextDocs {
+  kBlankLines,  // one or more blank lines separate documents; a document's lines keep "\n"
+  kLines,       // one document per line
+  kWhole,       // the whole file is one document, as it is (HF's tokenizer(text) of the file)
+};
+// "blank-lines" | "lines" | "whole"; anything else is a usage error naming --flag.
+TextDocs parse_text_docs(const std::string& s, const std::string& flag = "text-docs");
+const char* text_docs_name(TextDocs d);
+
+// The documents of `text` in order, empty ones (blank lines, whitespace only) left out: with
+// kBlankLines a document is its lines joined by "\n" (no "\r", no trailing "\n"), with kLines a
+// line without its end; kWhole gives the text itself (nothing when it is empty).
+std::vector<std::string> split_text_documents(const std::string& text, TextDocs docs);
+
 // Called now and then while a text is tokenized: bytes of it done so far, of total.
 using TokenizeProgress = std::function<void(size_t done, size_t total)>;
 
-// Encodes a UTF-8 text file in one call, as HF's tokenizer(text) does, with a SentencePiece
-// model (tokenizer.model; with add_bos its BOS id is prepended once at the start) or a
-// tokenizer.json (with add_bos its post-processor's template, e.g. Llama-3's
-// <|begin_of_text|>, is applied; Qwen2's adds nothing). Errors name the file and the cause.
+// Encodes a UTF-8 text file document by document (split_text_documents) with a SentencePiece
+// model (tokenizer.model; with add_bos its BOS id before every document) or a tokenizer.json
+// (with add_bos its post-processor's template, e.g. Llama-3's <|begin_of_text|>, around every
+// document; Qwen2's adds nothing), the documents' ids back to back. Errors name the file and the
+// cause; text that is not UTF-8 is refused with its byte offset in the file (tokenizer.json).
 std::vector<uint32_t> tokenize_text_file(const std::string& text_path,
                                          const std::string& tokenizer_path, bool add_bos,
-                                         const TokenizeProgress& progress = {});
+                                         TextDocs docs, const TokenizeProgress& progress = {});
 
 }  // namespace cskv::data

@@ -28,6 +28,13 @@ std::string fmt(double v, const char* f = "%.4g") {
 
 std::string mib(double bytes) { return fmt(bytes / (1024.0 * 1024.0), "%.3f"); }
 
+// Tokens a compressed layer holds in its full-precision window at `context`: those after the
+// sinks and the last window boundary (trainer::layer_cache_bytes).
+int64_t window_tokens(const EvalReport& r, int64_t context) {
+  if (r.window <= 0 || context <= r.sink_tokens) return 0;
+  return (context - r.sink_tokens) % r.window;
+}
+
 std::string layer_list(const std::vector<int64_t>& layers) {
   std::string s;
   for (const int64_t l : layers) s += (s.empty() ? "" : ", ") + std::to_string(l);
@@ -163,7 +170,8 @@ std::string report_json(const EvalReport& r) {
                           {"compressed_bytes_formula", m.compressed_formula},
                           {"fp16_bytes_measured", m.fp16_measured},
                           {"fp16_bytes_formula", m.fp16_formula},
-                          {"ratio", m.ratio}};
+                          {"ratio", m.ratio},
+                          {"window_tokens", window_tokens(r, m.context)}};
     if (m.compressed_device_allocated >= 0) {
       row["compressed_bytes_device_allocated"] = m.compressed_device_allocated;
     }
@@ -276,14 +284,20 @@ std::string report_markdown(const EvalReport& r, bool plots) {
      << "*Measured*: the storage bytes of every buffer the caches hold after holding that many "
         "tokens; *formula*: trainer::layer_cache_bytes (codes ⌈T·r·b/8⌉, fp16 scale/zero per "
         "group, the window's fp16 K/V and latents) and 2·D·2 bytes per token for fp16.\n\n"
+     << "*Window*: the tokens a compressed layer holds in its full-precision window (fp16 K/V "
+        "and latents) at that context, of "
+     << r.window
+     << "; the ratio is at its best when the window is empty and at its worst one token short "
+        "of full.\n\n"
      << "| context | compressed measured | compressed formula | fp16 measured | fp16 formula | "
-        "ratio |\n"
-     << "|---:|---:|---:|---:|---:|---:|\n";
+        "ratio | window |\n"
+     << "|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const auto& m : r.memory) {
     md << "| " << m.context << " | " << m.compressed_measured << " B ("
        << mib(m.compressed_measured) << " MiB) | " << fmt(m.compressed_formula, "%.0f") << " B | "
        << m.fp16_measured << " B (" << mib(m.fp16_measured) << " MiB) | "
-       << fmt(m.fp16_formula, "%.0f") << " B | " << fmt(m.ratio, "%.2f") << "x |\n";
+       << fmt(m.fp16_formula, "%.0f") << " B | " << fmt(m.ratio, "%.2f") << "x | "
+       << window_tokens(r, m.context) << " |\n";
   }
   md << "\nCompression ratio at " << r.compression_ratio_context
      << " tokens: " << fmt(r.compression_ratio, "%.2f") << "x.\n";

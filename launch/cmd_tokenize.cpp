@@ -1,5 +1,6 @@
 // `cskv tokenize`: tokenizes a text corpus once with a SentencePiece .model or a Hugging Face
 // tokenizer.json and writes the ids as a flat little-endian u16/u32 token file (capture --tokens).
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -32,8 +33,8 @@ uint32_t check_width(const std::vector<uint32_t>& ids, data::TokenDtype dtype) {
 cxxopts::Options tokenize_options() {
   auto options = make_options(
       "tokenize",
-      "Tokenize a UTF-8 text file once (as HF's tokenizer(text) does) and write the ids as a flat "
-      "little-endian token file for `cskv capture --tokens`.");
+      "Tokenize a UTF-8 text file once, document by document (as HF's tokenizer(text) does for "
+      "each), and write the ids as a flat little-endian token file for `cskv capture --tokens`.");
   options.add_options("input")(
       "tokenizer", "A SentencePiece tokenizer.model or a Hugging Face tokenizer.json (required)",
       cxxopts::value<std::string>())("text", "UTF-8 text file (required)",
@@ -45,6 +46,12 @@ cxxopts::Options tokenize_options() {
                                 cxxopts::value<std::string>())(
       "token-dtype", "Width of the ids: u16|u32 (an id above 65535 is refused with u16)",
       cxxopts::value<std::string>()->default_value("u16"));
+  // --text-docs as capture declares it (one declaration for both).
+  const auto& capture = capture_settings();
+  const auto docs = std::find_if(capture.begin(), capture.end(),
+                                 [](const Setting& s) { return s.flag == "text-docs"; });
+  CSKV_CHECK(docs != capture.end(), "the capture settings lack --text-docs");
+  add_settings(options, {*docs});
   add_settings(options, overwrite_settings());
   return options;
 }
@@ -61,6 +68,7 @@ int run_tokenize(int argc, char** argv) {
     const std::string out = required<std::string>(*r, "out");
     const std::string dtype_name = (*r)["token-dtype"].as<std::string>();
     const data::TokenDtype dtype = data::parse_token_dtype(dtype_name);
+    const data::TextDocs docs = data::parse_text_docs((*r)["text-docs"].as<std::string>());
     std::error_code ec;
     if (!(*r)["overwrite"].as<bool>() &&
         std::filesystem::exists(std::filesystem::symlink_status(out, ec))) {
@@ -70,14 +78,15 @@ int run_tokenize(int argc, char** argv) {
 
     const auto t0 = std::chrono::steady_clock::now();
     std::unique_ptr<ProgressMeter> meter;
-    const auto ids = data::tokenize_text_file(
-        text, tokenizer, (*r)["add-special-tokens"].as<bool>(), [&](size_t done, size_t total) {
-          if (!meter) {
-            meter = std::make_unique<ProgressMeter>("tokenize", "bytes",
-                                                    static_cast<int64_t>(total), true);
-          }
-          meter->update(static_cast<int64_t>(done));
-        });
+    const auto ids =
+        data::tokenize_text_file(text, tokenizer, (*r)["add-special-tokens"].as<bool>(), docs,
+                                 [&](size_t done, size_t total) {
+                                   if (!meter) {
+                                     meter = std::make_unique<ProgressMeter>(
+                                         "tokenize", "bytes", static_cast<int64_t>(total), true);
+                                   }
+                                   meter->update(static_cast<int64_t>(done));
+                                 });
     if (meter) meter->finish();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -86,6 +95,7 @@ int run_tokenize(int argc, char** argv) {
         out, ids, int64_t{max_id} + 1,
         dtype == data::TokenDtype::kU16 ? model::TokenDType::kU16 : model::TokenDType::kU32);
     std::cout << "tokens           " << ids.size() << " (largest id " << max_id << ")\n"
+              << "text-docs        " << data::text_docs_name(docs) << "\n"
               << "dtype            " << dtype_name << "\n"
               << "seconds          " << seconds << "\n"
               << "file             " << out << "\n"

@@ -85,7 +85,9 @@ SettingTable eval_settings(const std::string& prefix) {
        "Gaussian bound (report.json 'pareto', pareto.png)",
        {}},
       {"memory", "memory-contexts", T::kString, "1024,2048,4096,8192,16384,32768",
-       "Contexts (tokens) the caches are filled to and measured at",
+       "Contexts (tokens) the caches are filled to and measured at; next to the smallest, also "
+       "where the full-precision window is half full and one token short of full (the largest "
+       "gives the headline ratio)",
        [](const json& v, const std::string&) { parse_memory_contexts(v.get<std::string>()); }},
   };
 }

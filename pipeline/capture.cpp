@@ -335,8 +335,8 @@ TokenFile open_tokens(const std::string& tokens_path, const std::string& text_pa
                       const CaptureOptions& opt, const model::ModelConfig& config) {
   if (text_path.empty()) return TokenFile(tokens_path, opt.token_dtype, config.vocab_size);
   return TokenFile::from_tokens(
-      tokenize_text_file(text_path, opt.tokenizer_path, config.bos_token_id >= 0), text_path,
-      config.vocab_size);
+      tokenize_text_file(text_path, opt.tokenizer_path, config.bos_token_id >= 0, opt.text_docs),
+      text_path, config.vocab_size);
 }
 
 // Peak bytes of one layer of the capture forward (compute dtype: float32 on the CPU, bfloat16 on

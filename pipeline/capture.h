@@ -17,6 +17,8 @@ struct CaptureOptions {
   std::string tokens_path;     // flat token file, or
   std::string text_path;       // a UTF-8 text file with
   std::string tokenizer_path;  // a SentencePiece tokenizer.model or an HF tokenizer.json
+  // How --text and --holdout-text split into documents, each tokenized with BOS at its start.
+  data::TextDocs text_docs = data::TextDocs::kBlankLines;
   // A separate held-out corpus (at most one; empty: the held-out sequences are the end of the
   // training stream, which the training windows never reach — pipeline/sequence_plan.h).
   std::string holdout_tokens_path;  // a token file like --tokens, or

@@ -25,6 +25,7 @@
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "pipeline/capture.h"
+#include "trainer/group_overhead.h"
 
 namespace cskv::pipeline {
 
@@ -54,10 +55,22 @@ struct EvalInputs {
   int64_t context = 0;                // resolved --context
   int64_t n_seq = 0;                  // sequences used end to end
   std::vector<int64_t> contexts;      // memory contexts, ascending, unique
+  int64_t headline_context = 0;       // the largest --memory-contexts: the headline's ratio
   std::vector<int64_t> uncompressed;  // layers without factors (plain fp16 cache)
 };
 
-// --decode, --context, --sequences and --memory-contexts against the held-out sequences.
+// The contexts where the full-precision window of `window` tokens (counted after the sinks) is
+// half full and one token short of full, from the last window boundary at or below `smallest`:
+// every default context is a multiple of the window, where the window is empty and the ratio at
+// its best. None without a window of at least 2 tokens.
+std::vector<int64_t> partly_full_contexts(int64_t smallest, int64_t window, int64_t sinks) {
+  if (window < 2 || smallest < sinks) return {};
+  const int64_t boundary = smallest - (smallest - sinks) % window;
+  return {boundary + window / 2, boundary + window - 1};
+}
+
+// --decode, --context, --sequences and --memory-contexts against the held-out sequences (and,
+// next to the smallest memory context, those where the window is partly full).
 void check_lengths(const EvalOptions& o, EvalInputs& in) {
   CSKV_CHECK_USAGE(o.decode >= 1, "--decode: expected >= 1, found " << o.decode);
   CSKV_CHECK_USAGE(o.context >= 0, "--context: expected >= 1 (or 0 = auto), found " << o.context);
@@ -97,6 +110,13 @@ void check_lengths(const EvalOptions& o, EvalInputs& in) {
   in.contexts.erase(std::unique(in.contexts.begin(), in.contexts.end()), in.contexts.end());
   CSKV_CHECK_USAGE(!in.contexts.empty() && in.contexts.front() >= 1,
                    "--memory-contexts: expected positive token counts");
+  in.headline_context = in.contexts.back();
+  for (const int64_t c :
+       partly_full_contexts(in.contexts.front(), in.comp.quant.window, in.comp.sink_tokens)) {
+    if (std::find(in.contexts.begin(), in.contexts.end(), c) == in.contexts.end()) {
+      in.contexts.insert(std::upper_bound(in.contexts.begin(), in.contexts.end(), c), c);
+    }
+  }
 }
 
 // The compressed layers must be in the held-out activations and in stats.h5.
@@ -146,6 +166,18 @@ void check_compressor_weights(const EvalOptions& o, const EvalInputs& in) {
                                      << " (same config.json, other weights: another model)");
 }
 
+// A grouping whose fp16 scale/zero make the codes larger than 16-bit latents: one warning each.
+void warn_costly_groupings(const EvalOptions& o, const EvalInputs& in) {
+  std::vector<trainer::LayerJob> jobs;
+  for (const auto& [layer, f] : in.comp.layers) {
+    jobs.emplace_back(layer, trainer::KvKind::kKey, f.r_k());
+    jobs.emplace_back(layer, trainer::KvKind::kValue, f.r_v());
+  }
+  for (const auto& g : trainer::costly_groupings(in.config, in.comp.quant, jobs)) {
+    log::get("eval")->warn("{}: {}", o.compressor_path, trainer::costly_grouping_message(g));
+  }
+}
+
 // validate: every rank checks the same inputs (and fails the same way); rank 0's gnuplot check
 // holds for all.
 EvalInputs validate(const EvalOptions& o, comm::Communicator& comm) {
@@ -165,6 +197,7 @@ EvalInputs validate(const EvalOptions& o, comm::Communicator& comm) {
   in.seq_len = in.sequences.size(1);
   check_lengths(o, in);
   check_captured_layers(o, in);
+  if (comm.rank() == 0) warn_costly_groupings(o, in);
   comm::root_decides(comm, std::function<void()>([&] {
                        if (o.write_files && o.plots) eval::check_plotting();
                      }));
@@ -224,8 +257,12 @@ void work_end_to_end(const EvalOptions& o, const EvalInputs& in, const model::Ll
 void work_memory(const EvalOptions& o, const EvalInputs& in, const model::LlamaModel& model,
                  eval::EvalReport& r, comm::Communicator& comm) {
   r.memory = eval::measure_memory(model, in.comp, o.acts_dir, in.contexts, o.cache_storage, comm);
-  r.compression_ratio = r.memory.back().ratio;
-  r.compression_ratio_context = r.memory.back().context;
+  const auto headline = std::find_if(r.memory.begin(), r.memory.end(), [&](const auto& m) {
+    return m.context == in.headline_context;
+  });
+  CSKV_CHECK(headline != r.memory.end(), "no memory row at " << in.headline_context << " tokens");
+  r.compression_ratio = headline->ratio;
+  r.compression_ratio_context = headline->context;
   for (const auto& m : r.memory) {
     if (o.cache_storage == at::kHalf &&
         (static_cast<double>(m.compressed_measured) != m.compressed_formula ||

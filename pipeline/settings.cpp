@@ -72,6 +72,21 @@ BoundTable<C> capture_input_rows() {
         true},
        [](C& o, const json& v) { o.tokenizer_path = v.get<std::string>(); },
        [](const C& o) { return absolute_or_empty(o.tokenizer_path); }},
+      {{"input", "text-docs", T::kString, "blank-lines",
+        "How --text and --holdout-text split into documents, each tokenized on its own with the "
+        "tokenizer's BOS at its start: blank-lines (separated by blank lines) | lines (one per "
+        "line) | whole (the file is one document)",
+        [](const json& v, const std::string& f) { data::parse_text_docs(v.get<std::string>(), f); },
+        true},
+       [](C& o, const json& v) { o.text_docs = data::parse_text_docs(v.get<std::string>()); },
+       // Recorded only when a text is tokenized into documents: a --tokens capture and one of the
+       // whole file (what --text did before documents) keep the identity they had.
+       [](const C& o) {
+         const bool text = !o.text_path.empty() || !o.holdout_text_path.empty();
+         return !text || o.text_docs == data::TextDocs::kWhole
+                    ? json()
+                    : json(data::text_docs_name(o.text_docs));
+       }},
       {{"input",
         "holdout-tokens",
         T::kString,

@@ -31,6 +31,7 @@
 #include "pipeline/coordinator.h"
 #include "pipeline/settings.h"
 #include "pipeline/stage_outputs.h"
+#include "trainer/group_overhead.h"
 #include "trainer/job_widths.h"
 #include "trainer/quantizer.h"
 #include "trainer/rank_allocation.h"
@@ -615,7 +616,13 @@ class TrainStage {
         // A job's numbers depend only on the job (its data, seed and the fixed thread count),
         // never on which rank or how many ranks (dp = 1).
         costs_(job_costs(jobs_, trainer_, model_, o.cfg)),
-        ranks_(assign_ranks(costs_.costs, o.dp, comm, device_)) {}
+        ranks_(assign_ranks(costs_.costs, o.dp, comm, device_)) {
+    if (comm.rank() == 0) {
+      for (const auto& g : costly_groupings(model_, o.cfg, jobs_)) {
+        log::get("trainer")->warn("{}", costly_grouping_message(g));
+      }
+    }
+  }
 
   // Continues from the newest complete step, if there is one: this group's saved states.
   void resume() {

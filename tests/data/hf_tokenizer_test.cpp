@@ -246,7 +246,7 @@ TEST(HfTokenizer, TokenizerKindByNameOrContentAndRefusal) {
                 "tokenizer.json)");
   // tokenize_text_file takes a tokenizer.json as it takes a SentencePiece model.
   size_t last_done = 0;
-  EXPECT_EQ(tokenize_text_file(dir / "text.txt", dir / "tok", true,
+  EXPECT_EQ(tokenize_text_file(dir / "text.txt", dir / "tok", true, TextDocs::kBlankLines,
                                [&](size_t done, size_t total) {
                                  EXPECT_EQ(total, 3u);
                                  last_done = done;
@@ -256,9 +256,10 @@ TEST(HfTokenizer, TokenizerKindByNameOrContentAndRefusal) {
   test::write_file(dir / "latin1.txt",
                    "ab\xe9"
                    "c");
-  EXPECT_EQ(
-      test::input_error_of([&] { tokenize_text_file(dir / "latin1.txt", dir / "tok", true); }),
-      dir / "latin1.txt" + ": not valid UTF-8 at byte 2");
+  EXPECT_EQ(test::input_error_of([&] {
+              tokenize_text_file(dir / "latin1.txt", dir / "tok", true, TextDocs::kBlankLines);
+            }),
+            dir / "latin1.txt" + ": not valid UTF-8 at byte 2");
 }
 
 }  // namespace

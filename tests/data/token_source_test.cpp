@@ -191,8 +191,10 @@ TEST(Tokenizer, TrainedSentencePieceRoundTrip) {
   const SentencePieceInfo info = sentencepiece_info(dir / "sp.model");
   EXPECT_EQ(info.bos_id, 1);
   EXPECT_EQ(info.vocab_size, 40);
-  const auto with_bos = tokenize_text_file(dir / "in.txt", dir / "sp.model", true);
-  const auto plain = tokenize_text_file(dir / "in.txt", dir / "sp.model", false);
+  const auto with_bos =
+      tokenize_text_file(dir / "in.txt", dir / "sp.model", true, TextDocs::kBlankLines);
+  const auto plain =
+      tokenize_text_file(dir / "in.txt", dir / "sp.model", false, TextDocs::kBlankLines);
   ASSERT_EQ(with_bos.size(), plain.size() + 1);
   EXPECT_EQ(with_bos[0], 1u);
   EXPECT_TRUE(std::equal(plain.begin(), plain.end(), with_bos.begin() + 1));
@@ -206,11 +208,101 @@ TEST(Tokenizer, TrainedSentencePieceRoundTrip) {
   TokenFile f = TokenFile::from_tokens(with_bos, dir / "in.txt", info.vocab_size);
   EXPECT_EQ(f.size(), static_cast<int64_t>(with_bos.size()));
 
-  const std::string msg = test::error_message(
-      [&] { tokenize_text_file(dir / "in.txt", dir / "missing.model", false); });
+  const std::string msg = test::error_message([&] {
+    tokenize_text_file(dir / "in.txt", dir / "missing.model", false, TextDocs::kBlankLines);
+  });
   EXPECT_EQ(msg.rfind(dir / "missing.model" + ": cannot load SentencePiece model: ", 0), 0u) << msg;
-  EXPECT_CSKV_ERROR(tokenize_text_file(dir / "none.txt", dir / "sp.model", false),
-                    dir / "none.txt" + ": cannot open text file: No such file or directory");
+  EXPECT_CSKV_ERROR(
+      tokenize_text_file(dir / "none.txt", dir / "sp.model", false, TextDocs::kBlankLines),
+      dir / "none.txt" + ": cannot open text file: No such file or directory");
+}
+
+// The documents of a text: blank-line runs (CRLF or LF, leading/trailing blank lines, lines of
+// spaces) separate documents; one per line; the whole file; empty documents are left out.
+TEST(TextDocuments, SplitByBlankLinesByLinesOrWhole) {
+  using V = std::vector<std::string>;
+  const std::string text = "\n \n alpha beta\r\ngamma\r\n\r\n\t\r\n\n delta\n\nkey\n\n";
+  EXPECT_EQ(split_text_documents(text, TextDocs::kBlankLines),
+            (V{" alpha beta\ngamma", " delta", "key"}));
+  EXPECT_EQ(split_text_documents(text, TextDocs::kLines),
+            (V{" alpha beta", "gamma", " delta", "key"}));
+  EXPECT_EQ(split_text_documents(text, TextDocs::kWhole), (V{text}));
+  // No blank line: one document, with or without a final line end.
+  EXPECT_EQ(split_text_documents("a b\nc d\n", TextDocs::kBlankLines), (V{"a b\nc d"}));
+  EXPECT_EQ(split_text_documents("a b\r\nc d", TextDocs::kBlankLines), (V{"a b\nc d"}));
+  EXPECT_EQ(split_text_documents("", TextDocs::kBlankLines), V{});
+  EXPECT_EQ(split_text_documents(" \r\n\n", TextDocs::kLines), V{});
+  EXPECT_EQ(split_text_documents("", TextDocs::kWhole), V{});
+  EXPECT_EQ(parse_text_docs("lines"), TextDocs::kLines);
+  EXPECT_EQ(parse_text_docs("blank-lines"), TextDocs::kBlankLines);
+  EXPECT_EQ(parse_text_docs("whole"), TextDocs::kWhole);
+  EXPECT_EQ(text_docs_name(TextDocs::kBlankLines), std::string("blank-lines"));
+  EXPECT_CSKV_ERROR(parse_text_docs("paragraphs"),
+                    "--text-docs: expected blank-lines|lines|whole, found 'paragraphs'");
+}
+
+// tokenize_text_file: every document encoded on its own by SentencePiece with BOS first, the
+// documents back to back; a CRLF file gives the ids of its LF twin.
+TEST(TextDocuments, EveryDocumentIsEncodedOnItsOwnWithBos) {
+  TempDir dir;
+  {
+    std::ofstream out(dir / "train.txt");
+    const char* words[] = {"alpha", "beta", "gamma", "delta", "cache", "key", "value", "layer"};
+    uint32_t s = 3;
+    for (int line = 0; line < 400; ++line) {
+      for (int w = 0; w < 8; ++w) {
+        s = s * 1103515245u + 12345u;
+        out << (w ? " " : "") << words[(s >> 16) % 8];
+      }
+      out << "\n";
+    }
+  }
+  train_sentencepiece("--input=" + (dir / "train.txt") + " --model_prefix=" + (dir / "sp") +
+                      " --vocab_size=40 --model_type=bpe --bos_id=1 --eos_id=2 --unk_id=0 "
+                      "--minloglevel=2 --num_threads=1");
+  const std::string model = dir / "sp.model";
+  const std::vector<std::string> docs = {"alpha key value\ncache beta", "layer gamma",
+                                         "delta delta\nkey\nvalue"};
+  const std::string lf = "\n\n" + docs[0] + "\n\n \n" + docs[1] + "\n\n" + docs[2] + "\n\n";
+  std::string crlf;
+  for (const char c : lf) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
+  test::write_file(dir / "lf.txt", lf);
+  test::write_file(dir / "crlf.txt", crlf);
+
+  // The reference: SentencePiece on each document alone, BOS (id 1) before each.
+  auto reference = [&](const std::vector<std::string>& documents, bool bos) {
+    std::vector<uint32_t> ids;
+    for (const auto& d : documents) {
+      if (bos) ids.push_back(1);
+      const auto one = sentencepiece_encode(model, d);
+      EXPECT_FALSE(one.empty()) << d;
+      ids.insert(ids.end(), one.begin(), one.end());
+    }
+    return ids;
+  };
+  size_t last_done = 0;
+  const auto progress = [&](size_t done, size_t total) {
+    EXPECT_EQ(total, lf.size());
+    EXPECT_GE(done, last_done);
+    last_done = done;
+  };
+  const auto blank =
+      tokenize_text_file(dir / "lf.txt", model, true, TextDocs::kBlankLines, progress);
+  EXPECT_EQ(blank, reference(docs, true));
+  EXPECT_EQ(last_done, lf.size());
+  EXPECT_EQ(std::count(blank.begin(), blank.end(), 1u), 3);
+  EXPECT_EQ(tokenize_text_file(dir / "crlf.txt", model, true, TextDocs::kBlankLines), blank);
+  EXPECT_EQ(tokenize_text_file(dir / "lf.txt", model, false, TextDocs::kBlankLines),
+            reference(docs, false));
+
+  const std::vector<std::string> lines = {"alpha key value", "cache beta", "layer gamma",
+                                          "delta delta",     "key",        "value"};
+  EXPECT_EQ(tokenize_text_file(dir / "lf.txt", model, true, TextDocs::kLines),
+            reference(lines, true));
+  EXPECT_EQ(tokenize_text_file(dir / "crlf.txt", model, true, TextDocs::kLines),
+            reference(lines, true));
+  EXPECT_EQ(tokenize_text_file(dir / "lf.txt", model, true, TextDocs::kWhole),
+            reference({lf}, true));
 }
 
 }  // namespace

@@ -80,9 +80,9 @@ TEST(Settings, EveryFlagIsDeclaredOnceAndCaptureIdentityIsTheRecordedKeys) {
     EXPECT_TRUE(value.is_null()) << key;
   }
   EXPECT_EQ(identity,
-            (std::set<std::string>{"tokens", "token_dtype", "text", "tokenizer", "holdout_tokens",
-                                   "holdout_text", "num_seqs", "seq_len", "holdout_seqs",
-                                   "sampling", "seed", "dtype", "layers"}));
+            (std::set<std::string>{"tokens", "token_dtype", "text", "text_docs", "tokenizer",
+                                   "holdout_tokens", "holdout_text", "num_seqs", "seq_len",
+                                   "holdout_seqs", "sampling", "seed", "dtype", "layers"}));
 }
 
 TEST(Settings, EveryDtypeSpellingResolvesToTheCanonicalOne) {

@@ -76,5 +76,52 @@ TEST(TokenizeCli, RefusesAFileThatIsNoTokenizer) {
       << r.err;
 }
 
+// Every document gets the template's <s> (id 5): blank-line-separated by default, one per line
+// with --text-docs lines, CRLF line ends and blank lines of spaces alike; a bad value is a usage
+// error and a byte that is not UTF-8 is named by its offset in the file.
+TEST(TokenizeCli, PutsBosAtEveryDocumentStart) {
+  test::TempDir dir;
+  test::write_file(dir / "tokenizer.json", tokenizer_json());
+  test::write_file(dir / "paragraphs.txt", "\r\nabc\r\n\r\n \r\nab\n");
+  test::write_file(dir / "lines.txt", "ab\r\nabc\r\n \r\nc");
+  auto tokens = [&](const std::string& text, const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"tokenize",      "--tokenizer", dir / "tokenizer.json",
+                                     "--text",        dir / text,    "--out",
+                                     dir / "out.u16", "--overwrite"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto r = test::run_cskv(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    const data::TokenFile f(dir / "out.u16", data::TokenDtype::kU16, 6);
+    std::vector<uint32_t> ids;
+    for (int64_t i = 0; i < f.size(); ++i) ids.push_back(f[i]);
+    return std::make_pair(ids, r.out);
+  };
+  const auto [blank, blank_out] = tokens("paragraphs.txt", {});
+  EXPECT_EQ(blank, (std::vector<uint32_t>{5, 4, 5, 3}));
+  EXPECT_TRUE(has_line(blank_out, "text-docs        blank-lines")) << blank_out;
+  const auto [lines, lines_out] = tokens("lines.txt", {"--text-docs", "lines"});
+  EXPECT_EQ(lines, (std::vector<uint32_t>{5, 3, 5, 4, 5, 2}));
+  EXPECT_TRUE(has_line(lines_out, "text-docs        lines")) << lines_out;
+  EXPECT_EQ(tokens("paragraphs.txt", {"--text-docs", "lines"}).first, blank);
+  EXPECT_EQ(tokens("lines.txt", {"--text-docs", "lines", "--add-special-tokens=false"}).first,
+            (std::vector<uint32_t>{3, 4, 2}));
+
+  const auto bad =
+      test::run_cskv({"tokenize", "--tokenizer", dir / "tokenizer.json", "--text",
+                      dir / "lines.txt", "--out", dir / "bad.u16", "--text-docs", "paragraphs"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_TRUE(has_line(bad.err,
+                       "cskv tokenize: usage error: --text-docs: expected "
+                       "blank-lines|lines|whole, found 'paragraphs'"))
+      << bad.err;
+  test::write_file(dir / "latin1.txt", "ab\n\nc\xe9");
+  const auto latin1 = test::run_cskv({"tokenize", "--tokenizer", dir / "tokenizer.json", "--text",
+                                      dir / "latin1.txt", "--out", dir / "latin1.u16"});
+  EXPECT_EQ(latin1.exit_code, 1);
+  EXPECT_TRUE(has_line(
+      latin1.err, "cskv tokenize: error: " + dir / "latin1.txt" + ": not valid UTF-8 at byte 5"))
+      << latin1.err;
+}
+
 }  // namespace
 }  // namespace cskv

@@ -253,11 +253,19 @@ TEST_F(EvalRunTest, CliReportJsonHoldsEveryFieldTheReportShows) {
   char top1[32];
   std::snprintf(top1, sizeof top1, "%.1f%%", 100.0 * e.at("top1_agreement").get<double>());
   has(top1);
-  // (c) memory: sorted contexts, measured = formula, the ratio.
+  // (c) memory: sorted contexts, measured = formula, the ratio; next to the smallest (100: the
+  // window of 32 holds 4 tokens after the boundary at 96), the window half full (112) and one
+  // token short of full (127), where the ratio is at its worst.
   const auto& mem = j.at("memory");
-  ASSERT_EQ(mem.size(), 3u);
-  EXPECT_EQ(mem[0].at("context"), 100);
-  EXPECT_EQ(mem[2].at("context"), 4096);
+  ASSERT_EQ(mem.size(), 5u);
+  const std::vector<int64_t> contexts = {100, 112, 127, 1000, 4096}, in_window = {4, 16, 31, 8, 0};
+  for (size_t i = 0; i < contexts.size(); ++i) {
+    EXPECT_EQ(mem[i].at("context"), contexts[i]) << i;
+    EXPECT_EQ(mem[i].at("window_tokens"), in_window[i]) << i;
+    has("x | " + std::to_string(in_window[i]) + " |");
+  }
+  EXPECT_LT(mem[2].at("ratio").get<double>(), mem[1].at("ratio").get<double>());
+  EXPECT_LT(mem[1].at("ratio").get<double>(), mem[0].at("ratio").get<double>());
   for (const auto& m : mem) {
     const auto measured = m.at("compressed_bytes_measured").get<int64_t>();
     EXPECT_EQ(static_cast<double>(measured), m.at("compressed_bytes_formula").get<double>());
@@ -268,7 +276,7 @@ TEST_F(EvalRunTest, CliReportJsonHoldsEveryFieldTheReportShows) {
     has("| " + std::to_string(m.at("context").get<int64_t>()) + " | " + std::to_string(measured) +
         " B");
   }
-  EXPECT_EQ(j.at("compression_ratio").get<double>(), mem[2].at("ratio").get<double>());
+  EXPECT_EQ(j.at("compression_ratio").get<double>(), mem[4].at("ratio").get<double>());
   EXPECT_EQ(j.at("compression_ratio_context"), 4096);
   // The headline, in the report and on stdout.
   const std::string headline = j.at("headline");

@@ -75,6 +75,10 @@ json hand_written_capture_identity(const CaptureOptions& o, const std::string& m
   j["tokenizer"] = abs(o.tokenizer_path);
   j["holdout_tokens"] = abs(o.holdout_tokens_path);
   j["holdout_text"] = abs(o.holdout_text_path);
+  const bool text = !o.text_path.empty() || !o.holdout_text_path.empty();
+  if (text && o.text_docs != data::TextDocs::kWhole) {  // since issue 14 item 5
+    j["text_docs"] = data::text_docs_name(o.text_docs);
+  }
   j["token_dtype"] = data::token_dtype_name(o.token_dtype);
   j["token_stream_size"] = stream;
   j["num_seqs"] = o.num_seqs;
@@ -103,6 +107,7 @@ json other_value(const Setting& s) {
       if (s.flag == "quant-compat") return "cskv";
       if (s.flag == "quant") return "waterfill";
       if (s.flag == "token-dtype") return "u32";
+      if (s.flag == "text-docs") return "lines";
       if (s.flag == "sampling") return "contiguous";
       if (s.flag == "dtype") return "float32";
       if (s.flag == "device") return "cuda";
