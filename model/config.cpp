@@ -147,77 +147,105 @@ Arch arch_from_config(const json& obj, const std::string& path) {
                        << "' is not supported (supported: llama, mistral, qwen2)");
 }
 
-double rope_number(const json& rs, const std::string& path, const Fields& f, const char* key) {
-  CSKV_CHECK_INPUT(
-      rs.contains(key) && !rs.at(key).is_null(),
-      path << ": missing required key 'rope_scaling." << key << "' (expected a number)");
-  return f.positive_number_value(std::string("rope_scaling.") + key, rs.at(key));
+// RoPE parameters live in `rope_scaling` (transformers 4.x) or `rope_parameters` (5.x): `where`
+// names the object in messages.
+double rope_number(const json& rs, const std::string& path, const Fields& f,
+                   const std::string& where, const char* key) {
+  CSKV_CHECK_INPUT(rs.contains(key) && !rs.at(key).is_null(), path << ": missing required key '"
+                                                                   << where << "." << key
+                                                                   << "' (expected a number)");
+  return f.positive_number_value(where + "." + key, rs.at(key));
 }
 
-double rope_number_or(const json& rs, const Fields& f, const char* key, double fallback) {
+double rope_number_or(const json& rs, const Fields& f, const std::string& where, const char* key,
+                      double fallback) {
   if (!rs.contains(key) || rs.at(key).is_null()) return fallback;
-  return f.positive_number_value(std::string("rope_scaling.") + key, rs.at(key));
+  return f.positive_number_value(where + "." + key, rs.at(key));
 }
 
 // HF _compute_yarn_parameters: attention_factor given, or 0.1·mscale·ln(factor) + 1 (ratio of
 // two such terms when both mscale and mscale_all_dim are given).
-double yarn_attention_factor(const json& rs, const Fields& f, double factor) {
+double yarn_attention_factor(const json& rs, const Fields& f, const std::string& where,
+                             double factor) {
   if (rs.contains("attention_factor") && !rs.at("attention_factor").is_null()) {
-    return f.positive_number_value("rope_scaling.attention_factor", rs.at("attention_factor"));
+    return f.positive_number_value(where + ".attention_factor", rs.at("attention_factor"));
   }
   auto get_mscale = [&](double m) { return factor <= 1 ? 1.0 : 0.1 * m * std::log(factor) + 1.0; };
-  const double mscale = rope_number_or(rs, f, "mscale", 0);
-  const double mscale_all_dim = rope_number_or(rs, f, "mscale_all_dim", 0);
+  const double mscale = rope_number_or(rs, f, where, "mscale", 0);
+  const double mscale_all_dim = rope_number_or(rs, f, where, "mscale_all_dim", 0);
   if (mscale != 0 && mscale_all_dim != 0) return get_mscale(mscale) / get_mscale(mscale_all_dim);
   return get_mscale(1.0);
 }
 
-RopeScaling parse_rope_scaling(const json& obj, const std::string& path, const Fields& f) {
+// The RoPE variant of the object obj[where] ("rope_scaling" or "rope_parameters"; absent or null:
+// none).
+RopeScaling parse_rope_scaling(const json& obj, const std::string& path, const Fields& f,
+                               const std::string& where) {
   RopeScaling r;
-  if (!f.given("rope_scaling")) return r;
-  const json& rs = obj.at("rope_scaling");
-  CSKV_CHECK_INPUT(rs.is_object(), path
-                                       << ": key 'rope_scaling': expected an object or null, found "
-                                       << describe(rs));
+  if (!f.given(where.c_str())) return r;
+  const json& rs = obj.at(where);
+  CSKV_CHECK_INPUT(rs.is_object(), path << ": key '" << where
+                                        << "': expected an object or null, found " << describe(rs));
   const char* type_key = rs.contains("type") ? "type" : "rope_type";
   CSKV_CHECK_INPUT(rs.contains(type_key),
-                   path << ": key 'rope_scaling': missing 'type' (or 'rope_type')");
+                   path << ": key '" << where << "': missing 'type' (or 'rope_type')");
   const json& type = rs.at(type_key);
-  CSKV_CHECK_INPUT(type.is_string(), path << ": key 'rope_scaling." << type_key
+  CSKV_CHECK_INPUT(type.is_string(), path << ": key '" << where << "." << type_key
                                           << "': expected a string, found " << describe(type));
   r.type = type.get<std::string>();
   if (r.type == "default") return RopeScaling{};
   CSKV_CHECK_INPUT(
       r.type == "linear" || r.type == "dynamic" || r.type == "llama3" || r.type == "yarn",
-      path << ": rope_scaling type '" << r.type
+      path << ": " << where << " type '" << r.type
            << "' is not supported (supported: linear, dynamic, llama3, yarn)");
-  r.factor = rope_number(rs, path, f, "factor");
+  r.factor = rope_number(rs, path, f, where, "factor");
   // dynamic (HF _compute_dynamic_ntk_parameters) reads factor and the top-level
   // max_position_embeddings only (checked in parse_config_json).
   if (r.type == "linear" || r.type == "dynamic") return r;
   const char* omp = "original_max_position_embeddings";
-  CSKV_CHECK_INPUT(rs.contains(omp), path << ": missing required key 'rope_scaling." << omp
+  CSKV_CHECK_INPUT(rs.contains(omp), path << ": missing required key '" << where << "." << omp
                                           << "' (expected an integer)");
-  r.original_max_position_embeddings =
-      f.positive_int_value(std::string("rope_scaling.") + omp, rs.at(omp));
+  r.original_max_position_embeddings = f.positive_int_value(where + "." + omp, rs.at(omp));
   if (r.type == "llama3") {
-    r.low_freq_factor = rope_number(rs, path, f, "low_freq_factor");
-    r.high_freq_factor = rope_number(rs, path, f, "high_freq_factor");
+    r.low_freq_factor = rope_number(rs, path, f, where, "low_freq_factor");
+    r.high_freq_factor = rope_number(rs, path, f, where, "high_freq_factor");
     CSKV_CHECK_INPUT(r.high_freq_factor > r.low_freq_factor,
-                     path << ": rope_scaling.high_freq_factor (" << r.high_freq_factor
+                     path << ": " << where << ".high_freq_factor (" << r.high_freq_factor
                           << ") must exceed low_freq_factor (" << r.low_freq_factor << ")");
     return r;
   }
-  r.beta_fast = rope_number_or(rs, f, "beta_fast", 32);
-  r.beta_slow = rope_number_or(rs, f, "beta_slow", 1);
+  r.beta_fast = rope_number_or(rs, f, where, "beta_fast", 32);
+  r.beta_slow = rope_number_or(rs, f, where, "beta_slow", 1);
   if (rs.contains("truncate") && !rs.at("truncate").is_null()) {
     CSKV_CHECK_INPUT(rs.at("truncate").is_boolean(),
-                     path << ": key 'rope_scaling.truncate': expected a boolean, found "
+                     path << ": key '" << where << ".truncate': expected a boolean, found "
                           << describe(rs.at("truncate")));
     r.truncate = rs.at("truncate").get<bool>();
   }
-  r.attention_factor = yarn_attention_factor(rs, f, r.factor);
+  r.attention_factor = yarn_attention_factor(rs, f, where, r.factor);
   return r;
+}
+
+// RoPE base and variant: transformers 5.x writes them together as `rope_parameters` (rope_type,
+// rope_theta and the variant's keys; rope_theta/rope_scaling at the top level null or absent),
+// 4.x as `rope_theta` and `rope_scaling`. Both forms at once must agree.
+void parse_rope(const json& obj, const std::string& path, const Fields& f, ModelConfig& c) {
+  c.rope_theta = f.positive_number_or("rope_theta", 10000.0);
+  c.rope_scaling = parse_rope_scaling(obj, path, f, "rope_scaling");
+  if (!f.given("rope_parameters")) return;
+  const RopeScaling p = parse_rope_scaling(obj, path, f, "rope_parameters");
+  const json& rp = obj.at("rope_parameters");
+  const double theta = rope_number_or(rp, f, "rope_parameters", "rope_theta", 10000.0);
+  CSKV_CHECK_INPUT(!f.given("rope_theta") || theta == c.rope_theta,
+                   path << ": rope_parameters.rope_theta (" << theta << ") contradicts rope_theta ("
+                        << c.rope_theta << ")");
+  CSKV_CHECK_INPUT(!f.given("rope_scaling") ||
+                       (p.type == c.rope_scaling.type && p.factor == c.rope_scaling.factor),
+                   path << ": rope_parameters (type '" << p.type << "', factor " << p.factor
+                        << ") contradicts rope_scaling (type '" << c.rope_scaling.type
+                        << "', factor " << c.rope_scaling.factor << ")");
+  c.rope_theta = theta;
+  c.rope_scaling = p;
 }
 
 std::string torch_dtype_of(const json& obj, const std::string& path) {
@@ -381,8 +409,7 @@ ModelConfig parse_config_json(const std::string& json_text, const std::string& p
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
   c.rms_norm_eps = f.positive_number_or("rms_norm_eps", 1e-6);
-  c.rope_theta = f.positive_number_or("rope_theta", 10000.0);
-  c.rope_scaling = parse_rope_scaling(obj, path, f);
+  parse_rope(obj, path, f, c);
   if (c.rope_scaling.type == "linear") c.rope_scaling_factor = c.rope_scaling.factor;
   c.tie_word_embeddings = f.boolean_or("tie_word_embeddings", false);
   // Qwen2 always has q/k/v biases; Llama/Mistral only with attention_bias (Llama's key).

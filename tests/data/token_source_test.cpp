@@ -11,6 +11,7 @@
 
 #include "data/sentencepiece.h"
 #include "tests/support/test_support.h"
+#include "tests/support/word_sentencepiece.h"
 
 namespace cskv::data {
 namespace {
@@ -170,21 +171,8 @@ TEST(TokenFile, BosIsPrependedNotReplacing) {
 
 TEST(Tokenizer, TrainedSentencePieceRoundTrip) {
   TempDir dir;
-  {
-    std::ofstream out(dir / "train.txt");
-    const char* words[] = {"alpha", "beta", "gamma", "delta", "cache", "key", "value", "layer"};
-    uint32_t s = 1;
-    for (int line = 0; line < 400; ++line) {
-      for (int w = 0; w < 8; ++w) {
-        s = s * 1103515245u + 12345u;
-        out << (w ? " " : "") << words[(s >> 16) % 8];
-      }
-      out << "\n";
-    }
-  }
-  train_sentencepiece("--input=" + (dir / "train.txt") + " --model_prefix=" + (dir / "sp") +
-                      " --vocab_size=40 --model_type=bpe --bos_id=1 --eos_id=2 --unk_id=0 "
-                      "--minloglevel=2 --num_threads=1");
+  test::write_word_corpus(dir / "train.txt", 1, 400);
+  test::train_word_sentencepiece(dir / "train.txt", dir / "sp");
   const std::string text = "alpha key value cache beta layer gamma delta";
   test::write_file(dir / "in.txt", text);
 
@@ -245,21 +233,8 @@ TEST(TextDocuments, SplitByBlankLinesByLinesOrWhole) {
 // documents back to back; a CRLF file gives the ids of its LF twin.
 TEST(TextDocuments, EveryDocumentIsEncodedOnItsOwnWithBos) {
   TempDir dir;
-  {
-    std::ofstream out(dir / "train.txt");
-    const char* words[] = {"alpha", "beta", "gamma", "delta", "cache", "key", "value", "layer"};
-    uint32_t s = 3;
-    for (int line = 0; line < 400; ++line) {
-      for (int w = 0; w < 8; ++w) {
-        s = s * 1103515245u + 12345u;
-        out << (w ? " " : "") << words[(s >> 16) % 8];
-      }
-      out << "\n";
-    }
-  }
-  train_sentencepiece("--input=" + (dir / "train.txt") + " --model_prefix=" + (dir / "sp") +
-                      " --vocab_size=40 --model_type=bpe --bos_id=1 --eos_id=2 --unk_id=0 "
-                      "--minloglevel=2 --num_threads=1");
+  test::write_word_corpus(dir / "train.txt", 3, 400);
+  test::train_word_sentencepiece(dir / "train.txt", dir / "sp");
   const std::string model = dir / "sp.model";
   const std::vector<std::string> docs = {"alpha key value\ncache beta", "layer gamma",
                                          "delta delta\nkey\nvalue"};

@@ -172,8 +172,9 @@ TEST(Llama3Run, Llama31StyleDirectoryFromTextRunsEndToEnd) {
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_NE(run.out.find("summary (" + out + "):"), std::string::npos) << run.out;
 
-  // Capture tokenized the text as HF's tokenizer(text) does: the held-out sequences are the
-  // stream's last ids, identical to the tokenizers package's.
+  // Capture tokenized the text's blank-line documents as HF's tokenizer(document) does, BOS first
+  // in each: the held-out sequences are the stream's last ids, identical to the tokenizers
+  // package's.
   const json capture = json::parse(test::read_file(out + "/acts/capture.json"));
   const at::Tensor holdout =
       data::read_shard_tokens(out + "/acts/" + data::shard_file_name(0, 1, "holdout"));

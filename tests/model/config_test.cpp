@@ -297,6 +297,52 @@ TEST(Config, RopeScalingErrors) {
             "m/config.json: key 'rope_scaling': expected an object or null, found an integer (2)");
 }
 
+// transformers 5.x writes the RoPE base and variant as one `rope_parameters` object (rope_theta
+// inside, top-level rope_theta/rope_scaling null): read as the 4.x keys would be, same hash.
+TEST(Config, RopeParametersOfTransformers5ReadAsRopeThetaAndScaling) {
+  auto v4 = base();
+  v4["rope_theta"] = 500000.0;
+  v4["rope_scaling"] = {{"rope_type", "llama3"},
+                        {"factor", 8.0},
+                        {"low_freq_factor", 1.0},
+                        {"high_freq_factor", 4.0},
+                        {"original_max_position_embeddings", 8192}};
+  auto v5 = base();
+  v5["rope_theta"] = nullptr;
+  v5["rope_scaling"] = nullptr;
+  v5["rope_parameters"] = v4["rope_scaling"];
+  v5["rope_parameters"]["rope_theta"] = 500000.0;
+  const ModelConfig a = parse_config_json(v4.dump(), "a"), b = parse_config_json(v5.dump(), "b");
+  EXPECT_EQ(b.rope_theta, 500000.0);
+  EXPECT_EQ(b.rope_scaling.type, "llama3");
+  EXPECT_EQ(b.rope_scaling.high_freq_factor, 4.0);
+  EXPECT_EQ(b.hash(), a.hash());
+  // The default variant: only the base.
+  auto plain = base();
+  plain["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}};
+  const ModelConfig c = parse_config_json(plain.dump(), "c");
+  EXPECT_EQ(c.rope_theta, 1e6);
+  EXPECT_EQ(c.rope_scaling.type, "");
+  // Both forms at once must agree; the 5.x object's keys are named as such in errors.
+  auto both = v5;
+  both["rope_theta"] = 10000.0;
+  EXPECT_EQ(parse_error(both),
+            "m/config.json: rope_parameters.rope_theta (500000) contradicts rope_theta (10000)");
+  both = v5;
+  both["rope_scaling"] = {{"type", "linear"}, {"factor", 8.0}};
+  EXPECT_EQ(parse_error(both),
+            "m/config.json: rope_parameters (type 'llama3', factor 8) contradicts rope_scaling "
+            "(type 'linear', factor 8)");
+  v5["rope_parameters"].erase("high_freq_factor");
+  EXPECT_EQ(parse_error(v5),
+            "m/config.json: missing required key 'rope_parameters.high_freq_factor' (expected a "
+            "number)");
+  v5["rope_parameters"] = {{"rope_type", "longrope"}, {"factor", 4.0}};
+  EXPECT_EQ(parse_error(v5),
+            "m/config.json: rope_parameters type 'longrope' is not supported "
+            "(supported: linear, dynamic, llama3, yarn)");
+}
+
 // dynamic (NTK): factor under either key spelling, the top-level max_position_embeddings required
 // (it is where the base starts to grow, so it is part of the hash here and only here); to_json
 // writes what HF reads and what parses back to the same model.

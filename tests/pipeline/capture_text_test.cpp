@@ -11,27 +11,15 @@
 #include "data/token_source.h"
 #include "tests/pipeline/capture_test_util.h"
 #include "tests/support/test_support.h"
+#include "tests/support/word_sentencepiece.h"
 
 namespace cskv::data {
 namespace {
 
 TEST(CaptureText, SentencePieceTextIsTokenizedAndCaptured) {
   test::TempDir dir;
-  {
-    std::ofstream out(dir / "corpus.txt");
-    const char* words[] = {"alpha", "beta", "gamma", "delta", "cache", "key", "value", "layer"};
-    uint32_t s = 7;
-    for (int line = 0; line < 300; ++line) {
-      for (int w = 0; w < 8; ++w) {
-        s = s * 1103515245u + 12345u;
-        out << (w ? " " : "") << words[(s >> 16) % 8];
-      }
-      out << "\n";
-    }
-  }
-  train_sentencepiece("--input=" + (dir / "corpus.txt") + " --model_prefix=" + (dir / "sp") +
-                      " --vocab_size=40 --model_type=bpe --bos_id=1 --eos_id=2 --unk_id=0 "
-                      "--minloglevel=2 --num_threads=1");
+  test::write_word_corpus(dir / "corpus.txt", 7, 300);
+  test::train_word_sentencepiece(dir / "corpus.txt", dir / "sp");
   model::write_toy_model(capture_testing::toy_spec(1, 32, 2, 1, 64, 64), dir / "model");
   const auto r =
       test::run_cskv({"capture", "--model", dir / "model", "--text", dir / "corpus.txt",
@@ -63,22 +51,8 @@ TEST(CaptureText, SentencePieceTextIsTokenizedAndCaptured) {
 // --text-docs lines cuts the same file into one document per line.
 TEST(CaptureText, EveryDocumentStartsWithBosAndTheLayoutIsPartOfTheIdentity) {
   test::TempDir dir;
-  {
-    std::ofstream out(dir / "corpus.txt");
-    const char* words[] = {"alpha", "beta", "gamma", "delta", "cache", "key", "value", "layer"};
-    uint32_t s = 11;
-    for (int line = 0; line < 300; ++line) {
-      if (line % 10 == 0) out << (line % 20 == 0 ? "\n" : "  \n\n");  // 30 documents
-      for (int w = 0; w < 8; ++w) {
-        s = s * 1103515245u + 12345u;
-        out << (w ? " " : "") << words[(s >> 16) % 8];
-      }
-      out << "\n";
-    }
-  }
-  train_sentencepiece("--input=" + (dir / "corpus.txt") + " --model_prefix=" + (dir / "sp") +
-                      " --vocab_size=40 --model_type=bpe --bos_id=1 --eos_id=2 --unk_id=0 "
-                      "--minloglevel=2 --num_threads=1");
+  test::write_word_corpus(dir / "corpus.txt", 11, 300, 10);  // 30 documents
+  test::train_word_sentencepiece(dir / "corpus.txt", dir / "sp");
   model::write_toy_model(capture_testing::toy_spec(1, 32, 2, 1, 64, 64), dir / "model");
   auto capture = [&](const std::vector<std::string>& extra) {
     std::vector<std::string> args = {"capture",

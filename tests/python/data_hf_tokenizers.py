@@ -167,13 +167,29 @@ def train_bench_tokenizer(text_file, out_json, vocab_size):
     tok.save(out_json)
 
 
+def blank_line_documents(text):
+    docs, lines = [], []
+    for line in text.split("\n"):
+        line = line[:-1] if line.endswith("\r") else line
+        if line.strip(" \t\r\v\f"):
+            lines.append(line)
+        elif lines:
+            docs.append("\n".join(lines))
+            lines = []
+    if lines:
+        docs.append("\n".join(lines))
+    return docs
+
+
 def train_llama3(text_file, out_json, vocab_size, tail):
     """The llama3 configuration trained on text_file's documents (blank-line separated)."""
     with open(text_file, encoding="utf-8") as f:
         text = f.read()
     tok = llama3(text.split("\n\n"), vocab_size)
     tok.save(out_json)
-    ids = tok.encode(text).ids
+    # cskv's --text-docs blank-lines: documents are the runs of non-blank lines (a "\r" before
+    # "\n" dropped), joined by "\n"; each encoded on its own (the template's BOS first).
+    ids = [i for doc in blank_line_documents(text) for i in tok.encode(doc).ids]
     print(json.dumps({"vocab": tok.get_vocab_size(with_added_tokens=True),
                       "bos": tok.token_to_id("<|begin_of_text|>"),
                       "eos": tok.token_to_id("<|end_of_text|>"), "count": len(ids),
