@@ -371,6 +371,10 @@ void check_forward_memory(const CaptureOptions& opt, const model::ModelConfig& c
 
 // Loads and checks the inputs; resolves opt.layers against the model.
 CaptureInputs load_inputs(CaptureOptions& opt, const comm::Communicator& comm) {
+  CSKV_CHECK_USAGE(opt.text_docs == data::TextDocs::kBlankLines || !opt.text_path.empty() ||
+                       !opt.holdout_text_path.empty(),
+                   "--text-docs " << data::text_docs_name(opt.text_docs)
+                                  << " lays out --text or --holdout-text, and neither is given");
   const at::Device device = device::select(opt.device, comm.local_rank());
   model::ModelConfig config = model::load_config(opt.model_dir);
   CSKV_CHECK_USAGE(

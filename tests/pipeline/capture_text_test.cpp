@@ -116,6 +116,19 @@ TEST(CaptureText, EveryDocumentStartsWithBosAndTheLayoutIsPartOfTheIdentity) {
       nlohmann::json::parse(test::read_file(dir / "acts/capture.json")).contains("text_docs"));
 }
 
+TEST(CaptureText, TextDocsWithoutTextIsAUsageError) {
+  test::TempDir dir;
+  model::write_toy_model(capture_testing::toy_spec(1, 32, 2, 1, 64, 64), dir / "model");
+  model::write_tokens(dir / "t.bin", model::toy_tokens(64, 2000, 1), 64, model::TokenDType::kU16);
+  const auto c = test::run_cskv({"capture", "--model", dir / "model", "--tokens", dir / "t.bin",
+                                 "--text-docs", "lines", "--out", dir / "acts"});
+  EXPECT_EQ(c.exit_code, 2);
+  EXPECT_TRUE(capture_testing::has_line(c.err,
+                                        "cskv capture: usage error: --text-docs lines lays out "
+                                        "--text or --holdout-text, and neither is given"))
+      << c.err;
+}
+
 TEST(CaptureText, TextWithoutTokenizerIsAUsageError) {
   test::TempDir dir;
   test::write_file(dir / "corpus.txt", "alpha beta\n");
