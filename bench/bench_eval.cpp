@@ -199,8 +199,7 @@ ev::Compressor make_compressor(const Args& a, const cskv::model::ModelConfig& co
   // The uniform code's bits per compressed token (codes + scale/zero): the waterfill budget.
   const auto bits_of = [&](tr::KvKind kind, int64_t r) {
     const tr::QuantConfig q = tr::job_quant_config(comp.quant, config, {0, kind, r});
-    return static_cast<int64_t>(
-        8 * (tr::quant_code_bytes_per_token(r, q) + tr::quant_overhead_bytes_per_token(r, q)));
+    return static_cast<int64_t>(tr::quant_bits_per_token(r, q));
   };
   k_bits = bits_of(tr::KvKind::kKey, rk);
   v_bits = bits_of(tr::KvKind::kValue, rv);

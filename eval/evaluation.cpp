@@ -126,10 +126,7 @@ LayerEval evaluate_layer(const model::SafetensorsModel& weights, const model::Mo
     (key ? le.k_error : le.v_error) = b.err / b.ref;
     (key ? le.k_error_16bit : le.v_error_16bit) = b.err16 / b.ref;
     const int64_t r = b.A.size(1);
-    const double bits = b.q.bits >= 16 && !trainer::uses_channel_codes(b.q)
-                            ? 16.0 * static_cast<double>(r)
-                            : 8.0 * (trainer::quant_code_bytes_per_token(r, b.q) +
-                                     trainer::quant_overhead_bytes_per_token(r, b.q));
+    const double bits = trainer::quant_bits_per_token(r, b.q);
     (key ? le.k_bits_per_token : le.v_bits_per_token) = bits;
     (key ? le.k_bound : le.v_bound) =
         trainer::gaussian_bound(at::linalg_eigvalsh(b.cov.cpu()), bits);

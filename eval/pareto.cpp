@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <utility>
 
 #include "common/progress.h"
@@ -41,48 +42,62 @@ at::Tensor holdout_spectrum(const std::string& acts_dir, int64_t layer, const at
   return at::linalg_eigvalsh(cov).clamp_min(0);
 }
 
-// Bits one token's latent costs under q at width r (codes and scale/zero overhead).
-double bits_per_token(int64_t r, const trainer::QuantConfig& q) {
-  return 8.0 * (trainer::quant_code_bytes_per_token(r, q) +
-                trainer::quant_overhead_bytes_per_token(r, q));
+// The grid's densities that keep at least one channel per head (the same for every job).
+std::vector<double> kept_densities(const model::ModelConfig& config, const ParetoGrid& grid) {
+  std::vector<double> out;
+  for (const double d : grid.densities) {
+    if (std::floor(d * static_cast<double>(config.head_dim) + 1e-9) >= 1) out.push_back(d);
+  }
+  return out;
 }
 
-// The grid's uniform points of one job, then the waterfill code at each of their bits.
-std::vector<ParetoPoint> sweep_job(const std::shared_ptr<const model::SafetensorsModel>& weights,
-                                   const model::ModelConfig& config, const std::string& acts_dir,
-                                   const trainer::LayerJob& base, const ParetoGrid& grid) {
-  const bool key = base.kind == KvKind::kKey;
-  const at::Tensor spectrum = holdout_spectrum(
-      acts_dir, base.layer, weights->get(trainer::kv_weight_name(base.layer, base.kind)));
-  std::vector<ParetoPoint> uniform;
-  for (const double density : grid.densities) {
-    const int64_t per_head = static_cast<int64_t>(std::floor(density * config.head_dim + 1e-9));
-    if (per_head < 1) continue;
+// The uniform code at every kept density × bits, in grid order (one trainer per bits, so each
+// reads the held-out split once for all densities).
+std::vector<ParetoPoint> uniform_points(
+    const std::shared_ptr<const model::SafetensorsModel>& weights, const model::ModelConfig& config,
+    const std::string& acts_dir, const trainer::LayerJob& base, const ParetoGrid& grid,
+    const at::Tensor& spectrum) {
+  std::vector<trainer::TrainConfig> cfgs;
+  std::vector<std::unique_ptr<const trainer::LayerTrainer>> trainers;
+  for (const int bits : grid.bits) {
+    trainer::TrainConfig cfg;
+    (base.kind == KvKind::kKey ? cfg.k_bits : cfg.v_bits) = bits;
+    cfg.window = kParetoKeyWindow;
+    cfgs.push_back(cfg);
+    trainers.push_back(
+        std::make_unique<const trainer::LayerTrainer>(cfg, config, weights, acts_dir));
+  }
+  std::vector<ParetoPoint> out;
+  for (const double density : kept_densities(config, grid)) {
     const int64_t r = trainer::rank_from_density(density, config.head_dim,
                                                  config.num_key_value_heads, "--pareto");
-    for (const int bits : grid.bits) {
-      trainer::TrainConfig cfg;
-      (key ? cfg.k_bits : cfg.v_bits) = bits;
-      cfg.window = kParetoKeyWindow;
-      const trainer::LayerTrainer t(cfg, config, weights, acts_dir);
-      const trainer::LayerJob job(base.layer, base.kind, r);
-      const trainer::JobState s = t.init(job);
+    const trainer::LayerJob job(base.layer, base.kind, r);
+    for (size_t b = 0; b < grid.bits.size(); ++b) {
       ParetoPoint p;
       p.code = "uniform";
       p.density = density;
-      p.bits = bits;
-      p.bits_per_token = bits_per_token(r, trainer::job_quant_config(cfg, config, job));
-      p.error = t.relative_error(s, "holdout", true);
+      p.bits = grid.bits[b];
+      p.bits_per_token =
+          trainer::quant_bits_per_token(r, trainer::job_quant_config(cfgs[b], config, job));
+      p.error = trainers[b]->relative_error(trainers[b]->init(job), "holdout", true);
       p.bound = trainer::gaussian_bound(spectrum, p.bits_per_token);
-      uniform.push_back(p);
+      out.push_back(p);
     }
   }
-  trainer::TrainConfig wcfg;
-  wcfg.quant = trainer::QuantMode::kWaterfill;
-  const trainer::LayerTrainer wt(wcfg, config, weights, acts_dir);
+  return out;
+}
+
+// The waterfill code at the bits per token of each uniform point.
+std::vector<ParetoPoint> waterfill_points(
+    const std::shared_ptr<const model::SafetensorsModel>& weights, const model::ModelConfig& config,
+    const std::string& acts_dir, const trainer::LayerJob& base,
+    const std::vector<ParetoPoint>& uniform, const at::Tensor& spectrum) {
+  trainer::TrainConfig cfg;
+  cfg.quant = trainer::QuantMode::kWaterfill;
+  const trainer::LayerTrainer t(cfg, config, weights, acts_dir);
   const trainer::LayerJob full(base.layer, base.kind, config.kv_dim());
-  const auto curves = wt.channel_curves(full).channels;
-  std::vector<ParetoPoint> out = uniform;
+  const auto curves = t.channel_curves(full).channels;
+  std::vector<ParetoPoint> out;
   for (const ParetoPoint& u : uniform) {
     const auto budget = static_cast<int64_t>(std::floor(u.bits_per_token));
     const trainer::LayerJob job =
@@ -91,10 +106,22 @@ std::vector<ParetoPoint> sweep_job(const std::shared_ptr<const model::Safetensor
     p.code = "waterfill";
     p.density = static_cast<double>(job.rank) / static_cast<double>(config.kv_dim());
     p.bits_per_token = static_cast<double>(job.bits_per_token());
-    p.error = job.rank > 0 ? wt.relative_error(wt.init(job), "holdout", true) : 1.0;
+    p.error = job.rank > 0 ? t.relative_error(t.init(job), "holdout", true) : 1.0;
     p.bound = trainer::gaussian_bound(spectrum, p.bits_per_token);
     out.push_back(p);
   }
+  return out;
+}
+
+// One job's points: the uniform ones, then the waterfill ones.
+std::vector<ParetoPoint> sweep_job(const std::shared_ptr<const model::SafetensorsModel>& weights,
+                                   const model::ModelConfig& config, const std::string& acts_dir,
+                                   const trainer::LayerJob& base, const ParetoGrid& grid) {
+  const at::Tensor spectrum = holdout_spectrum(
+      acts_dir, base.layer, weights->get(trainer::kv_weight_name(base.layer, base.kind)));
+  std::vector<ParetoPoint> out = uniform_points(weights, config, acts_dir, base, grid, spectrum);
+  const auto waterfill = waterfill_points(weights, config, acts_dir, base, out, spectrum);
+  out.insert(out.end(), waterfill.begin(), waterfill.end());
   return out;
 }
 
@@ -120,15 +147,6 @@ ParetoPoint unpack(const at::Tensor& row, const std::string& code) {
   return p;
 }
 
-// Grid points with at least one channel (their count is the same for every job).
-int64_t uniform_points(const model::ModelConfig& config, const ParetoGrid& grid) {
-  int64_t n = 0;
-  for (const double d : grid.densities) {
-    if (std::floor(d * static_cast<double>(config.head_dim) + 1e-9) >= 1) ++n;
-  }
-  return n * static_cast<int64_t>(grid.bits.size());
-}
-
 }  // namespace
 
 std::vector<JobPareto> pareto_sweep(std::shared_ptr<const model::SafetensorsModel> weights,
@@ -140,7 +158,8 @@ std::vector<JobPareto> pareto_sweep(std::shared_ptr<const model::SafetensorsMode
     for (const KvKind kind : {KvKind::kKey, KvKind::kValue}) jobs.emplace_back(l, kind, 0);
   }
   const auto n_jobs = static_cast<int64_t>(jobs.size());
-  const int64_t n_uniform = uniform_points(config, grid);
+  const auto n_uniform =
+      static_cast<int64_t>(kept_densities(config, grid).size() * grid.bits.size());
   // Job i's rows on its rank, zeros elsewhere: the sum is an exact gather.
   at::Tensor all = at::zeros({n_jobs, 2 * n_uniform, kFields}, at::kDouble);
   ProgressMeter progress("eval pareto", "jobs", n_jobs, comm.rank() == 0);

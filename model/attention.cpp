@@ -65,23 +65,20 @@ at::Tensor attend_block(const at::Tensor& qb, const at::Tensor& k, const at::Ten
     return at::matmul(at::softmax(s, -1), v.narrow(1, k0, k_end - k0));
   }
   const at::ScalarType sum_type = at::promote_types(qb.scalar_type(), at::kFloat);
-  at::Tensor m, l, acc;
+  const auto sums = qb.options().dtype(sum_type);
+  // Before the first chunk: m = -inf, so its rescale exp(m - m_new) is 0 and l, acc start at it.
+  at::Tensor m =
+      at::full({qb.size(0), qb.size(1), 1}, -std::numeric_limits<double>::infinity(), qb.options());
+  at::Tensor l = at::zeros({qb.size(0), qb.size(1), 1}, sums);
+  at::Tensor acc = at::zeros({qb.size(0), qb.size(1), v.size(2)}, sums);
   for (int64_t c0 = k0; c0 < k_end; c0 += key_block) {
     const int64_t keys = std::min(key_block, k_end - c0);
     at::Tensor s = chunk_scores(qb, k, q0, rows, c0, keys, window, norm);
-    const at::Tensor chunk_max = std::get<0>(s.max(-1, /*keepdim=*/true));
-    const at::Tensor m_new = m.defined() ? at::maximum(m, chunk_max) : chunk_max;
+    const at::Tensor m_new = at::maximum(m, std::get<0>(s.max(-1, /*keepdim=*/true)));
+    const at::Tensor rescale = (m - m_new).to(sum_type).exp_();
     s.sub_(m_new).exp_();
-    const at::Tensor chunk_sum = s.sum(-1, /*keepdim=*/true, sum_type);
-    const at::Tensor chunk_out = at::matmul(s, v.narrow(1, c0, keys)).to(sum_type);
-    if (!m.defined()) {
-      l = chunk_sum;
-      acc = chunk_out;
-    } else {
-      const at::Tensor rescale = (m - m_new).to(sum_type).exp_();
-      l.mul_(rescale).add_(chunk_sum);
-      acc.mul_(rescale).add_(chunk_out);
-    }
+    l.mul_(rescale).add_(s.sum(-1, /*keepdim=*/true, sum_type));
+    acc.mul_(rescale).add_(at::matmul(s, v.narrow(1, c0, keys)).to(sum_type));
     m = m_new;
   }
   return acc.div_(l).to(qb.scalar_type());

@@ -274,9 +274,9 @@ at::Tensor LlamaModel::forward_cached(const at::Tensor& tokens, const std::vecto
                        tokens.scalar_type() == at::kLong,
                    "forward_cached: expected int64 tokens [1, n] with n >= 1, found "
                        << tokens.scalar_type() << " " << tokens.sizes());
-  CSKV_CHECK(logits_from >= 0 && logits_from <= tokens.size(1),
-             "forward_cached: logits_from " << logits_from << " outside [0, " << tokens.size(1)
-                                            << "]");
+  CSKV_CHECK(
+      logits_from >= 0 && logits_from <= tokens.size(1),
+      "forward_cached: logits_from " << logits_from << " outside [0, " << tokens.size(1) << "]");
   CSKV_CHECK(static_cast<int64_t>(caches.size()) == c.num_hidden_layers,
              "forward_cached: " << caches.size() << " caches given, the model has "
                                 << c.num_hidden_layers << " layers");
@@ -321,9 +321,9 @@ at::Tensor LlamaModel::forward(const at::Tensor& tokens, const LayerHook& hook,
   CSKV_CHECK_INPUT(last < c.num_hidden_layers, "forward: layer "
                                                    << last << " requested, the model has "
                                                    << c.num_hidden_layers << " layers");
-  CSKV_CHECK(options.logits_from >= 0 && options.logits_from <= tokens.size(1),
-             "forward: logits_from " << options.logits_from << " outside [0, " << tokens.size(1)
-                                     << "]");
+  CSKV_CHECK(
+      options.logits_from >= 0 && options.logits_from <= tokens.size(1),
+      "forward: logits_from " << options.logits_from << " outside [0, " << tokens.size(1) << "]");
   if (tokens.numel() > 0) {
     const int64_t max_id = tokens.max().item<int64_t>();
     const int64_t min_id = tokens.min().item<int64_t>();

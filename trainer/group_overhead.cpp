@@ -5,13 +5,11 @@
 #include <sstream>
 #include <tuple>
 
+#include "trainer/quantizer.h"
+
 namespace cskv::trainer {
 
 namespace {
-
-// Codes of b bits in groups of g sharing an fp16 scale and zero (32 bits) are larger than 16-bit
-// codes when g·b + 32 > 16·g.
-bool larger_than_fp16(int64_t group, int bits) { return group * (16 - bits) < 32; }
 
 // "layer 3", "layers 0-4", "layers 0, 2, 5-7".
 std::string layer_ranges(const std::vector<int64_t>& layers) {
@@ -35,31 +33,31 @@ std::vector<CostlyGrouping> costly_groupings(const model::ModelConfig& model,
   std::vector<CostlyGrouping> out;
   if (cfg.quant != QuantMode::kUniform) return out;
   for (const LayerJob& job : jobs) {
-    const bool key = job.kind == KvKind::kKey;
-    const int bits = key ? cfg.k_bits : cfg.v_bits;
-    if (bits >= 16 || job.rank <= 0) continue;
-    const bool per_channel = key && cfg.window > 0;
-    const int64_t group = per_channel          ? cfg.window
-                          : cfg.group_size > 0 ? cfg.group_size
-                                               : job.rank / model.num_key_value_heads;
-    if (group <= 0 || !larger_than_fp16(group, bits)) continue;
+    if (job.rank <= 0) continue;
+    const QuantConfig q = job_quant_config(cfg, model, job);
+    if (q.bits >= 16) continue;
+    const bool per_channel = uses_channel_windows(q);
+    const int64_t group = per_channel ? q.window : q.group_size;
+    if (group <= 0) continue;
+    const double code_bytes = quant_code_bytes_per_token(job.rank, q);
+    const double overhead_bytes = quant_overhead_bytes_per_token(job.rank, q);
+    const double fp16_bytes = 2.0 * static_cast<double>(job.rank);
+    if (code_bytes + overhead_bytes <= fp16_bytes) continue;
     auto same = [&](const CostlyGrouping& g) {
       return std::tie(g.kind, g.rank, g.bits, g.group, g.per_channel) ==
-             std::tie(job.kind, job.rank, bits, group, per_channel);
+             std::tie(job.kind, job.rank, q.bits, group, per_channel);
     };
     auto it = std::find_if(out.begin(), out.end(), same);
     if (it == out.end()) {
       CostlyGrouping g;
       g.kind = job.kind;
       g.rank = job.rank;
-      g.bits = bits;
+      g.bits = q.bits;
       g.group = group;
       g.per_channel = per_channel;
-      const auto r = static_cast<double>(job.rank);
-      g.code_bytes = r * bits / 8.0;
-      g.overhead_bytes = per_channel ? r * 4.0 / static_cast<double>(group)
-                                     : static_cast<double>(job.rank / group) * 4.0;
-      g.fp16_bytes = 2.0 * r;
+      g.code_bytes = code_bytes;
+      g.overhead_bytes = overhead_bytes;
+      g.fp16_bytes = fp16_bytes;
       out.push_back(g);
       it = out.end() - 1;
     }

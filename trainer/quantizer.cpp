@@ -319,4 +319,9 @@ double quant_overhead_bytes_per_token(int64_t latent_width, const QuantConfig& c
   return per_group * r / static_cast<double>(cfg.group_size);
 }
 
+double quant_bits_per_token(int64_t latent_width, const QuantConfig& cfg) {
+  return 8.0 * (quant_code_bytes_per_token(latent_width, cfg) +
+                quant_overhead_bytes_per_token(latent_width, cfg));
+}
+
 }  // namespace cskv::trainer

@@ -124,5 +124,7 @@ at::Tensor dequantize(const at::Tensor& codes, const at::Tensor& scale, const at
 // 2·r (fp16, no overhead). Channel codes: Σ bits_j / 8, no overhead (the ranges are static).
 double quant_code_bytes_per_token(int64_t latent_width, const QuantConfig& cfg);
 double quant_overhead_bytes_per_token(int64_t latent_width, const QuantConfig& cfg);
+// Bits one token's latent costs: 8 · (code bytes + overhead bytes).
+double quant_bits_per_token(int64_t latent_width, const QuantConfig& cfg);
 
 }  // namespace cskv::trainer

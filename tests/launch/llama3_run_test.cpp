@@ -131,51 +131,32 @@ double rel_error(const at::Tensor& got, const at::Tensor& want) {
   return (got.to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
 }
 
-TEST(Llama3Run, Llama31StyleDirectoryFromTextRunsEndToEnd) {
-  if (!fs::exists(kText))
-    GTEST_SKIP() << kText << " is not here (../shared holds TinyStories text)";
-  if (const std::string why = python_missing(); !why.empty()) GTEST_SKIP() << why;
-  test::TempDir w;
-  const std::string model_dir = w / "Llama-3.1-toy";
-  const json tok = write_llama3_directory(model_dir);
-  ASSERT_FALSE(HasFailure());
-  const model::ModelConfig config = model::load_config(model_dir);
-  ASSERT_EQ(config.rope_scaling.type, "llama3");
-  ASSERT_EQ(config.rope_scaling.original_max_position_embeddings, 8192);
+// The job file of the run: text through tokenizer.json, K4/V4 at density 0.5.
+json llama31_job(const std::string& model_dir) {
+  return {{"model", model_dir},
+          {"text", kText},
+          {"tokenizer", model_dir + "/tokenizer.json"},
+          {"num_seqs", 16},
+          {"seq_len", kSeqLen},
+          {"holdout_seqs", kHoldout},
+          {"dtype", "f32"},
+          {"k_density", 0.5},
+          {"v_density", 0.5},
+          {"k_bits", 4},
+          {"v_bits", 4},
+          {"batch_tokens", 128},
+          {"steps", 300},
+          {"lr", 1e-3},
+          {"save_every", 100},
+          {"eval_decode", 16},
+          {"memory_contexts", "256,1024"},
+          {"plots", false}};
+}
 
-  const json job = {{"model", model_dir},
-                    {"text", kText},
-                    {"tokenizer", model_dir + "/tokenizer.json"},
-                    {"num_seqs", 16},
-                    {"seq_len", kSeqLen},
-                    {"holdout_seqs", kHoldout},
-                    {"dtype", "f32"},
-                    {"k_density", 0.5},
-                    {"v_density", 0.5},
-                    {"k_bits", 4},
-                    {"v_bits", 4},
-                    {"batch_tokens", 128},
-                    {"steps", 300},
-                    {"lr", 1e-3},
-                    {"save_every", 100},
-                    {"eval_decode", 16},
-                    {"memory_contexts", "256,1024"},
-                    {"plots", false}};
-  test::write_file(w / "job.json", job.dump(2));
-  const std::string out = w / "run";
-  const auto start = std::chrono::steady_clock::now();
-  const auto run = test::run_cskv({"run", "--config", w / "job.json", "--out", out});
-  ::testing::Test::RecordProperty(
-      "run_seconds",
-      std::to_string(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
-  ASSERT_EQ(run.exit_code, 0) << run.err;
-  EXPECT_NE(run.out.find("summary (" + out + "):"), std::string::npos) << run.out;
-
+void expect_holdout_ids(const std::string& out, const json& tok) {
   // Capture tokenized the text's blank-line documents as HF's tokenizer(document) does, BOS first
   // in each: the held-out sequences are the stream's last ids, identical to the tokenizers
   // package's.
-  const json capture = json::parse(test::read_file(out + "/acts/capture.json"));
   const at::Tensor holdout =
       data::read_shard_tokens(out + "/acts/" + data::shard_file_name(0, 1, "holdout"));
   ASSERT_EQ(holdout.sizes(), (at::IntArrayRef{kHoldout, kSeqLen}));
@@ -183,7 +164,9 @@ TEST(Llama3Run, Llama31StyleDirectoryFromTextRunsEndToEnd) {
   const at::Tensor flat = holdout.reshape({-1}).to(at::kLong).contiguous();
   EXPECT_EQ(std::vector<int64_t>(flat.data_ptr<int64_t>(), flat.data_ptr<int64_t>() + flat.numel()),
             tail);
+}
 
+void expect_factors(const std::string& out) {
   // Every layer's K and V factors are in the merged compressor (rank 16 of D = 32 each).
   const auto comp = model::SafetensorsFile::open(out + "/compressor.safetensors");
   for (int64_t l = 0; l < kLayers; ++l) {
@@ -198,7 +181,9 @@ TEST(Llama3Run, Llama31StyleDirectoryFromTextRunsEndToEnd) {
       }
     }
   }
+}
 
+void expect_kl(const std::string& out) {
   // Eval decoded with the compressed cache: a finite KL below the bound, far above the fp16
   // cache's (the compression is visible), on 3 sequences × 16 steps.
   const json report = json::parse(test::read_file(out + "/eval/report.json"));
@@ -212,7 +197,10 @@ TEST(Llama3Run, Llama31StyleDirectoryFromTextRunsEndToEnd) {
   EXPECT_LT(kl, kKlBound);
   EXPECT_LT(e2e.at("kl_fp16_cache").get<double>(), kl);
   EXPECT_EQ(e2e.at("positions"), kHoldout * 16);
+}
 
+void expect_x_matches_hf(const std::string& out, const std::string& model_dir,
+                         const model::ModelConfig& config, const std::string& hf_bin) {
   // The captured X of every layer on the first training sequence equals HF transformers' float64
   // forward of this directory (llama3 RoPE, bfloat16 weights) within 1e-5 relative.
   const std::string shard = out + "/acts/" + data::shard_file_name(0, 1, "train");
@@ -223,9 +211,9 @@ TEST(Llama3Run, Llama31StyleDirectoryFromTextRunsEndToEnd) {
   }
   const auto hf = test::run_command(
       {test::python3(), std::string(CSKV_SOURCE_DIR) + "/tests/python/model_hf_forward.py",
-       model_dir, ids, w / "hf.bin"});
+       model_dir, ids, hf_bin});
   ASSERT_EQ(hf.exit_code, 0) << hf.err;
-  const std::string bytes = test::read_file(w / "hf.bin");
+  const std::string bytes = test::read_file(hf_bin);
   const size_t per_layer = static_cast<size_t>(kSeqLen * kHidden);
   ASSERT_EQ(bytes.size(), (kLayers * per_layer + static_cast<size_t>(kSeqLen * config.vocab_size)) *
                               sizeof(double));
@@ -248,6 +236,34 @@ TEST(Llama3Run, Llama31StyleDirectoryFromTextRunsEndToEnd) {
     std::snprintf(buf, sizeof buf, "%.3g", err);
     ::testing::Test::RecordProperty("layer_" + std::to_string(l) + "_x_rel_error", buf);
   }
+}
+
+TEST(Llama3Run, Llama31StyleDirectoryFromTextRunsEndToEnd) {
+  if (!fs::exists(kText))
+    GTEST_SKIP() << kText << " is not here (../shared holds TinyStories text)";
+  if (const std::string why = python_missing(); !why.empty()) GTEST_SKIP() << why;
+  test::TempDir w;
+  const std::string model_dir = w / "Llama-3.1-toy";
+  const json tok = write_llama3_directory(model_dir);
+  ASSERT_FALSE(HasFailure());
+  const model::ModelConfig config = model::load_config(model_dir);
+  ASSERT_EQ(config.rope_scaling.type, "llama3");
+  ASSERT_EQ(config.rope_scaling.original_max_position_embeddings, 8192);
+
+  test::write_file(w / "job.json", llama31_job(model_dir).dump(2));
+  const std::string out = w / "run";
+  const auto start = std::chrono::steady_clock::now();
+  const auto run = test::run_cskv({"run", "--config", w / "job.json", "--out", out});
+  ::testing::Test::RecordProperty(
+      "run_seconds",
+      std::to_string(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_NE(run.out.find("summary (" + out + "):"), std::string::npos) << run.out;
+  expect_holdout_ids(out, tok);
+  expect_factors(out);
+  expect_kl(out);
+  expect_x_matches_hf(out, model_dir, config, w / "hf.bin");
 }
 
 }  // namespace

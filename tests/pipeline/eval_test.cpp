@@ -207,6 +207,59 @@ void expect_layer_rows(const nlohmann::json& j, const std::string& md) {
       f4(j.at("mean_v_floor")) + " | | " + f4(j.at("mean_v_error")) + " | | |");
 }
 
+// (b) of the CLI test's report: the end-to-end numbers in report.json and report.md.
+void expect_end_to_end(const nlohmann::json& j, const std::string& md) {
+  const auto has = [&](const std::string& s) { expect_in_report(md, s); };
+  const auto& e = j.at("end_to_end");
+  EXPECT_EQ(e.at("context"), 80);
+  EXPECT_EQ(e.at("decode"), 16);
+  EXPECT_EQ(e.at("sequences"), 2);
+  EXPECT_EQ(e.at("positions"), 32);
+  EXPECT_EQ(e.at("kl_per_step").size(), 16u);
+  EXPECT_GT(e.at("kl_mean").get<double>(), e.at("kl_fp16_cache").get<double>());
+  EXPECT_GE(e.at("kl_max").get<double>(), e.at("kl_mean").get<double>());
+  double per_step = 0;
+  for (const auto& v : e.at("kl_per_step")) per_step += v.get<double>() / 16.0;
+  EXPECT_NEAR(per_step, e.at("kl_mean").get<double>(), 1e-12);
+  const double ppl_o = e.at("ppl_original"), ppl_c = e.at("ppl_compressed");
+  EXPECT_NEAR(e.at("ppl_change_percent").get<double>(), 100.0 * (ppl_c / ppl_o - 1.0), 1e-9);
+  has("a prompt of 80 tokens is prefilled at full precision, then 16 teacher-forced decode steps");
+  has("| plain fp16 cache | " + f4(e.at("kl_fp16_cache")) + " | | " + f4(e.at("ppl_fp16_cache")));
+  has("| compressed bi-branch cache | " + f4(e.at("kl_mean")) + " | " + f4(e.at("kl_max")) + " | " +
+      f4(ppl_c) + " (");
+  char top1[32];
+  std::snprintf(top1, sizeof top1, "%.1f%%", 100.0 * e.at("top1_agreement").get<double>());
+  has(top1);
+}
+
+// (c) of the CLI test's report (--memory-contexts 1000,100,4096): the memory rows.
+void expect_memory_rows(const nlohmann::json& j, const std::string& md) {
+  const auto has = [&](const std::string& s) { expect_in_report(md, s); };
+  // (c) memory: sorted contexts, measured = formula, the ratio; next to the smallest (100: the
+  // window of 32 holds 4 tokens after the boundary at 96), the window half full (112) and one
+  // token short of full (127), where the ratio is at its worst.
+  const auto& mem = j.at("memory");
+  ASSERT_EQ(mem.size(), 5u);
+  const std::vector<int64_t> contexts = {100, 112, 127, 1000, 4096}, in_window = {4, 16, 31, 8, 0};
+  for (size_t i = 0; i < contexts.size(); ++i) {
+    EXPECT_EQ(mem[i].at("context"), contexts[i]) << i;
+    EXPECT_EQ(mem[i].at("window_tokens"), in_window[i]) << i;
+    has("x | " + std::to_string(in_window[i]) + " |");
+  }
+  EXPECT_LT(mem[2].at("ratio").get<double>(), mem[1].at("ratio").get<double>());
+  EXPECT_LT(mem[1].at("ratio").get<double>(), mem[0].at("ratio").get<double>());
+  for (const auto& m : mem) {
+    const auto measured = m.at("compressed_bytes_measured").get<int64_t>();
+    EXPECT_EQ(static_cast<double>(measured), m.at("compressed_bytes_formula").get<double>());
+    EXPECT_EQ(m.at("fp16_bytes_measured").get<int64_t>(),
+              m.at("context").get<int64_t>() * 2 * 2 * 64 * 2);  // 2 layers · K,V · D · fp16
+    EXPECT_DOUBLE_EQ(m.at("ratio").get<double>(),
+                     m.at("fp16_bytes_measured").get<double>() / static_cast<double>(measured));
+    has("| " + std::to_string(m.at("context").get<int64_t>()) + " | " + std::to_string(measured) +
+        " B");
+  }
+}
+
 TEST_F(EvalRunTest, CliReportJsonHoldsEveryFieldTheReportShows) {
   test::TempDir out;
   auto r = test::run_cskv(
@@ -232,50 +285,10 @@ TEST_F(EvalRunTest, CliReportJsonHoldsEveryFieldTheReportShows) {
   EXPECT_TRUE(j.at("uncompressed_layers").empty());
   has("K 4 bits, V 3 bits, group size 0 (0 = r/n_kv), window 32");
   expect_layer_rows(j, md);
-  // (b) end to end.
-  const auto& e = j.at("end_to_end");
-  EXPECT_EQ(e.at("context"), 80);
-  EXPECT_EQ(e.at("decode"), 16);
-  EXPECT_EQ(e.at("sequences"), 2);
-  EXPECT_EQ(e.at("positions"), 32);
-  EXPECT_EQ(e.at("kl_per_step").size(), 16u);
-  EXPECT_GT(e.at("kl_mean").get<double>(), e.at("kl_fp16_cache").get<double>());
-  EXPECT_GE(e.at("kl_max").get<double>(), e.at("kl_mean").get<double>());
-  double per_step = 0;
-  for (const auto& v : e.at("kl_per_step")) per_step += v.get<double>() / 16.0;
-  EXPECT_NEAR(per_step, e.at("kl_mean").get<double>(), 1e-12);
-  const double ppl_o = e.at("ppl_original"), ppl_c = e.at("ppl_compressed");
-  EXPECT_NEAR(e.at("ppl_change_percent").get<double>(), 100.0 * (ppl_c / ppl_o - 1.0), 1e-9);
-  has("a prompt of 80 tokens is prefilled at full precision, then 16 teacher-forced decode steps");
-  has("| plain fp16 cache | " + f4(e.at("kl_fp16_cache")) + " | | " + f4(e.at("ppl_fp16_cache")));
-  has("| compressed bi-branch cache | " + f4(e.at("kl_mean")) + " | " + f4(e.at("kl_max")) + " | " +
-      f4(ppl_c) + " (");
-  char top1[32];
-  std::snprintf(top1, sizeof top1, "%.1f%%", 100.0 * e.at("top1_agreement").get<double>());
-  has(top1);
-  // (c) memory: sorted contexts, measured = formula, the ratio; next to the smallest (100: the
-  // window of 32 holds 4 tokens after the boundary at 96), the window half full (112) and one
-  // token short of full (127), where the ratio is at its worst.
+  expect_end_to_end(j, md);
+  expect_memory_rows(j, md);
   const auto& mem = j.at("memory");
   ASSERT_EQ(mem.size(), 5u);
-  const std::vector<int64_t> contexts = {100, 112, 127, 1000, 4096}, in_window = {4, 16, 31, 8, 0};
-  for (size_t i = 0; i < contexts.size(); ++i) {
-    EXPECT_EQ(mem[i].at("context"), contexts[i]) << i;
-    EXPECT_EQ(mem[i].at("window_tokens"), in_window[i]) << i;
-    has("x | " + std::to_string(in_window[i]) + " |");
-  }
-  EXPECT_LT(mem[2].at("ratio").get<double>(), mem[1].at("ratio").get<double>());
-  EXPECT_LT(mem[1].at("ratio").get<double>(), mem[0].at("ratio").get<double>());
-  for (const auto& m : mem) {
-    const auto measured = m.at("compressed_bytes_measured").get<int64_t>();
-    EXPECT_EQ(static_cast<double>(measured), m.at("compressed_bytes_formula").get<double>());
-    EXPECT_EQ(m.at("fp16_bytes_measured").get<int64_t>(),
-              m.at("context").get<int64_t>() * 2 * 2 * 64 * 2);  // 2 layers · K,V · D · fp16
-    EXPECT_DOUBLE_EQ(m.at("ratio").get<double>(),
-                     m.at("fp16_bytes_measured").get<double>() / static_cast<double>(measured));
-    has("| " + std::to_string(m.at("context").get<int64_t>()) + " | " + std::to_string(measured) +
-        " B");
-  }
   EXPECT_EQ(j.at("compression_ratio").get<double>(), mem[4].at("ratio").get<double>());
   EXPECT_EQ(j.at("compression_ratio_context"), 4096);
   // The headline, in the report and on stdout.
